@@ -1,0 +1,49 @@
+# dicomvault — the two commands: `make serve` and `make test` (from a fresh clone).
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+RUN_STAMP := $(VENV)/.installed-run
+DEV_STAMP := $(VENV)/.installed-dev
+ARGS ?=
+
+.PHONY: serve test lint bench bench-quick tools clean
+
+$(VENV)/bin/python:
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+
+$(RUN_STAMP): pyproject.toml | $(VENV)/bin/python
+	$(PY) -m pip install -q -e '.[fast]'
+	touch $@
+
+$(DEV_STAMP): pyproject.toml | $(VENV)/bin/python
+	$(PY) -m pip install -q -e '.[dev,fast]'
+	touch $@ $(RUN_STAMP)
+
+## serve: set up .venv and run the server on the embedded default (SQLite + ./dicomvault-data)
+serve: $(RUN_STAMP)
+	$(VENV)/bin/dicomvault serve $(ARGS)
+
+## tools: the external peers the tests and benchmarks talk to (DCMTK), installed when absent
+tools:
+	@if [ ! -x /usr/bin/storescu ]; then \
+	  echo "installing DCMTK (apt)"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dcmtk >/dev/null; \
+	fi
+
+## test: install everything the tests need and run the whole suite
+test: $(DEV_STAMP) tools
+	$(VENV)/bin/pytest $(ARGS)
+
+## lint: ruff + mypy --strict on src/
+lint: $(DEV_STAMP)
+	$(VENV)/bin/ruff check src tests bench
+	$(VENV)/bin/mypy --strict src
+
+## bench: throughput and memory figures, with ratios against peers (see docs/benchmarks.md)
+bench: $(DEV_STAMP) tools
+	$(PY) -m bench.bench_import $(ARGS)
+	$(PY) -m bench.bench_dimse $(ARGS)
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache bench/.cache

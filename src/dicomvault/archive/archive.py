@@ -1,0 +1,350 @@
+"""The archive service: the one place that orders "spool → parse → durable blob → index
+→ answer" (DESIGN.md, the life of an instance) and owns locking and recovery.
+
+Protocol adapters call it and only it: ``dimse/`` (C-STORE → :meth:`Archive.begin_receive`),
+``web/`` (STOW-RS → :meth:`Archive.store_stream`) and ``cli/`` (import →
+:meth:`Archive.store_file`).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import IO, BinaryIO
+
+from dicomvault.archive.recovery import VerifyReport, recover, verify
+from dicomvault.archive.writer import IndexWriter
+from dicomvault.config import Settings
+from dicomvault.dicom.parse import ParsedInstance, parse_instance
+from dicomvault.dicom.part10 import encode_file_meta, read_preamble_layout
+from dicomvault.index import Index, PendingInsert
+from dicomvault.model.errors import (
+    DuplicateRejected,
+    HierarchyConflict,
+    NotFound,
+    UIDMismatch,
+)
+from dicomvault.model.records import (
+    BlobInfo,
+    Stats,
+    StoredInstance,
+    StoreResult,
+    StoreStatus,
+)
+from dicomvault.storage import FileSystemBlobStore, Spool
+
+log = logging.getLogger("dicomvault.archive")
+
+_HEAD = 1 << 16  # enough for any real file meta group
+_CHUNK = 1 << 20
+
+
+class Reception:
+    """One instance arriving as a stream of data-set bytes (C-STORE).
+
+    The file meta is written first from the command's UIDs (PS3.10 7.1), then the data
+    set exactly as received, so the stored file is Part 10 and its data set is
+    byte-identical to what the sender sent.
+    """
+
+    def __init__(
+        self,
+        archive: Archive,
+        *,
+        sop_class_uid: str,
+        sop_instance_uid: str,
+        transfer_syntax_uid: str,
+        source_ae: str | None,
+    ) -> None:
+        self._archive = archive
+        self.sop_class_uid = sop_class_uid
+        self.sop_instance_uid = sop_instance_uid
+        self.transfer_syntax_uid = transfer_syntax_uid
+        self.source_ae = source_ae
+        self._spool = archive.store.spool()
+        self._done = False
+        try:
+            self._spool.write(
+                encode_file_meta(
+                    sop_class_uid, sop_instance_uid, transfer_syntax_uid, source_ae=source_ae
+                )
+            )
+            self._spool.mark_dataset_start()
+        except BaseException:
+            self.abort()
+            raise
+
+    @property
+    def size(self) -> int:
+        return self._spool.size
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        self._spool.write(data)
+
+    def finish(self) -> StoreResult:
+        """Validate, store durably, index; raises the typed errors of ``model.errors``."""
+        if self._done:
+            raise ValueError("reception already finished")
+        self._done = True
+        try:
+            self._spool.flush()
+            parsed = self._archive._parse(self._spool.path)
+            inst = parsed.record.instance
+            if inst.sop_instance_uid != self.sop_instance_uid:
+                raise UIDMismatch(
+                    f"Affected SOP Instance UID {self.sop_instance_uid} but the data set "
+                    f"has {inst.sop_instance_uid}"
+                )
+            if inst.sop_class_uid != self.sop_class_uid:
+                raise UIDMismatch(
+                    f"Affected SOP Class UID {self.sop_class_uid} but the data set "
+                    f"has {inst.sop_class_uid}"
+                )
+        except BaseException:
+            self._spool.discard()
+            raise
+        return self._archive._complete(self._spool, parsed, self.source_ae)
+
+    def abort(self) -> None:
+        """Discard the partial instance (association aborted, error)."""
+        self._done = True
+        self._spool.discard()
+
+
+class Archive:
+    """An open archive: index + blob store + the writer thread."""
+
+    def __init__(self, settings: Settings, index: Index, store: FileSystemBlobStore) -> None:
+        self.settings = settings
+        self.index = index
+        self.store = store
+        self._writer = IndexWriter(index)
+        self._lock_fd: int | None = None
+
+    @classmethod
+    def open(cls, settings: Settings, *, recover_on_start: bool = True) -> Archive:
+        """Open (creating when new) the archive of ``settings``.
+
+        When no other process has the data directory open, start-up recovery removes
+        temp files and orphan blobs that a crash left behind.
+        """
+        data_dir = settings.storage.path
+        data_dir.mkdir(parents=True, exist_ok=True)
+        store = FileSystemBlobStore(data_dir / "blobs", fsync=settings.storage.fsync)
+        index = Index.open(settings.index_url)
+        archive = cls(settings, index, store)
+        archive._lock_fd = os.open(data_dir / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(archive._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            alone = True
+        except BlockingIOError:
+            alone = False
+        if alone and recover_on_start:
+            temp, orphans = recover(index, store)
+            if temp or orphans:
+                log.warning(
+                    "recovery: removed %d unfinished temp file(s) and %d orphan blob(s) "
+                    "left by an earlier crash",
+                    temp,
+                    orphans,
+                )
+        # Others may share the directory from now on (import while serving, workers).
+        fcntl.flock(archive._lock_fd, fcntl.LOCK_SH)
+        return archive
+
+    def close(self) -> None:
+        self._writer.close()
+        self.index.close()
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    def __enter__(self) -> Archive:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    # -- ingest ---------------------------------------------------------------------
+
+    def _parse(self, path: Path) -> ParsedInstance:
+        return parse_instance(path, bulk_data_threshold=self.settings.index.bulk_data_threshold)
+
+    def begin_receive(
+        self,
+        *,
+        sop_class_uid: str,
+        sop_instance_uid: str,
+        transfer_syntax_uid: str,
+        source_ae: str | None = None,
+    ) -> Reception:
+        """Start receiving one instance's data set (C-STORE, PS3.4 B.2)."""
+        return Reception(
+            self,
+            sop_class_uid=sop_class_uid,
+            sop_instance_uid=sop_instance_uid,
+            transfer_syntax_uid=transfer_syntax_uid,
+            source_ae=source_ae,
+        )
+
+    def store_file(self, path: Path, *, source_ae: str | None = None) -> StoreResult:
+        """Store a file from disk: Part 10, Part 10 without preamble, or a bare data set.
+
+        The stored blob is always a Part 10 file whose data set bytes are the file's own.
+        """
+        with open(path, "rb") as src:
+            head = src.read(_HEAD)
+            layout, offset = read_preamble_layout(head)
+            parsed = self._parse(path)
+            spool = self.store.spool()
+            try:
+                if layout == "part10":
+                    spool.write(head[:offset])
+                elif layout == "no-preamble":
+                    spool.write(bytes(128))
+                    spool.write(head[:offset])
+                else:
+                    inst = parsed.record.instance
+                    spool.write(
+                        encode_file_meta(
+                            inst.sop_class_uid, inst.sop_instance_uid, parsed.transfer_syntax_uid
+                        )
+                    )
+                spool.mark_dataset_start()
+                spool.write(head[offset:])
+                while chunk := src.read(_CHUNK):
+                    spool.write(chunk)
+            except BaseException:
+                spool.discard()
+                raise
+        return self._complete(spool, parsed, source_ae)
+
+    def store_stream(self, stream: IO[bytes], *, source_ae: str | None = None) -> StoreResult:
+        """Store a Part 10 file (or bare data set) read from ``stream`` (STOW-RS, zip)."""
+        tmp_dir = self.store.root / ".tmp"
+        fd, name = tempfile.mkstemp(dir=tmp_dir, suffix=".in")
+        try:
+            with os.fdopen(fd, "wb") as out:
+                shutil.copyfileobj(stream, out, _CHUNK)
+            return self.store_file(Path(name), source_ae=source_ae)
+        finally:
+            os.unlink(name)
+
+    def _complete(self, spool: Spool, parsed: ParsedInstance, source_ae: str | None) -> StoreResult:
+        """Steps 3–5 of the life of an instance; consumes ``spool``."""
+        record = parsed.record
+        inst = record.instance
+        policy = self.settings.storage.duplicates
+        dataset_sha256 = spool.dataset_sha256()
+
+        def result(status: StoreStatus) -> StoreResult:
+            return StoreResult(
+                status=status,
+                sop_class_uid=inst.sop_class_uid,
+                sop_instance_uid=inst.sop_instance_uid,
+                study_instance_uid=record.study.study_instance_uid,
+                series_instance_uid=record.series.series_instance_uid,
+                transfer_syntax_uid=inst.transfer_syntax_uid,
+                size=spool.size,
+                warnings=record.warnings,
+            )
+
+        # Cheap early answer for re-sent instances: nothing is written twice.
+        try:
+            existing = self.index.lookup_instance(inst.sop_instance_uid)
+            if existing is not None:
+                self._check_duplicate(existing, record.study.study_instance_uid,
+                                      record.series.series_instance_uid,
+                                      dataset_sha256, policy)
+                if existing.dataset_sha256 == dataset_sha256:
+                    spool.discard()
+                    return result(StoreStatus.DUPLICATE)
+                if policy == "keep-first":
+                    spool.discard()
+                    return result(StoreStatus.KEPT_FIRST)
+            blob = BlobInfo(
+                name="",
+                size=spool.size,
+                sha256=spool.sha256(),
+                dataset_sha256=dataset_sha256,
+            )
+            name = spool.commit()
+        except BaseException:
+            spool.discard()
+            raise
+        blob = BlobInfo(name, blob.size, blob.sha256, blob.dataset_sha256)
+        try:
+            outcome = self._writer.submit(
+                PendingInsert(record=record, blob=blob, source_ae=source_ae, policy=policy)
+            ).result()
+        except BaseException:
+            # Not indexed: the blob must not stay (DESIGN.md step 5).
+            self.store.delete(name)
+            raise
+        if outcome.new_blob_unused:
+            self.store.delete(name)
+        if outcome.replaced_blob is not None:
+            # Only after the new one is indexed (a crash here leaves an orphan, not a loss).
+            self.store.delete(outcome.replaced_blob)
+        return result(outcome.status)
+
+    @staticmethod
+    def _check_duplicate(
+        existing: StoredInstance, study_uid: str, series_uid: str, digest: str, policy: str
+    ) -> None:
+        if existing.study_instance_uid != study_uid or existing.series_instance_uid != series_uid:
+            raise HierarchyConflict(
+                f"SOP Instance UID {existing.sop_instance_uid} is already stored in study "
+                f"{existing.study_instance_uid}, series {existing.series_instance_uid}"
+            )
+        if existing.dataset_sha256 != digest and policy == "reject":
+            raise DuplicateRejected(
+                f"SOP Instance UID {existing.sop_instance_uid} is already stored with "
+                "different content (duplicate policy: reject)"
+            )
+
+    # -- retrieve, delete, maintenance ------------------------------------------------
+
+    def get_instance(self, sop_instance_uid: str) -> StoredInstance:
+        found = self.index.lookup_instance(sop_instance_uid)
+        if found is None:
+            raise NotFound(f"no instance with SOP Instance UID {sop_instance_uid}")
+        return found
+
+    def open_instance(self, sop_instance_uid: str) -> BinaryIO:
+        """The stored Part 10 bytes, as they were received."""
+        return self.store.open(self.get_instance(sop_instance_uid).blob_name)
+
+    def delete_instances(self, sop_instance_uids: list[str]) -> int:
+        """Delete instances: row first, then blob. Returns how many were deleted."""
+        deleted = 0
+        for uid in sop_instance_uids:
+            try:
+                stored = self.index.delete_instance(uid)
+            except NotFound:
+                continue
+            self.store.delete(stored.blob_name)
+            deleted += 1
+        return deleted
+
+    def delete_study(self, study_instance_uid: str) -> int:
+        uids = self.index.instance_uids(study_instance_uid=study_instance_uid)
+        if not uids:
+            raise NotFound(f"no study with Study Instance UID {study_instance_uid}")
+        return self.delete_instances(uids)
+
+    def delete_series(self, series_instance_uid: str) -> int:
+        uids = self.index.instance_uids(series_instance_uid=series_instance_uid)
+        if not uids:
+            raise NotFound(f"no series with Series Instance UID {series_instance_uid}")
+        return self.delete_instances(uids)
+
+    def stats(self) -> Stats:
+        return self.index.stats()
+
+    def verify(self, *, repair: bool = False, progress: object = None) -> VerifyReport:
+        return verify(self.index, self.store, repair=repair, progress=progress)  # type: ignore[arg-type]

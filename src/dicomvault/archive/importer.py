@@ -1,0 +1,190 @@
+"""Bulk import from disk: folders (recursively), zip files and DICOMDIR media.
+
+A DICOMDIR is the medium's index (PS3.10 8.6), never an instance: when named directly,
+the files it references are imported; met while walking a folder it is skipped (the walk
+finds the referenced files anyway).
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import zipfile
+from collections import Counter
+from collections.abc import Callable, Iterator
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from dicomvault.archive.archive import Archive
+from dicomvault.dicom.dicomdir import dicomdir_references, is_dicomdir
+from dicomvault.model.errors import InvalidInstance, NotDicom, OutOfResources
+from dicomvault.model.records import StoreResult, StoreStatus
+
+
+@dataclass(frozen=True)
+class Source:
+    """One thing to import: a file, or a member of a zip file."""
+
+    path: Path
+    member: str | None = None
+
+    def __str__(self) -> str:
+        return f"{self.path}!{self.member}" if self.member else str(self.path)
+
+
+@dataclass
+class ImportReport:
+    stored: int = 0
+    duplicate: int = 0
+    overwritten: int = 0
+    kept_first: int = 0
+    not_dicom: int = 0
+    dicomdir: int = 0
+    rejected: list[tuple[str, str]] = field(default_factory=list)  # (source, reason)
+    failed: list[tuple[str, str]] = field(default_factory=list)  # archive-side failures
+    warnings: list[tuple[str, str]] = field(default_factory=list)
+    not_attempted: int = 0
+    bytes: int = 0
+    stopped: str | None = None  # why the import stopped early (disk full)
+
+    @property
+    def ok(self) -> bool:
+        return not (self.rejected or self.failed or self.stopped)
+
+    def reasons(self) -> Counter[str]:
+        return Counter(reason for _, reason in self.rejected)
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "stored": self.stored,
+            "duplicate": self.duplicate,
+            "overwritten": self.overwritten,
+            "kept_first": self.kept_first,
+            "not_dicom": self.not_dicom,
+            "dicomdir": self.dicomdir,
+            "rejected": [{"source": s, "reason": r} for s, r in self.rejected],
+            "failed": [{"source": s, "reason": r} for s, r in self.failed],
+            "warnings": [{"source": s, "warning": w} for s, w in self.warnings],
+            "not_attempted": self.not_attempted,
+            "bytes": self.bytes,
+            "stopped": self.stopped,
+        }
+
+
+def _walk(path: Path) -> Iterator[Path]:
+    if path.is_dir():
+        for root, dirs, files in os.walk(path):
+            dirs.sort()
+            for name in sorted(files):
+                yield Path(root) / name
+    else:
+        yield path
+
+
+def discover(paths: list[Path]) -> Iterator[Source | tuple[Source, str]]:
+    """Yield every source to import, or ``(source, kind)`` for ones to skip and count.
+
+    Raises
+    ------
+    FileNotFoundError
+        A path named on the command line does not exist.
+    """
+    for top in paths:
+        if not top.exists():
+            raise FileNotFoundError(f"{top}: no such file or directory")
+        named_directly = top.is_file()
+        for path in _walk(top):
+            if path.name.startswith(".") and not named_directly:
+                continue
+            if zipfile.is_zipfile(path) and path.suffix.lower() == ".zip":
+                with zipfile.ZipFile(path) as zf:
+                    for info in zf.infolist():
+                        if not info.is_dir():
+                            yield Source(path, info.filename)
+            elif is_dicomdir(path):
+                if named_directly:
+                    for ref in dicomdir_references(path):
+                        yield Source(ref)
+                else:
+                    yield (Source(path), "dicomdir")
+            else:
+                yield Source(path)
+
+
+def _store(archive: Archive, source: Source) -> StoreResult:
+    if source.member is None:
+        return archive.store_file(source.path)
+    with zipfile.ZipFile(source.path) as zf, zf.open(source.member) as member:
+        return archive.store_stream(member)
+
+
+def import_paths(
+    archive: Archive,
+    paths: list[Path],
+    *,
+    workers: int | None = None,
+    on_discovered: Callable[[int], None] | None = None,
+    on_done: Callable[[Source, StoreResult | Exception], None] | None = None,
+) -> ImportReport:
+    """Import every file under ``paths`` into ``archive``; never raises for one bad file.
+
+    Files are stored by a small thread pool: hashing, copying and fsync release the GIL,
+    and the index writer commits what the workers finish together.
+    """
+    report = ImportReport()
+    lock = threading.Lock()
+    workers = workers or max(2, (os.cpu_count() or 2) * 2)
+    stop = threading.Event()
+
+    def record(source: Source, outcome: StoreResult | Exception) -> None:
+        with lock:
+            if isinstance(outcome, StoreResult):
+                report.bytes += outcome.size
+                if outcome.status is StoreStatus.STORED:
+                    report.stored += 1
+                elif outcome.status is StoreStatus.DUPLICATE:
+                    report.duplicate += 1
+                elif outcome.status is StoreStatus.OVERWRITTEN:
+                    report.overwritten += 1
+                else:
+                    report.kept_first += 1
+                report.warnings.extend((str(source), w) for w in outcome.warnings)
+            elif isinstance(outcome, NotDicom):
+                report.not_dicom += 1
+            elif isinstance(outcome, InvalidInstance):
+                report.rejected.append((str(source), str(outcome)))
+            elif isinstance(outcome, OutOfResources):
+                report.failed.append((str(source), str(outcome)))
+                report.stopped = str(outcome)
+                stop.set()
+            else:
+                report.failed.append((str(source), f"{type(outcome).__name__}: {outcome}"))
+        if on_done is not None:
+            on_done(source, outcome)
+
+    def task(source: Source) -> None:
+        if stop.is_set():
+            with lock:
+                report.not_attempted += 1
+            return
+        try:
+            outcome: StoreResult | Exception = _store(archive, source)
+        except Exception as exc:  # one file's failure is reported, never fatal
+            outcome = exc
+        record(source, outcome)
+
+    pending: set[Future[None]] = set()
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="import") as pool:
+        for item in discover(paths):
+            if isinstance(item, tuple):
+                with lock:
+                    report.dicomdir += 1
+                continue
+            if on_discovered is not None:
+                on_discovered(1)
+            pending.add(pool.submit(task, item))
+            if len(pending) >= workers * 4:  # bounded queue: memory flat for huge trees
+                _, pending = wait(pending, return_when=FIRST_COMPLETED)
+        wait(pending)
+    return report

@@ -1,0 +1,1 @@
+"""The command line: assembles the layers; the only place that picks backends."""

@@ -1,0 +1,42 @@
+"""``dicomvault``: the command-line entry point."""
+
+from __future__ import annotations
+
+import click
+
+from dicomvault import __version__
+from dicomvault.cli.archive_commands import (
+    config_group,
+    db_group,
+    import_command,
+    stats_command,
+    verify_command,
+)
+from dicomvault.cli.net_commands import echo_command, store_command
+from dicomvault.cli.serve import serve_command
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, prog_name="dicomvault")
+def cli() -> None:
+    """dicomvault — a DICOM archive (PACS): store, index, query and retrieve images.
+
+    Every command that touches the archive takes --config FILE and --data-dir DIR.
+    """
+
+
+for command in (
+    serve_command,
+    import_command,
+    verify_command,
+    stats_command,
+    db_group,
+    config_group,
+    echo_command,
+    store_command,
+):
+    cli.add_command(command)
+
+
+def main() -> None:
+    cli()

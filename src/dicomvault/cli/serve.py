@@ -1,0 +1,153 @@
+"""``dicomvault serve``: the DIMSE listener (and, once it lands, HTTP) in one process, or
+``--workers N`` processes sharing the port through SO_REUSEPORT so every core works."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import multiprocessing
+import os
+import signal
+import socket
+import sys
+from pathlib import Path
+
+import click
+
+from dicomvault.archive import Archive
+from dicomvault.cli.common import config_options, load_cli_settings, run_guarded
+from dicomvault.config import Settings
+from dicomvault.dimse.server import serve_dicom
+
+log = logging.getLogger("dicomvault.serve")
+
+
+def _listening_socket(host: str, port: int, *, reuse_port: bool) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if reuse_port:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.bind((host, port))
+    sock.listen(512)
+    sock.setblocking(False)
+    return sock
+
+
+def _new_loop() -> asyncio.AbstractEventLoop:
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.new_event_loop()
+    loop: asyncio.AbstractEventLoop = uvloop.new_event_loop()
+    return loop
+
+
+def _run_one(settings: Settings, sock: socket.socket, worker: int) -> None:
+    """One serving process: open the archive, serve until SIGTERM/SIGINT, close."""
+    archive = Archive.open(settings, recover_on_start=worker == 0)
+    loop = _new_loop()
+    stop = asyncio.Event()
+
+    async def main() -> None:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        ready = asyncio.Event()
+        server = asyncio.ensure_future(serve_dicom(archive, settings, ready=ready, stop=stop, sock=sock))
+        await asyncio.wait([server, asyncio.ensure_future(ready.wait())],
+                           return_when=asyncio.FIRST_COMPLETED)
+        if ready.is_set():
+            host, port = sock.getsockname()[:2]
+            log.info("worker %d: DIMSE listening on %s:%d as %s (data %s)", worker, host, port,
+                     settings.dicom.ae_title, settings.storage.path)
+        await server
+
+    try:
+        loop.run_until_complete(main())
+    finally:
+        loop.close()
+        archive.close()
+        log.info("worker %d: stopped", worker)
+
+
+def _worker_main(settings: Settings, host: str, port: int, worker: int, level: str) -> None:
+    _configure_logging(level)
+    sock = _listening_socket(host, port, reuse_port=True)
+    _run_one(settings, sock, worker)
+
+
+def _configure_logging(level: str) -> None:
+    logging.basicConfig(
+        level=level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s [pid %(process)d] %(message)s",
+        stream=sys.stderr,
+    )
+
+
+@click.command("serve")
+@config_options
+@click.option("--dicom-port", type=click.IntRange(0, 65535), default=None,
+              help="DIMSE port (setting dicom.port) [default: 11112].")
+@click.option("--http-port", type=click.IntRange(0, 65535), default=None,
+              help="HTTP port (setting http.port) [default: 8080]; DICOMweb is not served "
+                   "by this version yet.")
+@click.option("--ae-title", default=None, help="Our AE title (setting dicom.ae_title).")
+@click.option("--workers", type=click.IntRange(1, 64), default=None,
+              help="Processes sharing the port (setting server.workers) [default: 1].")
+def serve_command(
+    config: Path | None,
+    data_dir: Path | None,
+    dicom_port: int | None,
+    http_port: int | None,
+    ae_title: str | None,
+    workers: int | None,
+) -> None:
+    """Run the archive: DIMSE Verification and Storage SCP on the DICOM port.
+
+    Stops gracefully on SIGTERM or Ctrl-C: no new associations, in-flight messages
+    finish, then exit.
+    """
+
+    def body() -> int:
+        dicom: dict[str, object] = {}
+        if dicom_port is not None:
+            dicom["port"] = dicom_port
+        if ae_title is not None:
+            dicom["ae_title"] = ae_title
+        overrides: dict[str, dict[str, object]] = {"dicom": dicom} if dicom else {}
+        if http_port is not None:
+            overrides["http"] = {"port": http_port}
+        if workers is not None:
+            overrides["server"] = {"workers": workers}
+        settings = load_cli_settings(config, data_dir, **overrides)
+        _configure_logging(settings.server.log_level)
+        n = settings.server.workers
+        host, port = settings.dicom.host, settings.dicom.port
+        if n == 1:
+            _run_one(settings, _listening_socket(host, port, reuse_port=False), 0)
+            return 0
+        if port == 0:
+            raise click.UsageError("--workers needs a fixed --dicom-port (not 0)")
+        # Recovery once, alone, before any worker can spool.
+        Archive.open(settings).close()
+        ctx = multiprocessing.get_context("spawn")
+        procs = [
+            ctx.Process(target=_worker_main, args=(settings, host, port, i, settings.server.log_level),
+                        name=f"dicomvault-worker-{i}")
+            for i in range(n)
+        ]
+        for proc in procs:
+            proc.start()
+
+        def forward(signum: int, _frame: object) -> None:
+            for proc in procs:
+                if proc.pid is not None:
+                    os.kill(proc.pid, signum)
+
+        signal.signal(signal.SIGTERM, forward)
+        signal.signal(signal.SIGINT, forward)
+        for proc in procs:
+            proc.join()
+        return max((proc.exitcode or 0) for proc in procs)
+
+    run_guarded(body)

@@ -1,0 +1,180 @@
+"""Configuration: one TOML file plus ``DICOMVAULT_<SECTION>__<KEY>`` environment overrides.
+
+Precedence, highest first: explicit CLI options, environment variables, the TOML file,
+the defaults below. Defaults need no file at all (SQLite + files in ``./dicomvault-data``).
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from dicomvault.model.errors import ConfigError
+
+ENV_PREFIX = "DICOMVAULT_"
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class StorageSettings(_Section):
+    #: The data directory: holds ``index.sqlite3`` (by default) and the blob store.
+    path: Path = Path("./dicomvault-data")
+    #: What to do with the same SOP Instance UID arriving with different bytes.
+    duplicates: Literal["reject", "keep-first", "overwrite"] = "overwrite"
+    #: fsync blobs and their directory before answering success. Turn off only for tests.
+    fsync: bool = True
+
+
+class IndexSettings(_Section):
+    #: SQLAlchemy URL; empty means SQLite at ``<storage.path>/index.sqlite3``.
+    url: str = ""
+    #: Values longer than this many bytes become BulkDataURI in stored metadata.
+    bulk_data_threshold: int = Field(default=1024, ge=64)
+
+
+class DicomSettings(_Section):
+    host: str = "0.0.0.0"
+    port: int = Field(default=11112, ge=0, le=65535)
+    ae_title: str = "DICOMVAULT"
+    #: Refuse associations whose Called AE Title is not ours (PS3.8 A-ASSOCIATE-RJ 1/2/7).
+    check_called_ae: bool = True
+    #: Calling AE titles allowed to associate; empty means any.
+    allowed_calling_aes: list[str] = Field(default_factory=list)
+    #: Maximum PDU length we advertise (PS3.8 D.1), bytes.
+    max_pdu: int = Field(default=262144, ge=4096)
+    #: Simultaneous associations beyond which we reject with reason 2 (local limit).
+    max_associations: int = Field(default=64, ge=1)
+    #: Seconds an association may stay silent before we abort it.
+    idle_timeout: float = Field(default=60.0, gt=0)
+    #: ARTIM timer (PS3.8 9.1.5), seconds.
+    artim_timeout: float = Field(default=30.0, gt=0)
+
+    @field_validator("ae_title")
+    @classmethod
+    def _ae_title(cls, value: str) -> str:
+        # PS3.5 6.2 AE: 1-16 characters, no backslash or control characters.
+        stripped = value.strip()
+        if not 1 <= len(stripped) <= 16 or "\\" in stripped or not stripped.isprintable():
+            raise ValueError("must be 1 to 16 printable characters without a backslash")
+        return stripped
+
+
+class HttpSettings(_Section):
+    host: str = "0.0.0.0"
+    port: int = Field(default=8080, ge=0, le=65535)
+
+
+class ServerSettings(_Section):
+    #: Processes sharing the listening ports (SO_REUSEPORT).
+    workers: int = Field(default=1, ge=1, le=64)
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+
+class RemoteAE(_Section):
+    ae_title: str
+    host: str
+    port: int = Field(ge=1, le=65535)
+
+
+class Settings(BaseSettings):
+    """The effective configuration (``dicomvault config show`` prints it)."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX, env_nested_delimiter="__", extra="forbid"
+    )
+
+    storage: StorageSettings = Field(default_factory=StorageSettings)
+    index: IndexSettings = Field(default_factory=IndexSettings)
+    dicom: DicomSettings = Field(default_factory=DicomSettings)
+    http: HttpSettings = Field(default_factory=HttpSettings)
+    server: ServerSettings = Field(default_factory=ServerSettings)
+    remotes: dict[str, RemoteAE] = Field(default_factory=dict)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # The TOML file's values arrive as init kwargs; environment variables beat them.
+        return (env_settings, init_settings)
+
+    @property
+    def index_url(self) -> str:
+        if self.index.url:
+            return self.index.url
+        return f"sqlite:///{(self.storage.path / 'index.sqlite3').resolve()}"
+
+
+def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def _describe(error: ValidationError) -> str:
+    parts = []
+    for item in error.errors():
+        key = ".".join(str(p) for p in item["loc"])
+        env = ENV_PREFIX + "__".join(str(p) for p in item["loc"]).upper()
+        msg = item["msg"]
+        if item["type"] == "extra_forbidden":
+            msg = "unknown setting"
+        parts.append(f"{key} (env {env}): {msg}")
+    return "invalid configuration: " + "; ".join(parts)
+
+
+def load_settings(
+    config_file: Path | None = None, overrides: dict[str, Any] | None = None
+) -> Settings:
+    """Build the effective settings.
+
+    Parameters
+    ----------
+    config_file
+        A TOML file; ``None`` means defaults (or ``$DICOMVAULT_CONFIG`` when set).
+    overrides
+        Nested values from CLI options, e.g. ``{"storage": {"path": Path("x")}}``;
+        these win over everything else.
+
+    Raises
+    ------
+    ConfigError
+        The file is missing or not TOML, or a value is invalid; the message names the key.
+    """
+    data: dict[str, Any] = {}
+    if config_file is None and os.environ.get(ENV_PREFIX + "CONFIG"):
+        config_file = Path(os.environ[ENV_PREFIX + "CONFIG"])
+    if config_file is not None:
+        try:
+            data = tomllib.loads(config_file.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ConfigError(f"configuration file {config_file} does not exist") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"configuration file {config_file} is not valid TOML: {exc}") from None
+    try:
+        settings = Settings(**data)
+        if overrides:
+            merged = _merge(settings.model_dump(), overrides)
+            settings = Settings.model_validate(merged)
+            # model_validate re-reads the environment; explicit overrides must win.
+            for section, values in overrides.items():
+                for key, value in values.items():
+                    setattr(getattr(settings, section), key, value)
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc)) from None
+    return settings

@@ -1,0 +1,1 @@
+"""Plain values shared by every layer: records, errors, UIDs. Imports nothing of ours."""

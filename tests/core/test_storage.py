@@ -1,0 +1,64 @@
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import pytest
+
+from dicomvault.model.errors import NotFound
+from dicomvault.storage import FileSystemBlobStore
+
+
+def test_spool_commit_is_durable_and_named_by_us(tmp_path: Path) -> None:
+    store = FileSystemBlobStore(tmp_path / "blobs")
+    spool = store.spool()
+    spool.write(b"meta")
+    spool.mark_dataset_start()
+    spool.write(b"dataset")
+    name = spool.commit()
+    assert spool.sha256() == hashlib.sha256(b"metadataset").hexdigest()
+    assert spool.dataset_sha256() == hashlib.sha256(b"dataset").hexdigest()
+    parts = name.split("/")
+    assert len(parts) == 3 and parts[2].startswith(parts[0] + parts[1])
+    with store.open(name) as f:
+        assert f.read() == b"metadataset"
+    assert store.read_range(name, 4, 3) == b"dat"
+    assert store.size(name) == 11
+    assert list(store.names()) == [name]
+    assert not list((tmp_path / "blobs" / ".tmp").iterdir())
+    store.delete(name)
+    assert not store.exists(name)
+    with pytest.raises(NotFound):
+        store.open(name)
+
+
+def test_discard_leaves_nothing(tmp_path: Path) -> None:
+    store = FileSystemBlobStore(tmp_path / "blobs")
+    spool = store.spool()
+    spool.write(b"x" * 1000)
+    spool.discard()
+    spool.discard()
+    assert list(store.names()) == []
+    assert not list((tmp_path / "blobs" / ".tmp").iterdir())
+
+
+@pytest.mark.parametrize("name", ["../../etc/passwd", "ab/cd/../../x", "/etc/passwd", "ab/cd/EF"])
+def test_names_never_escape_the_store(tmp_path: Path, name: str) -> None:
+    store = FileSystemBlobStore(tmp_path / "blobs")
+    with pytest.raises(ValueError, match="not a blob name"):
+        store.open(name)
+
+
+def test_stale_temp_removed(tmp_path: Path) -> None:
+    store = FileSystemBlobStore(tmp_path / "blobs")
+    spool = store.spool()
+    spool.write(b"partial")
+    old = spool.path
+    os.utime(old, (1, 1))
+    fresh = store.spool()
+    fresh.write(b"in flight")
+    assert store.remove_stale_temp(3600) == 1
+    assert not old.exists() and fresh.path.exists()
+    spool.discard()  # the crashed writer's handle; its file is already gone
+    fresh.discard()
