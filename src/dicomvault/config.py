@@ -165,7 +165,9 @@ def load_settings(
         except FileNotFoundError:
             raise ConfigError(f"configuration file {config_file} does not exist") from None
         except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(f"configuration file {config_file} is not valid TOML: {exc}") from None
+            raise ConfigError(
+                f"configuration file {config_file} is not valid TOML: {exc}"
+            ) from None
     try:
         settings = Settings(**data)
         if overrides:

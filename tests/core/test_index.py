@@ -25,24 +25,32 @@ from dicomvault.model.records import (
 
 
 def make_record(
-    n: int, *, study: str = "1.2.3.1", series: str = "1.2.3.1.1", modality: str = "CT",
-    sop_class: str = "1.2.840.10008.5.1.4.1.1.2", patient: str = "P1",
+    n: int,
+    *,
+    study: str = "1.2.3.1",
+    series: str = "1.2.3.1.1",
+    modality: str = "CT",
+    sop_class: str = "1.2.840.10008.5.1.4.1.1.2",
+    patient: str = "P1",
 ) -> IndexRecord:
     return IndexRecord(
         patient=PatientRecord(patient_id=patient, patient_name="Doe^Jane", patient_sex="F"),
         study=StudyRecord(study_instance_uid=study, study_date="20260101", accession_number="A1"),
         series=SeriesRecord(series_instance_uid=series, modality=modality, series_number=1),
         instance=InstanceRecord(
-            sop_instance_uid=f"{series}.{n}", sop_class_uid=sop_class,
-            transfer_syntax_uid="1.2.840.10008.1.2.1", instance_number=n,
+            sop_instance_uid=f"{series}.{n}",
+            sop_class_uid=sop_class,
+            transfer_syntax_uid="1.2.840.10008.1.2.1",
+            instance_number=n,
         ),
-        metadata_json='{"00080018":{"vr":"UI","Value":["%s.%d"]}}' % (series, n),
+        metadata_json=f'{{"00080018":{{"vr":"UI","Value":["{series}.{n}"]}}}}',
     )
 
 
 def blob(n: int, digest: str = "a") -> BlobInfo:
-    return BlobInfo(name=f"{n:02x}/00/{n:032x}", size=100 + n, sha256=digest * 64,
-                    dataset_sha256=digest * 64)
+    return BlobInfo(
+        name=f"20260101/0000/{n:032x}", size=100 + n, sha256=digest * 64, dataset_sha256=digest * 64
+    )
 
 
 @pytest.fixture
@@ -53,24 +61,39 @@ def index(settings: Settings) -> Index:
     idx.close()
 
 
-def insert(index: Index, record: IndexRecord, b: BlobInfo, policy: str = "overwrite") -> InsertOutcome:
-    [out] = index.insert_batch([PendingInsert(record=record, blob=b, source_ae="MOD", policy=policy)])
+def insert(
+    index: Index, record: IndexRecord, b: BlobInfo, policy: str = "overwrite"
+) -> InsertOutcome:
+    [out] = index.insert_batch(
+        [PendingInsert(record=record, blob=b, source_ae="MOD", policy=policy)]
+    )
     if isinstance(out, Exception):
         raise out
     return out
 
 
 def test_insert_builds_hierarchy_and_counts(index: Index) -> None:
-    results = index.insert_batch([
-        PendingInsert(make_record(i), blob(i), "MOD", "overwrite") for i in range(3)
-    ] + [PendingInsert(make_record(9, series="1.2.3.1.2", modality="SR",
-                                   sop_class="1.2.840.10008.5.1.4.1.1.88.22"), blob(9), None, "overwrite")])
+    results = index.insert_batch(
+        [PendingInsert(make_record(i), blob(i), "MOD", "overwrite") for i in range(3)]
+        + [
+            PendingInsert(
+                make_record(
+                    9, series="1.2.3.1.2", modality="SR", sop_class="1.2.840.10008.5.1.4.1.1.88.22"
+                ),
+                blob(9),
+                None,
+                "overwrite",
+            )
+        ]
+    )
     assert all(isinstance(r, InsertOutcome) and r.status is StoreStatus.STORED for r in results)
     study = index.row("studies", study_instance_uid="1.2.3.1")
     assert study is not None
     assert study["number_of_series"] == 2 and study["number_of_instances"] == 4
     assert study["modalities_in_study"] == "CT\\SR"
-    assert study["sop_classes_in_study"] == "1.2.840.10008.5.1.4.1.1.2\\1.2.840.10008.5.1.4.1.1.88.22"
+    assert (
+        study["sop_classes_in_study"] == "1.2.840.10008.5.1.4.1.1.2\\1.2.840.10008.5.1.4.1.1.88.22"
+    )
     series = index.row("series", series_instance_uid="1.2.3.1.1")
     assert series is not None and series["number_of_instances"] == 3
     patient = index.row("patients", patient_id="P1")
@@ -106,24 +129,30 @@ def test_duplicate_policies(index: Index) -> None:
 def test_same_uid_under_other_study_is_rejected(index: Index) -> None:
     insert(index, make_record(1), blob(1))
     other = make_record(1)
-    other = dataclasses.replace(other, study=StudyRecord(study_instance_uid="9.9"),
-                                series=SeriesRecord(series_instance_uid="9.9.1"))
-    other = dataclasses.replace(other, instance=dataclasses.replace(
-        other.instance, sop_instance_uid="1.2.3.1.1.1"))
-    with pytest.raises(HierarchyConflict, match="already stored in study 1.2.3.1"):
+    other = dataclasses.replace(
+        other,
+        study=StudyRecord(study_instance_uid="9.9"),
+        series=SeriesRecord(series_instance_uid="9.9.1"),
+    )
+    other = dataclasses.replace(
+        other, instance=dataclasses.replace(other.instance, sop_instance_uid="1.2.3.1.1.1")
+    )
+    with pytest.raises(HierarchyConflict, match=r"already stored in study 1\.2\.3\.1"):
         insert(index, other, blob(2, "b"))
     moved_series = make_record(5, study="7.7")  # series 1.2.3.1.1 now claimed by study 7.7
-    with pytest.raises(HierarchyConflict, match="already belongs to study 1.2.3.1"):
+    with pytest.raises(HierarchyConflict, match=r"already belongs to study 1\.2\.3\.1"):
         insert(index, moved_series, blob(5))
     assert index.stats().studies == 1
 
 
 def test_rejected_item_does_not_spoil_the_batch(index: Index) -> None:
     insert(index, make_record(1), blob(1, "a"))
-    results = index.insert_batch([
-        PendingInsert(make_record(1), blob(2, "b"), None, "reject"),
-        PendingInsert(make_record(2), blob(3), None, "reject"),
-    ])
+    results = index.insert_batch(
+        [
+            PendingInsert(make_record(1), blob(2, "b"), None, "reject"),
+            PendingInsert(make_record(2), blob(3), None, "reject"),
+        ]
+    )
     assert isinstance(results[0], DuplicateRejected)
     assert isinstance(results[1], InsertOutcome) and results[1].status is StoreStatus.STORED
     assert index.stats().instances == 2
@@ -148,13 +177,22 @@ def test_delete_keeps_counts_and_removes_empty_parents(index: Index) -> None:
 
 
 def test_unicode_names_round_trip(index: Index) -> None:
-    names = ["Yamada^Tarou=山田^太郎=やまだ^たろう", "Hong^Gildong=洪^吉洞=홍^길동",
-             "Διονυσιος", "Люкceмбypг", "قباني^لنزار", "שרון^דבורה"]
+    names = [
+        "Yamada^Tarou=山田^太郎=やまだ^たろう",
+        "Hong^Gildong=洪^吉洞=홍^길동",
+        "Διονυσιος",
+        "Люкceмбypг",
+        "قباني^لنزار",
+        "שרון^דבורה",
+    ]
     for i, name in enumerate(names):
         rec = make_record(i, patient=f"P{i}")
-        rec = dataclasses.replace(rec, patient=dataclasses.replace(rec.patient, patient_name=name),
-                                  study=StudyRecord(study_instance_uid=f"1.2.{i}"),
-                                  series=SeriesRecord(series_instance_uid=f"1.2.{i}.1"))
+        rec = dataclasses.replace(
+            rec,
+            patient=dataclasses.replace(rec.patient, patient_name=name),
+            study=StudyRecord(study_instance_uid=f"1.2.{i}"),
+            series=SeriesRecord(series_instance_uid=f"1.2.{i}.1"),
+        )
         insert(index, rec, blob(i))
     for i, name in enumerate(names):
         row = index.row("patients", patient_id=f"P{i}")

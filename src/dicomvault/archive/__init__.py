@@ -1,6 +1,6 @@
 """The service layer: ingest, retrieve, delete, verify (DESIGN.md, archive/)."""
 
-from dicomvault.archive.archive import Archive, Reception
+from dicomvault.archive.archive import Archive, Prepared, Reception
 from dicomvault.archive.recovery import VerifyReport
 
-__all__ = ["Archive", "Reception", "VerifyReport"]
+__all__ = ["Archive", "Prepared", "Reception", "VerifyReport"]

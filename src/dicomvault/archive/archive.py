@@ -8,11 +8,16 @@ Protocol adapters call it and only it: ``dimse/`` (C-STORE → :meth:`Archive.be
 
 from __future__ import annotations
 
+import dataclasses
 import fcntl
 import logging
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
+from concurrent.futures import Future
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, BinaryIO
 
@@ -22,6 +27,7 @@ from dicomvault.config import Settings
 from dicomvault.dicom.parse import ParsedInstance, parse_instance
 from dicomvault.dicom.part10 import encode_file_meta, read_preamble_layout
 from dicomvault.index import Index, PendingInsert
+from dicomvault.index.db import InsertOutcome
 from dicomvault.model.errors import (
     DuplicateRejected,
     HierarchyConflict,
@@ -35,7 +41,7 @@ from dicomvault.model.records import (
     StoreResult,
     StoreStatus,
 )
-from dicomvault.storage import FileSystemBlobStore, Spool
+from dicomvault.storage.filesystem import FileSpool, FileSystemBlobStore
 
 log = logging.getLogger("dicomvault.archive")
 
@@ -115,6 +121,32 @@ class Reception:
         self._spool.discard()
 
 
+@dataclass(frozen=True, slots=True)
+class _Checked:
+    """A spooled instance that passed the checks and is to be committed and indexed."""
+
+    spool: FileSpool
+    parsed: ParsedInstance
+    source_ae: str | None
+    policy: str
+    result: StoreResult
+    sha256: str
+    dataset_sha256: str
+
+    def prepared(self, name: str) -> Prepared:
+        blob = BlobInfo(name, self.result.size, self.sha256, self.dataset_sha256)
+        pending = PendingInsert(self.parsed.record, blob, self.source_ae, self.policy)
+        return Prepared(pending, self.result)
+
+
+@dataclass(frozen=True, slots=True)
+class Prepared:
+    """A durable, not yet indexed instance (see :meth:`Archive.prepare_file`)."""
+
+    pending: PendingInsert
+    result: StoreResult
+
+
 class Archive:
     """An open archive: index + blob store + the writer thread."""
 
@@ -122,21 +154,26 @@ class Archive:
         self.settings = settings
         self.index = index
         self.store = store
-        self._writer = IndexWriter(index)
+        self._writer_instance: IndexWriter | None = None
         self._lock_fd: int | None = None
 
     @classmethod
-    def open(cls, settings: Settings, *, recover_on_start: bool = True) -> Archive:
+    def open(
+        cls, settings: Settings, *, recover_on_start: bool = True, helper: bool = False
+    ) -> Archive:
         """Open (creating when new) the archive of ``settings``.
 
         When no other process has the data directory open, start-up recovery removes
-        temp files and orphan blobs that a crash left behind.
+        temp files and orphan blobs that a crash left behind. ``helper`` is for worker
+        processes of a process that already opened it: no lock, no recovery.
         """
         data_dir = settings.storage.path
         data_dir.mkdir(parents=True, exist_ok=True)
         store = FileSystemBlobStore(data_dir / "blobs", fsync=settings.storage.fsync)
         index = Index.open(settings.index_url)
         archive = cls(settings, index, store)
+        if helper:
+            return archive
         archive._lock_fd = os.open(data_dir / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
         try:
             fcntl.flock(archive._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -156,8 +193,16 @@ class Archive:
         fcntl.flock(archive._lock_fd, fcntl.LOCK_SH)
         return archive
 
+    @property
+    def _writer(self) -> IndexWriter:
+        # Started on first use: import worker processes only prepare, never index.
+        if self._writer_instance is None:
+            self._writer_instance = IndexWriter(self.index)
+        return self._writer_instance
+
     def close(self) -> None:
-        self._writer.close()
+        if self._writer_instance is not None:
+            self._writer_instance.close()
         self.index.close()
         if self._lock_fd is not None:
             os.close(self._lock_fd)
@@ -196,6 +241,57 @@ class Archive:
 
         The stored blob is always a Part 10 file whose data set bytes are the file's own.
         """
+        spool, parsed = self._spool_file(path)
+        return self._complete(spool, parsed, source_ae)
+
+    def store_stream(self, stream: IO[bytes], *, source_ae: str | None = None) -> StoreResult:
+        """Store a Part 10 file (or bare data set) read from ``stream`` (STOW-RS, zip)."""
+        with self.temp_copy(stream) as path:
+            return self.store_file(path, source_ae=source_ae)
+
+    @contextmanager
+    def temp_copy(self, stream: IO[bytes]) -> Iterator[Path]:
+        """``stream`` copied to a temporary file in the store (parsing needs a file)."""
+        fd, name = tempfile.mkstemp(dir=self.store.root / ".tmp", suffix=".in")
+        try:
+            with os.fdopen(fd, "wb") as out:
+                shutil.copyfileobj(stream, out, _CHUNK)
+            yield Path(name)
+        finally:
+            os.unlink(name)
+
+    def prepare_many(
+        self, paths: list[Path], *, source_ae: str | None = None
+    ) -> list[Prepared | StoreResult | Exception]:
+        """Steps 1–3 for several files — parse, check, make the blobs durable with one
+        journal commit — but do not index.
+
+        Worker processes of ``dicomvault import`` run this; the process that owns the
+        index writer then calls :meth:`finalize`. A :class:`StoreResult` means there is
+        nothing to index (an identical duplicate, or keep-first); an exception is that
+        file's error (returned, not raised).
+        """
+        out: list[Prepared | StoreResult | Exception] = []
+        checked: list[tuple[int, _Checked]] = []
+        for path in paths:
+            try:
+                spool, parsed = self._spool_file(path)
+                check = self._check(spool, parsed, source_ae)
+            except Exception as exc:
+                out.append(exc)
+                continue
+            if isinstance(check, StoreResult):
+                out.append(check)
+            else:
+                checked.append((len(out), check))
+                out.append(check.result)  # replaced below
+        names = self.store.commit_many([c.spool for _, c in checked])
+        for (position, check), name in zip(checked, names, strict=True):
+            out[position] = name if isinstance(name, Exception) else check.prepared(name)
+        return out
+
+    def _spool_file(self, path: Path) -> tuple[FileSpool, ParsedInstance]:
+        """Step 1–2 for a file: parse its header, copy it into a spool as Part 10."""
         with open(path, "rb") as src:
             head = src.read(_HEAD)
             layout, offset = read_preamble_layout(head)
@@ -221,76 +317,96 @@ class Archive:
             except BaseException:
                 spool.discard()
                 raise
-        return self._complete(spool, parsed, source_ae)
+        return spool, parsed
 
-    def store_stream(self, stream: IO[bytes], *, source_ae: str | None = None) -> StoreResult:
-        """Store a Part 10 file (or bare data set) read from ``stream`` (STOW-RS, zip)."""
-        tmp_dir = self.store.root / ".tmp"
-        fd, name = tempfile.mkstemp(dir=tmp_dir, suffix=".in")
-        try:
-            with os.fdopen(fd, "wb") as out:
-                shutil.copyfileobj(stream, out, _CHUNK)
-            return self.store_file(Path(name), source_ae=source_ae)
-        finally:
-            os.unlink(name)
-
-    def _complete(self, spool: Spool, parsed: ParsedInstance, source_ae: str | None) -> StoreResult:
+    def _complete(
+        self, spool: FileSpool, parsed: ParsedInstance, source_ae: str | None
+    ) -> StoreResult:
         """Steps 3–5 of the life of an instance; consumes ``spool``."""
-        record = parsed.record
-        inst = record.instance
-        policy = self.settings.storage.duplicates
-        dataset_sha256 = spool.dataset_sha256()
-
-        def result(status: StoreStatus) -> StoreResult:
-            return StoreResult(
-                status=status,
-                sop_class_uid=inst.sop_class_uid,
-                sop_instance_uid=inst.sop_instance_uid,
-                study_instance_uid=record.study.study_instance_uid,
-                series_instance_uid=record.series.series_instance_uid,
-                transfer_syntax_uid=inst.transfer_syntax_uid,
-                size=spool.size,
-                warnings=record.warnings,
-            )
-
-        # Cheap early answer for re-sent instances: nothing is written twice.
+        check = self._check(spool, parsed, source_ae)
+        if isinstance(check, StoreResult):
+            return check
         try:
-            existing = self.index.lookup_instance(inst.sop_instance_uid)
-            if existing is not None:
-                self._check_duplicate(existing, record.study.study_instance_uid,
-                                      record.series.series_instance_uid,
-                                      dataset_sha256, policy)
-                if existing.dataset_sha256 == dataset_sha256:
-                    spool.discard()
-                    return result(StoreStatus.DUPLICATE)
-                if policy == "keep-first":
-                    spool.discard()
-                    return result(StoreStatus.KEPT_FIRST)
-            blob = BlobInfo(
-                name="",
-                size=spool.size,
-                sha256=spool.sha256(),
-                dataset_sha256=dataset_sha256,
-            )
             name = spool.commit()
         except BaseException:
             spool.discard()
             raise
-        blob = BlobInfo(name, blob.size, blob.sha256, blob.dataset_sha256)
+        return self.finalize(check.prepared(name))
+
+    def _check(
+        self, spool: FileSpool, parsed: ParsedInstance, source_ae: str | None
+    ) -> _Checked | StoreResult:
+        """Decide what a fully spooled instance needs, before anything is durable.
+
+        Returns a :class:`StoreResult` (spool discarded) when nothing is to be written:
+        the same data set is already stored, or policy keep-first keeps the old one.
+        """
+        record = parsed.record
+        inst = record.instance
+        policy = self.settings.storage.duplicates
+        dataset_sha256 = spool.dataset_sha256()
+        result = StoreResult(
+            status=StoreStatus.STORED,
+            sop_class_uid=inst.sop_class_uid,
+            sop_instance_uid=inst.sop_instance_uid,
+            study_instance_uid=record.study.study_instance_uid,
+            series_instance_uid=record.series.series_instance_uid,
+            transfer_syntax_uid=inst.transfer_syntax_uid,
+            size=spool.size,
+            warnings=record.warnings,
+        )
         try:
-            outcome = self._writer.submit(
-                PendingInsert(record=record, blob=blob, source_ae=source_ae, policy=policy)
-            ).result()
+            # Cheap early answer for re-sent instances: nothing is written twice.
+            if self.index.has_instance(inst.sop_instance_uid):
+                existing = self.index.lookup_instance(inst.sop_instance_uid)
+                if existing is not None:
+                    self._check_duplicate(
+                        existing,
+                        record.study.study_instance_uid,
+                        record.series.series_instance_uid,
+                        dataset_sha256,
+                        policy,
+                    )
+                    if existing.dataset_sha256 == dataset_sha256:
+                        spool.discard()
+                        return dataclasses.replace(result, status=StoreStatus.DUPLICATE)
+                    if policy == "keep-first":
+                        spool.discard()
+                        return dataclasses.replace(result, status=StoreStatus.KEPT_FIRST)
         except BaseException:
-            # Not indexed: the blob must not stay (DESIGN.md step 5).
-            self.store.delete(name)
+            spool.discard()
             raise
-        if outcome.new_blob_unused:
-            self.store.delete(name)
-        if outcome.replaced_blob is not None:
-            # Only after the new one is indexed (a crash here leaves an orphan, not a loss).
-            self.store.delete(outcome.replaced_blob)
-        return result(outcome.status)
+        return _Checked(spool, parsed, source_ae, policy, result, spool.sha256(), dataset_sha256)
+
+    def finalize(self, prepared: Prepared) -> StoreResult:
+        """Steps 4–5: index the prepared instance (group commit), then answer."""
+        return self.finalize_async(prepared).result()
+
+    def finalize_async(self, prepared: Prepared) -> Future[StoreResult]:
+        """:meth:`finalize` without blocking: the future completes after the commit."""
+        done: Future[StoreResult] = Future()
+        name = prepared.pending.blob.name
+
+        def indexed(fut: Future[InsertOutcome]) -> None:
+            try:
+                outcome = fut.result()
+            except BaseException as exc:
+                # Not indexed: the blob must not stay (DESIGN.md step 5).
+                self.store.delete(name)
+                done.set_exception(exc)
+                return
+            try:
+                if outcome.new_blob_unused:
+                    self.store.delete(name)
+                if outcome.replaced_blob is not None:
+                    # Only after the new one is indexed (a crash here leaves an orphan).
+                    self.store.delete(outcome.replaced_blob)
+            except OSError as exc:
+                log.warning("could not remove unused blob: %s", exc)
+            done.set_result(dataclasses.replace(prepared.result, status=outcome.status))
+
+        self._writer.submit(prepared.pending).add_done_callback(indexed)
+        return done
 
     @staticmethod
     def _check_duplicate(

@@ -7,16 +7,27 @@ finds the referenced files anyway).
 
 from __future__ import annotations
 
+import functools
+import multiprocessing
 import os
+import signal
+import sys
 import threading
 import zipfile
 from collections import Counter
 from collections.abc import Callable, Iterator
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from concurrent.futures import (
+    FIRST_COMPLETED,
+    Future,
+    ProcessPoolExecutor,
+    wait,
+)
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from dicomvault.archive.archive import Archive
+from dicomvault.archive.archive import Archive, Prepared
+from dicomvault.config import Settings
 from dicomvault.dicom.dicomdir import dicomdir_references, is_dicomdir
 from dicomvault.model.errors import InvalidInstance, NotDicom, OutOfResources
 from dicomvault.model.records import StoreResult, StoreStatus
@@ -112,11 +123,42 @@ def discover(paths: list[Path]) -> Iterator[Source | tuple[Source, str]]:
                 yield Source(path)
 
 
-def _store(archive: Archive, source: Source) -> StoreResult:
-    if source.member is None:
-        return archive.store_file(source.path)
-    with zipfile.ZipFile(source.path) as zf, zf.open(source.member) as member:
-        return archive.store_stream(member)
+_worker_archive: Archive | None = None
+#: Files per worker task: fewer inter-process round trips, larger index group commits.
+_CHUNK = 8
+
+
+def _worker_init(settings: Settings) -> None:
+    global _worker_archive
+    # The parent's Ctrl-C reaches the whole process group; the parent handles it.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _worker_archive = Archive.open(settings, recover_on_start=False, helper=True)
+
+
+def _prepare(sources: list[Source]) -> list[Prepared | StoreResult | Exception]:
+    """Runs in a worker process: everything but the index transaction, for a chunk of
+    files (one round trip, one journal commit, and the writer gets them together)."""
+    archive = _worker_archive
+    assert archive is not None
+    with ExitStack() as stack:
+        paths: list[Path] = []
+        for source in sources:
+            if source.member is None:
+                paths.append(source.path)
+                continue
+            zf = stack.enter_context(zipfile.ZipFile(source.path))
+            with zf.open(source.member) as member:
+                paths.append(stack.enter_context(archive.temp_copy(member)))
+        return archive.prepare_many(paths)
+
+
+def _deliver(
+    finished: Callable[[Source, StoreResult | Exception], None],
+    source: Source,
+    fut: Future[StoreResult],
+) -> None:
+    error = fut.exception()
+    finished(source, error if isinstance(error, Exception) else fut.result())
 
 
 def import_paths(
@@ -129,12 +171,13 @@ def import_paths(
 ) -> ImportReport:
     """Import every file under ``paths`` into ``archive``; never raises for one bad file.
 
-    Files are stored by a small thread pool: hashing, copying and fsync release the GIL,
-    and the index writer commits what the workers finish together.
+    Worker processes (one per core by default) copy, hash, parse and make each blob
+    durable; this process only indexes, through the archive's group-commit writer, so
+    Python's GIL is not shared between parsing and indexing.
     """
     report = ImportReport()
     lock = threading.Lock()
-    workers = workers or max(2, (os.cpu_count() or 2) * 2)
+    workers = workers or max(2, os.cpu_count() or 2)
     stop = threading.Event()
 
     def record(source: Source, outcome: StoreResult | Exception) -> None:
@@ -163,28 +206,98 @@ def import_paths(
         if on_done is not None:
             on_done(source, outcome)
 
-    def task(source: Source) -> None:
-        if stop.is_set():
-            with lock:
-                report.not_attempted += 1
-            return
-        try:
-            outcome: StoreResult | Exception = _store(archive, source)
-        except Exception as exc:  # one file's failure is reported, never fatal
-            outcome = exc
-        record(source, outcome)
-
-    pending: set[Future[None]] = set()
-    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="import") as pool:
+    if workers == 1:
         for item in discover(paths):
             if isinstance(item, tuple):
-                with lock:
-                    report.dicomdir += 1
+                report.dicomdir += 1
                 continue
             if on_discovered is not None:
                 on_discovered(1)
-            pending.add(pool.submit(task, item))
-            if len(pending) >= workers * 4:  # bounded queue: memory flat for huge trees
-                _, pending = wait(pending, return_when=FIRST_COMPLETED)
+            if stop.is_set():
+                report.not_attempted += 1
+                continue
+            try:
+                outcome: StoreResult | Exception = _store(archive, item)
+            except Exception as exc:
+                outcome = exc
+            record(item, outcome)
+        return report
+
+    pool = ProcessPoolExecutor(
+        max_workers=workers,
+        mp_context=multiprocessing.get_context("spawn"),
+        initializer=_worker_init,
+        initargs=(archive.settings,),
+    )
+    # This process only moves results from the workers to the index writer; a short GIL
+    # switch interval keeps the writer from waiting 5 ms behind the result thread.
+    previous_interval = sys.getswitchinterval()
+    sys.setswitchinterval(0.0005)
+    pending: set[Future[None]] = set()
+
+    def chain(
+        sources: list[Source],
+        done: Future[None],
+        prepared: Future[list[Prepared | StoreResult | Exception]],
+    ) -> None:
+        remaining = [len(sources)]
+        count = threading.Lock()
+
+        def finished(source: Source, outcome: StoreResult | Exception) -> None:
+            record(source, outcome)
+            with count:
+                remaining[0] -= 1
+                last = remaining[0] == 0
+            if last:
+                done.set_result(None)
+
+        try:
+            results = prepared.result()
+        except Exception as exc:  # a worker process died
+            results = [exc] * len(sources)
+        for source, result in zip(sources, results, strict=True):
+            if not isinstance(result, Prepared):
+                finished(source, result)
+                continue
+            archive.finalize_async(result).add_done_callback(
+                functools.partial(_deliver, finished, source)
+            )
+
+    def submit(chunk: list[Source]) -> None:
+        nonlocal pending
+        done: Future[None] = Future()
+        pending.add(done)
+        pool.submit(_prepare, chunk).add_done_callback(functools.partial(chain, chunk, done))
+        if len(pending) >= workers * 3:  # bounded: memory flat for huge trees
+            _, pending = wait(pending, return_when=FIRST_COMPLETED)
+
+    try:
+        chunk: list[Source] = []
+        for item in discover(paths):
+            if isinstance(item, tuple):
+                report.dicomdir += 1
+                continue
+            if on_discovered is not None:
+                on_discovered(1)
+            if stop.is_set():
+                with lock:
+                    report.not_attempted += 1
+                continue
+            chunk.append(item)
+            if len(chunk) >= _CHUNK:
+                submit(chunk)
+                chunk = []
+        if chunk:
+            submit(chunk)
         wait(pending)
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+        sys.setswitchinterval(previous_interval)
     return report
+
+
+def _store(archive: Archive, source: Source) -> StoreResult:
+    if source.member is None:
+        return archive.store_file(source.path)
+    with zipfile.ZipFile(source.path) as zf, zf.open(source.member) as member:
+        return archive.store_stream(member)

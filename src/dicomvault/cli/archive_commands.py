@@ -69,8 +69,12 @@ def _print_import_summary(report: ImportReport, seconds: float) -> None:
 @click.command("import")
 @click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
 @config_options
-@click.option("--workers", type=click.IntRange(1, 64), default=None,
-              help="Parallel workers [default: 2 per core].")
+@click.option(
+    "--workers",
+    type=click.IntRange(1, 64),
+    default=None,
+    help="Parallel workers [default: 2 per core].",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout.")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
 def import_command(
@@ -116,8 +120,11 @@ def import_command(
 
                 try:
                     report = import_paths(
-                        archive, list(paths), workers=workers,
-                        on_discovered=discovered, on_done=done,
+                        archive,
+                        list(paths),
+                        workers=workers,
+                        on_discovered=discovered,
+                        on_done=done,
                     )
                 except FileNotFoundError as exc:
                     fail(str(exc), 2)
@@ -146,24 +153,39 @@ def verify_command(config: Path | None, data_dir: Path | None, repair: bool, as_
         with Archive.open(settings, recover_on_start=False) as archive:
             total = archive.stats().instances
             with Progress(
-                TextColumn("verifying"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                console=console, disable=as_json, transient=True,
+                TextColumn("verifying"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeElapsedColumn(),
+                console=console,
+                disable=as_json,
+                transient=True,
             ) as progress:
                 task = progress.add_task("verify", total=total)
                 report = archive.verify(
                     repair=repair, progress=lambda n: progress.update(task, advance=n)
                 )
         if as_json:
-            out.print_json(json.dumps({
-                "checked": report.checked, "ok": report.ok, "missing": report.missing,
-                "corrupt": report.corrupt, "orphans": report.orphans,
-                "removed_orphans": report.removed_orphans, "consistent": report.consistent,
-            }))
+            out.print_json(
+                json.dumps(
+                    {
+                        "checked": report.checked,
+                        "ok": report.ok,
+                        "missing": report.missing,
+                        "corrupt": report.corrupt,
+                        "orphans": report.orphans,
+                        "removed_orphans": report.removed_orphans,
+                        "consistent": report.consistent,
+                    }
+                )
+            )
         else:
-            console.print(f"checked {report.checked} instances: {report.ok} ok, "
-                          f"{len(report.missing)} missing, {len(report.corrupt)} corrupt, "
-                          f"{len(report.orphans)} orphan blobs"
-                          + (f" ({report.removed_orphans} removed)" if repair else ""))
+            console.print(
+                f"checked {report.checked} instances: {report.ok} ok, "
+                f"{len(report.missing)} missing, {len(report.corrupt)} corrupt, "
+                f"{len(report.orphans)} orphan blobs"
+                + (f" ({report.removed_orphans} removed)" if repair else "")
+            )
             for uid in report.missing:
                 console.print(f"[red]missing[/] {uid}", highlight=False)
             for uid in report.corrupt:
@@ -191,16 +213,28 @@ def stats_command(config: Path | None, data_dir: Path | None, as_json: bool) -> 
         finally:
             index.close()
         if as_json:
-            out.print_json(json.dumps({
-                "patients": stats.patients, "studies": stats.studies, "series": stats.series,
-                "instances": stats.instances, "bytes": stats.bytes,
-            }))
+            out.print_json(
+                json.dumps(
+                    {
+                        "patients": stats.patients,
+                        "studies": stats.studies,
+                        "series": stats.series,
+                        "instances": stats.instances,
+                        "bytes": stats.bytes,
+                    }
+                )
+            )
             return 0
         table = Table(title=f"archive {settings.storage.path}", title_justify="left")
         for col in ("patients", "studies", "series", "instances", "bytes"):
             table.add_column(col, justify="right")
-        table.add_row(str(stats.patients), str(stats.studies), str(stats.series),
-                      str(stats.instances), human_bytes(stats.bytes))
+        table.add_row(
+            str(stats.patients),
+            str(stats.studies),
+            str(stats.series),
+            str(stats.instances),
+            human_bytes(stats.bytes),
+        )
         out.print(table)
         if per_modality:
             table = Table(title="per modality", title_justify="left")
@@ -235,8 +269,10 @@ def db_upgrade(config: Path | None, data_dir: Path | None) -> None:
             after = migrate.current_revision(index._write)
         finally:
             index.close()
-        console.print(f"index at revision {after}"
-                      + (" (already up to date)" if before == after else f" (was {before})"))
+        console.print(
+            f"index at revision {after}"
+            + (" (already up to date)" if before == after else f" (was {before})")
+        )
         return 0
 
     run_guarded(body)
@@ -278,17 +314,12 @@ def config_show(config: Path | None, data_dir: Path | None, as_json: bool) -> No
             out.print_json(json.dumps(data))
             return 0
         for section, values in data.items():
-            if section == "remotes":
-                for name, remote in values.items():
-                    out.print(f"[remotes.{name}]", highlight=False)
-                    for key, value in remote.items():
-                        out.print(f"{key} = {json.dumps(value)}", highlight=False)
-                    out.print()
-                continue
-            out.print(f"[{section}]", highlight=False)
-            for key, value in values.items():
-                out.print(f"{key} = {json.dumps(value)}", highlight=False)
-            out.print()
+            tables = values.items() if section == "remotes" else [(None, values)]
+            for name, table in tables:
+                click.echo(f"[{section}.{name}]" if name else f"[{section}]")
+                for key, value in table.items():
+                    click.echo(f"{key} = {json.dumps(value)}")
+                click.echo()
         return 0
 
     run_guarded(body)

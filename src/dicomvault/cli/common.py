@@ -15,8 +15,8 @@ from dicomvault.model.errors import DicomVaultError
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-console = Console(stderr=True)
-out = Console()
+console = Console(stderr=True, soft_wrap=True)
+out = Console(soft_wrap=True)
 
 
 def load_cli_settings(

@@ -53,13 +53,22 @@ def _run_one(settings: Settings, sock: socket.socket, worker: int) -> None:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
         ready = asyncio.Event()
-        server = asyncio.ensure_future(serve_dicom(archive, settings, ready=ready, stop=stop, sock=sock))
-        await asyncio.wait([server, asyncio.ensure_future(ready.wait())],
-                           return_when=asyncio.FIRST_COMPLETED)
+        server = asyncio.ensure_future(
+            serve_dicom(archive, settings, ready=ready, stop=stop, sock=sock)
+        )
+        await asyncio.wait(
+            [server, asyncio.ensure_future(ready.wait())], return_when=asyncio.FIRST_COMPLETED
+        )
         if ready.is_set():
             host, port = sock.getsockname()[:2]
-            log.info("worker %d: DIMSE listening on %s:%d as %s (data %s)", worker, host, port,
-                     settings.dicom.ae_title, settings.storage.path)
+            log.info(
+                "worker %d: DIMSE listening on %s:%d as %s (data %s)",
+                worker,
+                host,
+                port,
+                settings.dicom.ae_title,
+                settings.storage.path,
+            )
         await server
 
     try:
@@ -86,14 +95,26 @@ def _configure_logging(level: str) -> None:
 
 @click.command("serve")
 @config_options
-@click.option("--dicom-port", type=click.IntRange(0, 65535), default=None,
-              help="DIMSE port (setting dicom.port) [default: 11112].")
-@click.option("--http-port", type=click.IntRange(0, 65535), default=None,
-              help="HTTP port (setting http.port) [default: 8080]; DICOMweb is not served "
-                   "by this version yet.")
+@click.option(
+    "--dicom-port",
+    type=click.IntRange(0, 65535),
+    default=None,
+    help="DIMSE port (setting dicom.port) [default: 11112].",
+)
+@click.option(
+    "--http-port",
+    type=click.IntRange(0, 65535),
+    default=None,
+    help="HTTP port (setting http.port) [default: 8080]; DICOMweb is not served "
+    "by this version yet.",
+)
 @click.option("--ae-title", default=None, help="Our AE title (setting dicom.ae_title).")
-@click.option("--workers", type=click.IntRange(1, 64), default=None,
-              help="Processes sharing the port (setting server.workers) [default: 1].")
+@click.option(
+    "--workers",
+    type=click.IntRange(1, 64),
+    default=None,
+    help="Processes sharing the port (setting server.workers) [default: 1].",
+)
 def serve_command(
     config: Path | None,
     data_dir: Path | None,
@@ -132,8 +153,11 @@ def serve_command(
         Archive.open(settings).close()
         ctx = multiprocessing.get_context("spawn")
         procs = [
-            ctx.Process(target=_worker_main, args=(settings, host, port, i, settings.server.log_level),
-                        name=f"dicomvault-worker-{i}")
+            ctx.Process(
+                target=_worker_main,
+                args=(settings, host, port, i, settings.server.log_level),
+                name=f"dicomvault-worker-{i}",
+            )
             for i in range(n)
         ]
         for proc in procs:

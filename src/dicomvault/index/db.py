@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 from sqlalchemy import Connection, Engine, create_engine, delete, event, func, select, update
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
@@ -28,6 +29,7 @@ from dicomvault.model.errors import (
     HierarchyConflict,
     IndexError_,
     NotFound,
+    OutOfResources,
 )
 from dicomvault.model.records import (
     BlobInfo,
@@ -101,6 +103,113 @@ def _join(existing: str, value: str | None) -> str:
     return "\\".join(sorted([*items, value]))
 
 
+class _InstanceRow(NamedTuple):
+    pk: int | None  # None: planned in this batch, not yet inserted
+    sop_instance_uid: str
+    dataset_sha256: str
+    blob_name: str
+    sop_class_uid: str
+    series_instance_uid: str
+    study_instance_uid: str
+    study_pk: int
+
+
+class _SeriesRow(NamedTuple):
+    pk: int
+    study_instance_uid: str
+    study_pk: int
+
+
+@dataclass
+class _StudyState:
+    pk: int
+    modalities: str
+    sop_classes: str
+    added: int = 0
+    new_series: int = 0
+    updated_at: datetime | None = None
+
+
+class _BatchPlan:
+    """What one batch reads up front (one ``IN`` query per level) and writes at the end
+    (one multi-row insert, one counter update per touched series and study)."""
+
+    def __init__(self, conn: Connection, items: Sequence[PendingInsert]) -> None:
+        uids = {it.record.instance.sop_instance_uid for it in items}
+        self.instances: dict[str, _InstanceRow] = {
+            r.sop_instance_uid: _InstanceRow(*r)
+            for r in conn.execute(
+                select(
+                    instances.c.pk,
+                    instances.c.sop_instance_uid,
+                    instances.c.dataset_sha256,
+                    instances.c.blob_name,
+                    instances.c.sop_class_uid,
+                    series.c.series_instance_uid,
+                    studies.c.study_instance_uid,
+                    studies.c.pk,
+                )
+                .join(series, instances.c.series_pk == series.c.pk)
+                .join(studies, series.c.study_pk == studies.c.pk)
+                .where(instances.c.sop_instance_uid.in_(uids))
+            )
+        }
+        series_uids = {it.record.series.series_instance_uid for it in items}
+        self.series: dict[str, _SeriesRow] = {
+            r[0]: _SeriesRow(*r[1:])
+            for r in conn.execute(
+                select(
+                    series.c.series_instance_uid,
+                    series.c.pk,
+                    studies.c.study_instance_uid,
+                    studies.c.pk,
+                )
+                .join(studies, series.c.study_pk == studies.c.pk)
+                .where(series.c.series_instance_uid.in_(series_uids))
+            )
+        }
+        study_uids = {it.record.study.study_instance_uid for it in items}
+        self.studies: dict[str, _StudyState] = {
+            r[0]: _StudyState(r[1], r[2], r[3])
+            for r in conn.execute(
+                select(
+                    studies.c.study_instance_uid,
+                    studies.c.pk,
+                    studies.c.modalities_in_study,
+                    studies.c.sop_classes_in_study,
+                ).where(studies.c.study_instance_uid.in_(study_uids))
+            )
+        }
+        self.new_instances: dict[str, dict[str, Any]] = {}
+        self.series_added: Counter[int] = Counter()
+        self.refresh_sets: set[int] = set()
+
+    def flush(self, conn: Connection) -> None:
+        if self.new_instances:
+            conn.execute(instances.insert(), list(self.new_instances.values()))
+        for series_pk, added in self.series_added.items():
+            conn.execute(
+                update(series)
+                .where(series.c.pk == series_pk)
+                .values(number_of_instances=series.c.number_of_instances + added)
+            )
+        for study in self.studies.values():
+            if study.added:
+                conn.execute(
+                    update(studies)
+                    .where(studies.c.pk == study.pk)
+                    .values(
+                        number_of_instances=studies.c.number_of_instances + study.added,
+                        number_of_series=studies.c.number_of_series + study.new_series,
+                        modalities_in_study=study.modalities,
+                        sop_classes_in_study=study.sop_classes,
+                        updated_at=study.updated_at,
+                    )
+                )
+        for study_pk in self.refresh_sets:
+            Index._refresh_study_sets(conn, study_pk)
+
+
 class Index:
     """The archive index on one database (SQLite or PostgreSQL)."""
 
@@ -159,13 +268,15 @@ class Index:
     def _insert_in_one_transaction(
         self, items: Sequence[PendingInsert]
     ) -> list[InsertOutcome | Exception]:
-        results: list[InsertOutcome | Exception] = []
         with self._write.begin() as conn:
+            plan = _BatchPlan(conn, items)
+            results: list[InsertOutcome | Exception] = []
             for item in items:
                 try:
-                    results.append(self._insert_one(conn, item))
+                    results.append(self._plan_one(conn, plan, item))
                 except (DuplicateRejected, HierarchyConflict) as exc:
                     results.append(exc)
+            plan.flush(conn)
         return results
 
     def _insert_alone(self, item: PendingInsert) -> InsertOutcome | Exception:
@@ -175,6 +286,8 @@ class Index:
             try:
                 return self._insert_in_one_transaction([item])[0]
             except (IntegrityError, OperationalError) as exc:
+                if "full" in str(exc.orig).lower():  # SQLITE_FULL: the disk, not a race
+                    return OutOfResources(f"index database full: {exc.orig}")
                 if attempt == 4:
                     return IndexError_(f"index write failed: {exc.orig}")
                 time.sleep(0.01 * (attempt + 1))
@@ -182,24 +295,12 @@ class Index:
                 return IndexError_(f"index write failed: {exc.orig}")
         raise AssertionError("unreachable")
 
-    def _insert_one(self, conn: Connection, item: PendingInsert) -> InsertOutcome:
+    def _plan_one(self, conn: Connection, plan: _BatchPlan, item: PendingInsert) -> InsertOutcome:
+        """Decide one item against the database plus what this batch already planned;
+        raise before recording anything of a rejected item."""
         rec = item.record
         uid = rec.instance.sop_instance_uid
-        # 1. Check everything before writing anything of this item.
-        existing = conn.execute(
-            select(
-                instances.c.pk,
-                instances.c.dataset_sha256,
-                instances.c.blob_name,
-                instances.c.sop_class_uid,
-                series.c.series_instance_uid,
-                studies.c.study_instance_uid,
-                studies.c.pk.label("study_pk"),
-            )
-            .join(series, instances.c.series_pk == series.c.pk)
-            .join(studies, series.c.study_pk == studies.c.pk)
-            .where(instances.c.sop_instance_uid == uid)
-        ).first()
+        existing = plan.instances.get(uid)
         if existing is not None:
             if (
                 existing.study_instance_uid != rec.study.study_instance_uid
@@ -218,33 +319,34 @@ class Index:
                 )
             if item.policy == "keep-first":
                 return InsertOutcome(StoreStatus.KEPT_FIRST, new_blob_unused=True)
-            conn.execute(
-                update(instances)
-                .where(instances.c.pk == existing.pk)
-                .values(**self._instance_values(item))
+            replaced = existing.blob_name
+            values = self._instance_values(item)
+            if existing.pk is None:  # planned earlier in this batch: replace the plan
+                plan.new_instances[uid].update(values)
+            else:
+                conn.execute(
+                    update(instances).where(instances.c.pk == existing.pk).values(**values)
+                )
+                if existing.sop_class_uid != rec.instance.sop_class_uid:
+                    plan.refresh_sets.add(existing.study_pk)
+            plan.instances[uid] = existing._replace(
+                dataset_sha256=item.blob.dataset_sha256,
+                blob_name=item.blob.name,
+                sop_class_uid=rec.instance.sop_class_uid,
             )
-            if existing.sop_class_uid != rec.instance.sop_class_uid:
-                self._refresh_study_sets(conn, existing.study_pk)
-            return InsertOutcome(StoreStatus.OVERWRITTEN, replaced_blob=existing.blob_name)
+            return InsertOutcome(StoreStatus.OVERWRITTEN, replaced_blob=replaced)
 
-        series_row = conn.execute(
-            select(series.c.pk, studies.c.study_instance_uid)
-            .join(studies, series.c.study_pk == studies.c.pk)
-            .where(series.c.series_instance_uid == rec.series.series_instance_uid)
-        ).first()
-        if series_row is not None and series_row.study_instance_uid != rec.study.study_instance_uid:
+        series_uid = rec.series.series_instance_uid
+        study_uid = rec.study.study_instance_uid
+        known_series = plan.series.get(series_uid)
+        if known_series is not None and known_series.study_instance_uid != study_uid:
             raise HierarchyConflict(
-                f"Series Instance UID {rec.series.series_instance_uid} already belongs to "
-                f"study {series_row.study_instance_uid}, not {rec.study.study_instance_uid}"
+                f"Series Instance UID {series_uid} already belongs to "
+                f"study {known_series.study_instance_uid}, not {study_uid}"
             )
-
-        # 2. Write: patient, study, series as needed, then the instance and the counts.
         now = item.received_at
-        study_row = conn.execute(
-            select(studies.c.pk, studies.c.modalities_in_study, studies.c.sop_classes_in_study)
-            .where(studies.c.study_instance_uid == rec.study.study_instance_uid)
-        ).first()
-        if study_row is None:
+        study = plan.studies.get(study_uid)
+        if study is None:
             patient_pk = self._patient_pk(conn, item)
             study_pk = conn.execute(
                 studies.insert()
@@ -255,43 +357,40 @@ class Index:
                 )
                 .returning(studies.c.pk)
             ).scalar_one()
-            modalities, sop_classes = "", ""
             conn.execute(
                 update(patients)
                 .where(patients.c.pk == patient_pk)
                 .values(number_of_studies=patients.c.number_of_studies + 1)
             )
-        else:
-            study_pk = study_row.pk
-            modalities, sop_classes = study_row.modalities_in_study, study_row.sop_classes_in_study
-
-        new_series = series_row is None
-        if series_row is None:
+            study = plan.studies[study_uid] = _StudyState(study_pk, "", "")
+        if known_series is None:
             series_pk = conn.execute(
                 series.insert()
-                .values(study_pk=study_pk, updated_at=now, **_row_values(rec.series, series.c.keys()))
+                .values(
+                    study_pk=study.pk, updated_at=now, **_row_values(rec.series, series.c.keys())
+                )
                 .returning(series.c.pk)
             ).scalar_one()
-        else:
-            series_pk = series_row.pk
-
-        conn.execute(instances.insert().values(series_pk=series_pk, **self._instance_values(item)))
-        conn.execute(
-            update(series)
-            .where(series.c.pk == series_pk)
-            .values(number_of_instances=series.c.number_of_instances + 1, updated_at=now)
+            known_series = plan.series[series_uid] = _SeriesRow(series_pk, study_uid, study.pk)
+            study.new_series += 1
+        row = self._instance_values(item)
+        row["series_pk"] = known_series.pk
+        plan.new_instances[uid] = row
+        plan.instances[uid] = _InstanceRow(
+            None,
+            uid,
+            item.blob.dataset_sha256,
+            item.blob.name,
+            rec.instance.sop_class_uid,
+            series_uid,
+            study_uid,
+            study.pk,
         )
-        conn.execute(
-            update(studies)
-            .where(studies.c.pk == study_pk)
-            .values(
-                number_of_instances=studies.c.number_of_instances + 1,
-                number_of_series=studies.c.number_of_series + (1 if new_series else 0),
-                modalities_in_study=_join(modalities, rec.series.modality),
-                sop_classes_in_study=_join(sop_classes, rec.instance.sop_class_uid),
-                updated_at=now,
-            )
-        )
+        plan.series_added[known_series.pk] += 1
+        study.added += 1
+        study.modalities = _join(study.modalities, rec.series.modality)
+        study.sop_classes = _join(study.sop_classes, rec.instance.sop_class_uid)
+        study.updated_at = now
         return InsertOutcome(StoreStatus.STORED)
 
     def _patient_pk(self, conn: Connection, item: PendingInsert) -> int:
@@ -307,7 +406,9 @@ class Index:
             return int(pk)
         values = _row_values(rec, patients.c.keys())
         values["issuer_of_patient_id"] = issuer
-        return int(conn.execute(patients.insert().values(**values).returning(patients.c.pk)).scalar_one())
+        return int(
+            conn.execute(patients.insert().values(**values).returning(patients.c.pk)).scalar_one()
+        )
 
     @staticmethod
     def _instance_values(item: PendingInsert) -> dict[str, Any]:
@@ -323,7 +424,8 @@ class Index:
         )
         return values
 
-    def _refresh_study_sets(self, conn: Connection, study_pk: int) -> None:
+    @staticmethod
+    def _refresh_study_sets(conn: Connection, study_pk: int) -> None:
         """Recompute Modalities / SOP Classes in Study (PS3.4 C.6.2.1.2) from the rows."""
         modalities = conn.execute(
             select(series.c.modality).where(series.c.study_pk == study_pk).distinct()
@@ -444,6 +546,16 @@ class Index:
         with self._read.connect() as conn:
             return self._lookup(conn, sop_instance_uid)
 
+    def has_instance(self, sop_instance_uid: str) -> bool:
+        """Cheap existence test on the ingest hot path (one indexed probe, no ORM)."""
+        with self._read.connect() as conn:
+            found = conn.exec_driver_sql(
+                "SELECT 1 FROM instances WHERE sop_instance_uid = "
+                + ("?" if self.is_sqlite else "%(uid)s"),
+                (sop_instance_uid,) if self.is_sqlite else {"uid": sop_instance_uid},
+            ).first()
+        return found is not None
+
     def iter_instances(self, batch: int = 1000) -> Iterator[StoredInstance]:
         """Every instance, in insertion order, a page at a time (for verify)."""
         last = 0
@@ -492,7 +604,12 @@ class Index:
 
     def row(self, table: str, **where: Any) -> dict[str, Any] | None:
         """One row of ``patients``/``studies``/``series``/``instances`` as a dict."""
-        tables = {"patients": patients, "studies": studies, "series": series, "instances": instances}
+        tables = {
+            "patients": patients,
+            "studies": studies,
+            "series": series,
+            "instances": instances,
+        }
         t = tables[table]
         query = select(t)
         for key, value in where.items():
@@ -508,10 +625,11 @@ class Index:
                 for t in (patients, studies, series, instances)
             ]
             size = conn.execute(select(func.coalesce(func.sum(instances.c.size), 0))).scalar_one()
-        return Stats(*(int(c) for c in counts), bytes=int(size))
+        n_patients, n_studies, n_series, n_instances = (int(c) for c in counts)
+        return Stats(n_patients, n_studies, n_series, n_instances, int(size))
 
-    def level_stats(self) -> list[tuple[str, int, int]]:
-        """(modality, studies, instances/bytes) rows for the CLI table."""
+    def level_stats(self) -> list[tuple[str, int, int, int]]:
+        """(modality, studies, instances, bytes) rows for the CLI table."""
         with self._read.connect() as conn:
             rows = conn.execute(
                 select(
@@ -524,4 +642,4 @@ class Index:
                 .group_by(series.c.modality)
                 .order_by(series.c.modality)
             ).all()
-        return [(r[0] or "?", int(r[1]), int(r[2]), int(r[3])) for r in rows]  # type: ignore[misc]
+        return [(r[0] or "?", int(r[1]), int(r[2]), int(r[3])) for r in rows]

@@ -1,14 +1,18 @@
-"""Blobs as files: ``<root>/ab/cd/<uuid-hex>``, written durably.
+"""Blobs as files: ``<root>/YYYYMMDD/HHMM/<uuid-hex>``, written durably.
 
 Durable write (DESIGN.md, the life of an instance, step 3): spool to ``<root>/.tmp`` (the
 same filesystem, so the final step is an atomic rename) → fsync the file → rename →
 fsync the directory. Names are UUID4 hex chosen here, never a value from a data set
-(DCMTK CVE-2022-2119, pynetdicom #823); two levels of 256-way fan-out keep directories
-small at hundreds of millions of blobs.
+(DCMTK CVE-2022-2119, pynetdicom #823). Directories are buckets of arrival time (UTC,
+one per minute): a directory holds what one minute brought (18,000 files at 300/s),
+a new one is made once a minute rather than once per blob as a hash fan-out would
+(measured here: creating fan-out directories doubled the cost of a durable write), and
+backups find new data by name.
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import os
@@ -22,7 +26,9 @@ from typing import BinaryIO
 
 from dicomvault.model.errors import NotFound, OutOfResources
 
-_NAME = re.compile(r"^[0-9a-f]{2}/[0-9a-f]{2}/[0-9a-f]{32}$")
+_NAME = re.compile(r"^[0-9]{8}/[0-9]{4}/[0-9a-f]{32}$")
+_DAY = re.compile(r"^[0-9]{8}$")
+_MINUTE = re.compile(r"^[0-9]{4}$")
 _TMP = ".tmp"
 _SPACE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
 
@@ -95,10 +101,16 @@ class FileSpool:
         return (self._dataset_digest or self._digest).hexdigest()
 
     def commit(self) -> str:
+        name = self._sync_and_rename()
+        if self._store.fsync:
+            _fsync_dir((self._store.root / name).parent)
+        return name
+
+    def _sync_and_rename(self) -> str:
+        """fsync the data, rename into place; the caller fsyncs the directory."""
         if self._file is None:
             raise ValueError("spool already committed or discarded")
-        name_hex = uuid.uuid4().hex
-        name = f"{name_hex[:2]}/{name_hex[2:4]}/{name_hex}"
+        name = time.strftime("%Y%m%d/%H%M/", time.gmtime()) + uuid.uuid4().hex
         target = self._store.root / name
         try:
             self._file.flush()
@@ -108,8 +120,6 @@ class FileSpool:
             self._file = None
             target.parent.mkdir(parents=True, exist_ok=True)
             os.rename(self._path, target)
-            if self._store.fsync:
-                _fsync_dir(target.parent)
         except OSError as exc:
             self.discard()
             raise _storage_error(exc, "committing") from exc
@@ -117,10 +127,9 @@ class FileSpool:
 
     def discard(self) -> None:
         if self._file is not None:
-            try:
+            # A full disk can fail the final flush; the file goes anyway.
+            with contextlib.suppress(OSError):
                 self._file.close()
-            except OSError:
-                pass  # a full disk can fail the final flush; the file goes anyway
             self._file = None
         self._path.unlink(missing_ok=True)
 
@@ -149,9 +158,37 @@ class FileSystemBlobStore:
     def spool(self) -> FileSpool:
         return FileSpool(self)
 
+    def commit_many(self, spools: list[FileSpool]) -> list[str | OSError | Exception]:
+        """Commit several spools with one journal commit instead of one per file.
+
+        On ext4 (and most journalling filesystems) the first fsync commits the journal
+        transaction that holds every file written meanwhile, so the next fsyncs find
+        nothing left to commit; the renamed entries share a minute directory, fsynced
+        once. Measured here: a durable write for a chunk of 8 costs about what 2 cost.
+        Returns a name, or the error, per spool (a failed spool is discarded).
+        """
+        names: list[str | OSError | Exception] = []
+        for spool in spools:
+            try:
+                names.append(spool._sync_and_rename())
+            except Exception as exc:
+                names.append(exc)
+        if self.fsync:
+            parents = {(self.root / n).parent for n in names if isinstance(n, str)}
+            try:
+                for parent in sorted(parents):
+                    _fsync_dir(parent)
+            except OSError as exc:
+                error = _storage_error(exc, "committing")
+                for n in names:
+                    if isinstance(n, str):
+                        (self.root / n).unlink(missing_ok=True)
+                return [error] * len(names)
+        return names
+
     def open(self, name: str) -> BinaryIO:
         try:
-            return open(self._path(name), "rb")  # noqa: SIM115
+            return open(self._path(name), "rb")
         except FileNotFoundError:
             raise NotFound(f"blob {name} is missing from the store") from None
 
@@ -177,9 +214,11 @@ class FileSystemBlobStore:
 
     def names(self) -> Iterator[str]:
         for first in sorted(os.listdir(self.root)):
-            if len(first) != 2 or first == _TMP:
+            if not _DAY.match(first):
                 continue
             for second in sorted(os.listdir(self.root / first)):
+                if not _MINUTE.match(second):
+                    continue
                 for leaf in sorted(os.listdir(self.root / first / second)):
                     name = f"{first}/{second}/{leaf}"
                     if _NAME.match(name):
