@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -185,6 +186,20 @@ def test_receive_stream(archive: Archive) -> None:
     assert dataset_bytes(stored) == data
 
 
+def test_stale_file_meta_is_stored_with_a_warning(archive: Archive, tmp_path: Path) -> None:
+    """Anonymisers often change the data set's UIDs and leave the file meta: the data set
+    is authoritative, the bytes are kept, and the mismatch is reported."""
+    ds = make_dataset(sop_instance_uid="1.2.3.4.10")
+    path = write_part10(ds, tmp_path / "stale.dcm")
+    raw = path.read_bytes().replace(b"1.2.3.4.10", b"1.2.3.4.11", 1)  # the meta's copy
+    path.write_bytes(raw)
+    result = archive.store_file(path)
+    assert result.sop_instance_uid == "1.2.3.4.10"
+    assert any("Media Storage SOP Instance UID" in w for w in result.warnings)
+    with archive.open_instance("1.2.3.4.10") as f:
+        assert f.read() == raw
+
+
 def test_receive_mismatch_and_abort(archive: Archive) -> None:
     src = bundled("CT_small.dcm")
     ds = dcmread(src, stop_before_pixels=True)
@@ -255,3 +270,40 @@ def test_delete_study_removes_rows_then_blobs(archive: Archive, tmp_path: Path) 
         )
     assert archive.delete_study("1.2.826.0.1.3680043.8.498.1") == 3
     assert_nothing_left(archive)
+
+
+CHARSET_NAMES = {
+    "chrArab.dcm": "قباني^لنزار",
+    "chrFren.dcm": "Buc^Jérôme",
+    "chrGerm.dcm": "Äneas^Rüdiger",
+    "chrGreek.dcm": "Διονυσιος",
+    "chrH31.dcm": "Yamada^Tarou=山田^太郎=やまだ^たろう",
+    "chrH32.dcm": "ﾔﾏﾀﾞ^ﾀﾛｳ=山田^太郎=やまだ^たろう",
+    "chrHbrw.dcm": "שרון^דבורה",
+    "chrI2.dcm": "Hong^Gildong=洪^吉洞=홍^길동",
+    "chrJapMulti.dcm": "やまだ^たろう",
+    "chrKoreanMulti.dcm": "김희중",
+    "chrRuss.dcm": "Люкceмбypг",
+}
+
+
+@pytest.mark.parametrize(("name", "expected"), sorted(CHARSET_NAMES.items()))
+def test_specific_character_set_is_stored_as_unicode(
+    archive: Archive, name: str, expected: str
+) -> None:
+    """Names in Japanese, Korean, Greek, Cyrillic, Arabic, Hebrew… (PS3.5 6.1) are decoded
+    with the data set's Specific Character Set and stored as Unicode in the index."""
+    from pydicom.data import get_charset_files
+
+    [path] = get_charset_files(name)
+    result = archive.store_file(Path(path))
+    if name == "chrJapMulti.dcm":  # pydicom's file: meta ...17461, data set ...17462
+        assert len(result.warnings) == 1 and "differs from" in result.warnings[0]
+    else:
+        assert result.warnings == ()
+    row = archive.index.row("patients", patient_id=dcmread(path).PatientID)
+    assert row is not None and row["patient_name"] == expected
+    meta = json.loads(archive.index.metadata_json(result.sop_instance_uid))
+    pn = meta["00100010"]["Value"][0]  # PS3.18 F.2.2: PN as its component groups
+    groups = [pn.get(k, "") for k in ("Alphabetic", "Ideographic", "Phonetic")]
+    assert "=".join(groups).rstrip("=") == expected

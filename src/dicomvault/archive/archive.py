@@ -98,7 +98,7 @@ class Reception:
         self._done = True
         try:
             self._spool.flush()
-            parsed = self._archive._parse(self._spool.path)
+            parsed = self._archive._parse(self._spool.path, strict_meta=True)
             inst = parsed.record.instance
             if inst.sop_instance_uid != self.sop_instance_uid:
                 raise UIDMismatch(
@@ -216,8 +216,12 @@ class Archive:
 
     # -- ingest ---------------------------------------------------------------------
 
-    def _parse(self, path: Path) -> ParsedInstance:
-        return parse_instance(path, bulk_data_threshold=self.settings.index.bulk_data_threshold)
+    def _parse(self, path: Path, *, strict_meta: bool = False) -> ParsedInstance:
+        return parse_instance(
+            path,
+            bulk_data_threshold=self.settings.index.bulk_data_threshold,
+            meta_mismatch="error" if strict_meta else "warn",
+        )
 
     def begin_receive(
         self,

@@ -91,6 +91,8 @@ def _configure_logging(level: str) -> None:
         format="%(asctime)s %(levelname)s %(name)s [pid %(process)d] %(message)s",
         stream=sys.stderr,
     )
+    # Migrations log every step at INFO; a server start is not the place for that.
+    logging.getLogger("alembic").setLevel(logging.WARNING)
 
 
 @click.command("serve")

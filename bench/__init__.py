@@ -1,0 +1,1 @@
+"""Benchmarks for dicomvault: synthetic data sets and receiver/ingest comparisons."""
