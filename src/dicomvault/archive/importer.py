@@ -8,6 +8,7 @@ finds the referenced files anyway).
 from __future__ import annotations
 
 import functools
+import itertools
 import multiprocessing
 import os
 import signal
@@ -126,6 +127,8 @@ def discover(paths: list[Path]) -> Iterator[Source | tuple[Source, str]]:
 _worker_archive: Archive | None = None
 #: Files per worker task: fewer inter-process round trips, larger index group commits.
 _CHUNK = 8
+#: Fewer files than this are imported in this process, without workers.
+_PROCESS_POOL_FROM = 32
 
 
 def _worker_init(settings: Settings) -> None:
@@ -206,13 +209,26 @@ def import_paths(
         if on_done is not None:
             on_done(source, outcome)
 
-    if workers == 1:
+    # Look ahead: a handful of files is stored here, in this process — worker processes
+    # cost a Python start-up each and their memory, worth it only for many files.
+    def counted() -> Iterator[Source]:
         for item in discover(paths):
             if isinstance(item, tuple):
                 report.dicomdir += 1
                 continue
             if on_discovered is not None:
                 on_discovered(1)
+            yield item
+
+    sources = counted()
+    ahead = list(itertools.islice(sources, _PROCESS_POOL_FROM))
+
+    def remaining() -> Iterator[Source]:
+        yield from ahead
+        yield from sources
+
+    if workers == 1 or len(ahead) < _PROCESS_POOL_FROM:
+        for item in remaining():
             if stop.is_set():
                 report.not_attempted += 1
                 continue
@@ -273,12 +289,7 @@ def import_paths(
 
     try:
         chunk: list[Source] = []
-        for item in discover(paths):
-            if isinstance(item, tuple):
-                report.dicomdir += 1
-                continue
-            if on_discovered is not None:
-                on_discovered(1)
+        for item in remaining():
             if stop.is_set():
                 with lock:
                     report.not_attempted += 1

@@ -18,7 +18,17 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, NamedTuple
 
-from sqlalchemy import Connection, Engine, create_engine, delete, event, func, select, update
+from sqlalchemy import (
+    Connection,
+    Engine,
+    Select,
+    create_engine,
+    delete,
+    event,
+    func,
+    select,
+    update,
+)
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 
 from dicomvault.index import migrate
@@ -208,6 +218,27 @@ class _BatchPlan:
                 )
         for study_pk in self.refresh_sets:
             Index._refresh_study_sets(conn, study_pk)
+
+
+def _stored_instances() -> Select[Any]:
+    """SELECT of what :class:`StoredInstance` holds (plus the row's pk), joined up the
+    hierarchy; callers add the WHERE."""
+    return (
+        select(
+            instances.c.pk,
+            instances.c.sop_instance_uid,
+            instances.c.sop_class_uid,
+            studies.c.study_instance_uid,
+            series.c.series_instance_uid,
+            instances.c.transfer_syntax_uid,
+            instances.c.blob_name,
+            instances.c.size,
+            instances.c.sha256,
+            instances.c.dataset_sha256,
+        )
+        .join(series, instances.c.series_pk == series.c.pk)
+        .join(studies, series.c.study_pk == studies.c.pk)
+    )
 
 
 class Index:
@@ -525,22 +556,13 @@ class Index:
     @staticmethod
     def _lookup(conn: Connection, sop_instance_uid: str) -> StoredInstance | None:
         row = conn.execute(
-            select(
-                instances.c.sop_instance_uid,
-                instances.c.sop_class_uid,
-                studies.c.study_instance_uid,
-                series.c.series_instance_uid,
-                instances.c.transfer_syntax_uid,
-                instances.c.blob_name,
-                instances.c.size,
-                instances.c.sha256,
-                instances.c.dataset_sha256,
-            )
-            .join(series, instances.c.series_pk == series.c.pk)
-            .join(studies, series.c.study_pk == studies.c.pk)
-            .where(instances.c.sop_instance_uid == sop_instance_uid)
+            _stored_instances().where(instances.c.sop_instance_uid == sop_instance_uid)
         ).first()
-        return None if row is None else StoredInstance(**row._asdict())
+        if row is None:
+            return None
+        values = row._asdict()
+        values.pop("pk")
+        return StoredInstance(**values)
 
     def lookup_instance(self, sop_instance_uid: str) -> StoredInstance | None:
         with self._read.connect() as conn:
@@ -562,20 +584,7 @@ class Index:
         while True:
             with self._read.connect() as conn:
                 rows = conn.execute(
-                    select(
-                        instances.c.pk,
-                        instances.c.sop_instance_uid,
-                        instances.c.sop_class_uid,
-                        studies.c.study_instance_uid,
-                        series.c.series_instance_uid,
-                        instances.c.transfer_syntax_uid,
-                        instances.c.blob_name,
-                        instances.c.size,
-                        instances.c.sha256,
-                        instances.c.dataset_sha256,
-                    )
-                    .join(series, instances.c.series_pk == series.c.pk)
-                    .join(studies, series.c.study_pk == studies.c.pk)
+                    _stored_instances()
                     .where(instances.c.pk > last)
                     .order_by(instances.c.pk)
                     .limit(batch)
