@@ -64,3 +64,19 @@ def test_stale_temp_removed(tmp_path: Path) -> None:
     assert not old.exists() and fresh.path.exists()
     spool.discard()  # the crashed writer's handle; its file is already gone
     fresh.discard()
+
+
+def test_deferred_hashing_matches_inline(tmp_path: Path) -> None:
+    store = FileSystemBlobStore(tmp_path / "blobs")
+    parts = [b"M" * 300, b"D" * (3 << 20), b"E" * 17]
+    inline, deferred = store.spool(), store.spool(hash_inline=False)
+    for spool in (inline, deferred):
+        spool.write(parts[0])
+        spool.mark_dataset_start()
+        spool.write(parts[1])
+        spool.write(parts[2])
+    assert deferred.sha256() == inline.sha256() == hashlib.sha256(b"".join(parts)).hexdigest()
+    assert deferred.dataset_sha256() == hashlib.sha256(parts[1] + parts[2]).hexdigest()
+    assert inline.dataset_sha256() == deferred.dataset_sha256()
+    inline.discard()
+    deferred.discard()

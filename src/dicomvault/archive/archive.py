@@ -71,7 +71,8 @@ class Reception:
         self.sop_instance_uid = sop_instance_uid
         self.transfer_syntax_uid = transfer_syntax_uid
         self.source_ae = source_ae
-        self._spool = archive.store.spool()
+        # Hashed in finish(), off the network event loop that calls write().
+        self._spool = archive.store.spool(hash_inline=False)
         self._done = False
         try:
             self._spool.write(

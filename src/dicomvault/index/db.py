@@ -11,9 +11,12 @@ retried one transaction each, so one bad item never takes the others with it.
 from __future__ import annotations
 
 import dataclasses
+import fcntl
+import os
 import time
 from collections import Counter
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, NamedTuple
@@ -249,6 +252,26 @@ class Index:
         self.is_sqlite = url.startswith("sqlite")
         self._write = _make_engine(url, writer=True)
         self._read = _make_engine(url, writer=False) if self.is_sqlite else self._write
+        self._write_lock: int | None = None
+        database = self._write.url.database
+        if self.is_sqlite and database and database != ":memory:":
+            # Several processes (serve --workers, import beside serve) write one SQLite
+            # file. SQLite's own busy handler sleeps 1, 2, 5 … 100 ms between tries and
+            # was measured to halve throughput; a blocking flock wakes the next writer
+            # the moment the lock is released.
+            self._write_lock = os.open(f"{database}-writer.lock", os.O_RDWR | os.O_CREAT, 0o644)
+
+    @contextmanager
+    def _writing(self) -> Iterator[Connection]:
+        """A write transaction, alone among every process writing this database."""
+        if self._write_lock is not None:
+            fcntl.flock(self._write_lock, fcntl.LOCK_EX)
+        try:
+            with self._write.begin() as conn:
+                yield conn
+        finally:
+            if self._write_lock is not None:
+                fcntl.flock(self._write_lock, fcntl.LOCK_UN)
 
     @classmethod
     def open(cls, url: str, *, create: bool = True) -> Index:
@@ -279,6 +302,9 @@ class Index:
         return index
 
     def close(self) -> None:
+        if self._write_lock is not None:
+            os.close(self._write_lock)
+            self._write_lock = None
         self._write.dispose()
         if self._read is not self._write:
             self._read.dispose()
@@ -299,7 +325,7 @@ class Index:
     def _insert_in_one_transaction(
         self, items: Sequence[PendingInsert]
     ) -> list[InsertOutcome | Exception]:
-        with self._write.begin() as conn:
+        with self._writing() as conn:
             plan = _BatchPlan(conn, items)
             results: list[InsertOutcome | Exception] = []
             for item in items:
@@ -482,7 +508,7 @@ class Index:
         The caller deletes the blob after this commits, so a crash in between leaves an
         orphan blob (removed by recovery), never a row without its bytes.
         """
-        with self._write.begin() as conn:
+        with self._writing() as conn:
             stored = self._lookup(conn, sop_instance_uid)
             if stored is None:
                 raise NotFound(f"no instance with SOP Instance UID {sop_instance_uid}")

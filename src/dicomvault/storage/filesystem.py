@@ -50,8 +50,11 @@ def _storage_error(exc: OSError, what: str) -> Exception:
 class FileSpool:
     """A temporary file being filled; see :class:`dicomvault.storage.base.Spool`."""
 
-    def __init__(self, store: FileSystemBlobStore) -> None:
+    def __init__(self, store: FileSystemBlobStore, *, hash_inline: bool = True) -> None:
         self._store = store
+        self._hash_inline = hash_inline
+        self._dataset_offset: int | None = None
+        self._digests: tuple[str, str] | None = None
         self._path = store.root / _TMP / f"{uuid.uuid4().hex}.part"
         try:
             self._file: BinaryIO | None = open(self._path, "xb")  # noqa: SIM115
@@ -77,9 +80,10 @@ class FileSpool:
         except OSError as exc:
             self.discard()
             raise _storage_error(exc, "writing") from exc
-        self._digest.update(data)
-        if self._dataset_digest is not None:
-            self._dataset_digest.update(data)
+        if self._hash_inline:
+            self._digest.update(data)
+            if self._dataset_digest is not None:
+                self._dataset_digest.update(data)
         self._size += len(data)
 
     def flush(self) -> None:
@@ -92,13 +96,37 @@ class FileSpool:
                 raise _storage_error(exc, "writing") from exc
 
     def mark_dataset_start(self) -> None:
+        self._dataset_offset = self._size
         self._dataset_digest = hashlib.sha256()
 
     def sha256(self) -> str:
-        return self._digest.hexdigest()
+        return self._hashes()[0]
 
     def dataset_sha256(self) -> str:
-        return (self._dataset_digest or self._digest).hexdigest()
+        return self._hashes()[1]
+
+    def _hashes(self) -> tuple[str, str]:
+        if self._digests is None:
+            if not self._hash_inline:
+                self._hash_file()
+            dataset = self._dataset_digest or self._digest
+            self._digests = (self._digest.hexdigest(), dataset.hexdigest())
+        return self._digests
+
+    def _hash_file(self) -> None:
+        # Deferred hashing (``hash_inline=False``): one pass over the spooled file, from
+        # the page cache, on whichever thread asks — not on the network event loop.
+        self.flush()
+        offset = self._dataset_offset
+        with open(self._path, "rb") as f:
+            position = 0
+            while chunk := f.read(1 << 20):
+                self._digest.update(chunk)
+                if self._dataset_digest is not None and offset is not None:
+                    start = max(offset - position, 0)
+                    if start < len(chunk):
+                        self._dataset_digest.update(memoryview(chunk)[start:])
+                position += len(chunk)
 
     def commit(self) -> str:
         name = self._sync_and_rename()
@@ -155,8 +183,10 @@ class FileSystemBlobStore:
             raise ValueError(f"not a blob name: {name!r}")
         return self.root / name
 
-    def spool(self) -> FileSpool:
-        return FileSpool(self)
+    def spool(self, *, hash_inline: bool = True) -> FileSpool:
+        """A new spool. ``hash_inline=False`` hashes once at the end instead of on every
+        write — for writers on an event loop that must stay responsive."""
+        return FileSpool(self, hash_inline=hash_inline)
 
     def commit_many(self, spools: list[FileSpool]) -> list[str | OSError | Exception]:
         """Commit several spools with one journal commit instead of one per file.

@@ -1,0 +1,188 @@
+"""``dicomvault echo`` and ``dicomvault store``: Verification and Storage SCU (PS3.4 A, B)."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import sys
+import time
+from pathlib import Path
+
+import click
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from dicomvault.cli.common import load_cli_settings
+from dicomvault.config import Settings
+from dicomvault.net import AssociationAborted, AssociationRejected, NetError, associate
+from dicomvault.net.sender import SendResult, collect_files, send_files
+from dicomvault.net.uids import VERIFICATION
+
+_TARGET = re.compile(r"^(?P<aet>[^@]{1,16})@(?P<host>\[[^\]]+\]|[^:]+):(?P<port>\d{1,5})$")
+
+_err = Console(stderr=True)
+_out = Console()
+
+
+def resolve_target(target: str, settings: Settings) -> tuple[str, str, int]:
+    """``AET@HOST:PORT`` or the name of a ``[remotes.NAME]`` entry -> (AE title, host, port)."""
+    match = _TARGET.match(target)
+    if match:
+        host = match["host"].strip("[]")
+        port = int(match["port"])
+        if not 1 <= port <= 65535:
+            raise click.BadParameter(f"port {port} is out of range", param_hint="TARGET")
+        return match["aet"].strip(), host, port
+    remote = settings.remotes.get(target)
+    if remote is None:
+        known = ", ".join(sorted(settings.remotes)) or "none configured"
+        raise click.BadParameter(
+            f"{target!r} is neither AET@HOST:PORT nor a known remote ({known})",
+            param_hint="TARGET",
+        )
+    return remote.ae_title, remote.host, remote.port
+
+
+def _settings(config: Path | None) -> Settings:
+    try:
+        return load_cli_settings(config, None)
+    except Exception as exc:  # ConfigError and friends: one line, exit 2
+        _err.print(f"[bold red]error:[/] {exc}", highlight=False)
+        sys.exit(2)
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, AssociationRejected):
+        return (
+            f"association rejected (result {exc.result}, source {exc.source}, reason {exc.reason})"
+        )
+    if isinstance(exc, TimeoutError):
+        return "timed out"
+    return str(exc) or type(exc).__name__
+
+
+_config_option = click.option(
+    "--config",
+    "config",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    envvar="DICOMVAULT_CONFIG",
+    help="TOML configuration file (for [remotes] and the default calling AE title).",
+)
+
+
+@click.command("echo")
+@click.argument("target")
+@click.option("--calling-ae", default=None, help="Our AE title [default: setting dicom.ae_title].")
+@click.option("--timeout", type=float, default=30.0, show_default=True, help="Seconds.")
+@_config_option
+def echo_command(target: str, calling_ae: str | None, timeout: float, config: Path | None) -> None:
+    """C-ECHO (Verification) to TARGET: AET@HOST:PORT or a remote's name."""
+    settings = _settings(config)
+    aet, host, port = resolve_target(target, settings)
+    calling = calling_ae or settings.dicom.ae_title
+
+    async def run() -> tuple[int, float]:
+        started = time.perf_counter()
+        async with associate(
+            host, port, called_ae=aet, calling_ae=calling, contexts=[VERIFICATION], timeout=timeout
+        ) as assoc:
+            status = await assoc.echo()
+        return status.status, time.perf_counter() - started
+
+    try:
+        code, seconds = asyncio.run(run())
+    except (NetError, OSError, TimeoutError) as exc:
+        _err.print(
+            f"[bold red]echo failed:[/] {aet}@{host}:{port}: {_describe(exc)}", highlight=False
+        )
+        sys.exit(1)
+    if code != 0:
+        _err.print(f"[bold red]echo failed:[/] status 0x{code:04X}", highlight=False)
+        sys.exit(1)
+    _out.print(f"C-ECHO {aet}@{host}:{port}: success ({seconds * 1000:.1f} ms)", highlight=False)
+
+
+@click.command("store")
+@click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
+@click.option("--to", "target", required=True, help="AET@HOST:PORT or a remote's name.")
+@click.option("--calling-ae", default=None, help="Our AE title [default: setting dicom.ae_title].")
+@click.option(
+    "--associations",
+    type=click.IntRange(1, 64),
+    default=1,
+    show_default=True,
+    help="Parallel associations.",
+)
+@click.option("--timeout", type=float, default=30.0, show_default=True, help="Seconds.")
+@_config_option
+def store_command(
+    paths: tuple[Path, ...],
+    target: str,
+    calling_ae: str | None,
+    associations: int,
+    timeout: float,
+    config: Path | None,
+) -> None:
+    """C-STORE files and folders (recursively) to a Storage SCP, each file as stored."""
+    settings = _settings(config)
+    aet, host, port = resolve_target(target, settings)
+    calling = calling_ae or settings.dicom.ae_title
+    total = len(collect_files(paths))
+    progress = Progress(
+        TextColumn("[bold]store[/]"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=_err,
+        transient=True,
+        disable=not _err.is_terminal,
+    )
+    task = progress.add_task("store", total=total)
+
+    def advance(_: SendResult) -> None:
+        progress.advance(task)
+
+    started = time.perf_counter()
+    with progress:
+        try:
+            results = asyncio.run(
+                send_files(
+                    paths,
+                    host,
+                    port,
+                    called_ae=aet,
+                    calling_ae=calling,
+                    associations=associations,
+                    timeout=timeout,
+                    on_result=advance,
+                )
+            )
+        except (AssociationAborted, NetError, OSError) as exc:
+            _err.print(f"[bold red]store failed:[/] {_describe(exc)}", highlight=False)
+            sys.exit(1)
+    elapsed = time.perf_counter() - started
+    counts = {"sent": 0, "warning": 0, "failed": 0}
+    for result in results:
+        counts[result.outcome] += 1
+    _out.print(f"C-STORE to {aet}@{host}:{port}", highlight=False)
+    summary = Table(show_edge=False)
+    summary.add_column("outcome")
+    summary.add_column("files", justify="right")
+    summary.add_row("sent", str(counts["sent"]))
+    summary.add_row("warnings", str(counts["warning"]))
+    summary.add_row("failed", str(counts["failed"]))
+    _out.print(summary)
+    problems = [r for r in results if r.outcome != "sent"]
+    for result in problems[:100]:
+        # One line per file, never wrapped: paths stay whole for copy and paste.
+        _out.print(
+            f"{result.outcome}: {result.path}: {result.reason}", soft_wrap=True, highlight=False
+        )
+    if len(problems) > 100:
+        _out.print(f"... and {len(problems) - 100} more", highlight=False)
+    size = sum(r.size for r in results if r.outcome != "failed")
+    _out.print(f"{len(results)} file(s), {size / 1e6:.1f} MB in {elapsed:.1f} s", highlight=False)
+    if counts["failed"]:
+        sys.exit(1)

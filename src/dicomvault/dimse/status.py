@@ -1,0 +1,95 @@
+"""The one table from archive outcomes to C-STORE statuses (PS3.4 B.2.3, PS3.7 C).
+
+Choices, per PS3.4 Table B.2-1 (the only statuses a Storage SCP may return):
+
+===========================  ===========  =============================================
+outcome                      status       why
+===========================  ===========  =============================================
+StoreStatus.STORED           0x0000       Success.
+StoreStatus.DUPLICATE        0x0000       Same UID, identical data set: the instance is
+                                          stored, so the sender has succeeded; Annex B
+                                          defines no "duplicate" warning (0xB000 means
+                                          coercion, which did not happen).
+StoreStatus.OVERWRITTEN      0x0000       Stored (policy ``overwrite``).
+StoreStatus.KEPT_FIRST       0x0000       Policy ``keep-first`` silently keeps the old
+                                          copy; by configuration that is success.
+result.warnings              0x0000       Read-time remarks (e.g. an unknown character
+                                          set) are not B000/B006/B007 situations: no
+                                          element was coerced or discarded. Logged.
+UIDMismatch                  0xA900       "Data Set does not match SOP Class".
+OutOfResources               0xA700       "Refused: Out of Resources" (retry later).
+NotDicom, CannotParse,       0xC000       "Cannot understand" (Cxxx).
+MissingAttribute, InvalidUID
+DuplicateRejected            0xC000       Not a SOP class mismatch (A900 would mislead),
+HierarchyConflict                         so the Cxxx "cannot understand" family, with
+                                          the reason in the Error Comment.
+any other exception          0xC211       Processing failure of the store handler (as
+                                          pynetdicom reports a failing handler).
+===========================  ===========  =============================================
+
+Every failure carries the error message as Error Comment (0000,0902), cut to 64 chars.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+from dicomvault.model.errors import (
+    CannotParse,
+    DuplicateRejected,
+    HierarchyConflict,
+    InvalidUID,
+    MissingAttribute,
+    NotDicom,
+    OutOfResources,
+    UIDMismatch,
+)
+from dicomvault.model.records import StoreResult, StoreStatus
+from dicomvault.net.association import truncate_comment
+from dicomvault.net.handlers import SUCCESS, DimseStatus
+
+OUT_OF_RESOURCES: Final = 0xA700
+DATA_SET_DOES_NOT_MATCH_SOP_CLASS: Final = 0xA900
+CANNOT_UNDERSTAND: Final = 0xC000
+PROCESSING_FAILURE: Final = 0xC211
+
+#: Exception class -> C-STORE failure status; the first matching class wins.
+ERROR_STATUS: Final[tuple[tuple[type[BaseException], int], ...]] = (
+    (UIDMismatch, DATA_SET_DOES_NOT_MATCH_SOP_CLASS),
+    (OutOfResources, OUT_OF_RESOURCES),
+    (NotDicom, CANNOT_UNDERSTAND),
+    (CannotParse, CANNOT_UNDERSTAND),
+    (MissingAttribute, CANNOT_UNDERSTAND),
+    (InvalidUID, CANNOT_UNDERSTAND),
+    (DuplicateRejected, CANNOT_UNDERSTAND),
+    (HierarchyConflict, CANNOT_UNDERSTAND),
+    (OSError, OUT_OF_RESOURCES),
+)
+
+#: StoreResult.status -> C-STORE status (all success, see the module docstring).
+RESULT_STATUS: Final[dict[StoreStatus, int]] = {
+    StoreStatus.STORED: 0x0000,
+    StoreStatus.DUPLICATE: 0x0000,
+    StoreStatus.OVERWRITTEN: 0x0000,
+    StoreStatus.KEPT_FIRST: 0x0000,
+}
+
+
+def status_for_result(result: StoreResult) -> DimseStatus:
+    """The C-STORE-RSP status for a successful ingest (PS3.4 B.2.3)."""
+    code = RESULT_STATUS[result.status]
+    return SUCCESS if code == 0 else DimseStatus(code)
+
+
+def status_for_error(exc: BaseException) -> DimseStatus:
+    """The C-STORE-RSP status and Error Comment for an ingest failure (PS3.4 B.2.3)."""
+    code = PROCESSING_FAILURE
+    for cls, status in ERROR_STATUS:
+        if isinstance(exc, cls):
+            code = status
+            break
+    if isinstance(exc, OSError) and not isinstance(exc, OutOfResources):
+        message = exc.strerror or str(exc)
+    else:
+        message = str(exc) or type(exc).__name__
+    return DimseStatus(code, truncate_comment(message))

@@ -1,0 +1,118 @@
+"""Storage SCP handler over the archive (PS3.4 B.2.2): stream in, finish off the loop.
+
+Fragments are collected in a bytearray and handed to ``Reception.write`` in batches of
+:data:`WRITE_BATCH` bytes (page-cache writes, cheap enough for the event loop);
+``Reception.finish`` parses, fsyncs and indexes, so it runs in the default executor.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from dicomvault.archive import Archive, Reception
+from dicomvault.dimse.status import status_for_error, status_for_result
+from dicomvault.model.records import StoreResult
+from dicomvault.net.handlers import DimseStatus, StoreRequest
+
+#: Bytes collected before a write to the spool file.
+WRITE_BATCH = 1 << 18
+
+log = logging.getLogger("dicomvault.dimse")
+
+
+class ArchiveSink:
+    """One instance being received into the archive.
+
+    The reception (a spool file) is opened lazily: an instance smaller than
+    :data:`WRITE_BATCH` is opened, written and finished in one executor call, so the
+    event loop does no file system work for it; a larger one opens its reception on the
+    loop when the first batch is full and streams from then on (memory stays bounded).
+    """
+
+    __slots__ = ("_archive", "_buffer", "_failed", "_reception", "_request")
+
+    def __init__(self, archive: Archive, request: StoreRequest) -> None:
+        self._archive = archive
+        self._request = request
+        self._reception: Reception | None = None
+        self._buffer = bytearray()
+        self._failed: BaseException | None = None
+
+    def _open(self) -> Reception:
+        request = self._request
+        return self._archive.begin_receive(
+            sop_class_uid=request.sop_class_uid,
+            sop_instance_uid=request.sop_instance_uid,
+            transfer_syntax_uid=request.transfer_syntax_uid,
+            source_ae=request.association.calling_ae_title,
+        )
+
+    def write(self, chunk: memoryview) -> None:
+        if self._failed is not None:
+            return
+        self._buffer += chunk
+        if len(self._buffer) >= WRITE_BATCH:
+            self._flush()
+
+    def _flush(self) -> None:
+        buffer, self._buffer = self._buffer, bytearray()
+        try:
+            if self._reception is None:
+                self._reception = self._open()
+            self._reception.write(buffer)
+        except Exception as exc:  # disk full: keep reading, answer the failure at the end
+            self._failed = exc
+
+    def _complete(self) -> StoreResult:
+        """Runs in the executor: (open, write the rest,) parse, fsync, index."""
+        reception = self._reception
+        if reception is None:
+            reception = self._reception = self._open()
+        if self._buffer:
+            buffer, self._buffer = self._buffer, bytearray()
+            reception.write(buffer)
+        return reception.finish()
+
+    async def finish(self) -> DimseStatus:
+        request = self._request
+        if self._failed is not None:
+            self.abort()
+            return status_for_error(self._failed)
+        loop = asyncio.get_running_loop()
+        try:
+            result = await loop.run_in_executor(None, self._complete)
+        except Exception as exc:
+            if self._reception is not None:
+                self._reception.abort()
+            log.warning(
+                "assoc=%s C-STORE %s refused: %s: %s",
+                request.association.id,
+                request.sop_instance_uid,
+                type(exc).__name__,
+                exc,
+            )
+            return status_for_error(exc)
+        if result.warnings:
+            log.info(
+                "assoc=%s C-STORE %s stored with warnings: %s",
+                request.association.id,
+                result.sop_instance_uid,
+                "; ".join(result.warnings),
+            )
+        return status_for_result(result)
+
+    def abort(self) -> None:
+        self._buffer = bytearray()
+        if self._reception is not None:
+            self._reception.abort()
+
+
+class ArchiveStoreHandler:
+    """C-STORE SCP: each request becomes one ``archive.begin_receive`` (PS3.4 B.2.2)."""
+
+    def __init__(self, archive: Archive) -> None:
+        self.archive = archive
+
+    def begin_store(self, request: StoreRequest) -> ArchiveSink:
+        return ArchiveSink(self.archive, request)

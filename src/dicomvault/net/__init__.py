@@ -1,0 +1,100 @@
+"""dicomvault.net — a small, fast DICOM network engine (PS3.8 upper layer, PS3.7 DIMSE).
+
+A reusable library: it imports nothing else of dicomvault but the implementation UID.
+
+Serve::
+
+    registry = ServiceRegistry()
+    registry.add_verification()
+    registry.add_store(MyStoreHandler())          # streaming C-STORE SCP
+    await serve(registry, AcceptorPolicy(ae_title="ME"), port=11112, stop=stop_event)
+
+Request::
+
+    async with associate("pacs", 104, called_ae="PACS", contexts=[VERIFICATION]) as assoc:
+        status = await assoc.echo()
+
+See ``docs/net.md`` for the reference.
+"""
+
+from dicomvault.net.acceptor import AcceptorAssociation, AcceptorPolicy, negotiate, serve
+from dicomvault.net.association import Association
+from dicomvault.net.errors import (
+    AssociationAborted,
+    AssociationRejected,
+    CommandDecodeError,
+    DecodeError,
+    NetError,
+    NoPresentationContext,
+    PDUTooLong,
+    ProtocolStateError,
+)
+from dicomvault.net.fileio import FileInfo, NotDicomFile, read_file_info
+from dicomvault.net.handlers import (
+    SUCCESS,
+    AcceptedContext,
+    AssociationInfo,
+    DataSink,
+    DimseStatus,
+    ServiceRegistry,
+    StoreHandler,
+    StoreRequest,
+    UserIdentityPolicy,
+)
+from dicomvault.net.items import RoleSelection, UserIdentity
+from dicomvault.net.requestor import (
+    ContextSpec,
+    RequestorAssociation,
+    associate,
+    contexts_for_files,
+)
+from dicomvault.net.sender import SendResult, collect_files, send_files
+from dicomvault.net.uids import (
+    DEFAULT_TRANSFER_SYNTAXES,
+    EXPLICIT_VR_LITTLE_ENDIAN,
+    IMPLICIT_VR_LITTLE_ENDIAN,
+    STORAGE_SOP_CLASSES,
+    VERIFICATION,
+)
+
+__all__ = [
+    "DEFAULT_TRANSFER_SYNTAXES",
+    "EXPLICIT_VR_LITTLE_ENDIAN",
+    "IMPLICIT_VR_LITTLE_ENDIAN",
+    "STORAGE_SOP_CLASSES",
+    "SUCCESS",
+    "VERIFICATION",
+    "AcceptedContext",
+    "AcceptorAssociation",
+    "AcceptorPolicy",
+    "Association",
+    "AssociationAborted",
+    "AssociationInfo",
+    "AssociationRejected",
+    "CommandDecodeError",
+    "ContextSpec",
+    "DataSink",
+    "DecodeError",
+    "DimseStatus",
+    "FileInfo",
+    "NetError",
+    "NoPresentationContext",
+    "NotDicomFile",
+    "PDUTooLong",
+    "ProtocolStateError",
+    "RequestorAssociation",
+    "RoleSelection",
+    "SendResult",
+    "ServiceRegistry",
+    "StoreHandler",
+    "StoreRequest",
+    "UserIdentity",
+    "UserIdentityPolicy",
+    "associate",
+    "collect_files",
+    "contexts_for_files",
+    "negotiate",
+    "read_file_info",
+    "send_files",
+    "serve",
+]

@@ -1,0 +1,30 @@
+"""Layering (DESIGN.md): net/ is a library; dimse/ never reaches index/ or storage/."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+SRC = Path(__file__).resolve().parents[2] / "src" / "dicomvault"
+
+
+def _imports(package: str) -> set[str]:
+    found: set[str] = set()
+    for path in (SRC / package).glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom) and node.module:
+                found.add(node.module)
+            elif isinstance(node, ast.Import):
+                found.update(alias.name for alias in node.names)
+    return {name for name in found if name.startswith("dicomvault")}
+
+
+def test_net_imports_only_itself() -> None:
+    assert {m for m in _imports("net") if not m.startswith("dicomvault.net")} <= {"dicomvault"}
+
+
+@pytest.mark.parametrize("forbidden", ["dicomvault.index", "dicomvault.storage", "dicomvault.web"])
+def test_dimse_stays_an_adapter(forbidden: str) -> None:
+    assert not any(m.startswith(forbidden) for m in _imports("dimse"))
