@@ -9,8 +9,7 @@ import pytest
 from sqlalchemy import create_engine
 
 from dicomvault.config import Settings
-from dicomvault.index import Index, PendingInsert, migrate
-from dicomvault.index.db import InsertOutcome
+from dicomvault.index import Index, InsertOutcome, PendingInsert, migrate
 from dicomvault.index.schema import metadata
 from dicomvault.model.errors import DuplicateRejected, HierarchyConflict, NotFound
 from dicomvault.model.records import (

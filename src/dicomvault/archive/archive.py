@@ -26,8 +26,7 @@ from dicomvault.archive.writer import IndexWriter
 from dicomvault.config import Settings
 from dicomvault.dicom.parse import ParsedInstance, parse_instance
 from dicomvault.dicom.part10 import encode_file_meta, read_preamble_layout
-from dicomvault.index import Index, PendingInsert
-from dicomvault.index.db import InsertOutcome
+from dicomvault.index import Index, InsertOutcome, PendingInsert
 from dicomvault.model.errors import (
     DuplicateRejected,
     HierarchyConflict,
@@ -198,8 +197,13 @@ class Archive:
     def _writer(self) -> IndexWriter:
         # Started on first use: import worker processes only prepare, never index.
         if self._writer_instance is None:
-            self._writer_instance = IndexWriter(self.index)
+            self._writer_instance = IndexWriter(self.index, before_commit=self._sync_blobs)
         return self._writer_instance
+
+    def _sync_blobs(self, items: list[PendingInsert]) -> None:
+        # Blob directory entries become durable here, once per batch and directory,
+        # before the index commit that makes them findable (DESIGN.md steps 3-4).
+        self.store.sync([item.blob.name for item in items])
 
     def close(self) -> None:
         if self._writer_instance is not None:
@@ -290,7 +294,8 @@ class Archive:
             else:
                 checked.append((len(out), check))
                 out.append(check.result)  # replaced below
-        names = self.store.commit_many([c.spool for _, c in checked])
+        # Directory entries are made durable by the indexing process's writer, per batch.
+        names = self.store.commit_many([c.spool for _, c in checked], sync_directories=False)
         for (position, check), name in zip(checked, names, strict=True):
             out[position] = name if isinstance(name, Exception) else check.prepared(name)
         return out
@@ -332,7 +337,7 @@ class Archive:
         if isinstance(check, StoreResult):
             return check
         try:
-            name = spool.commit()
+            name = spool.commit(sync_directory=False)  # the writer syncs per batch
         except BaseException:
             spool.discard()
             raise

@@ -10,10 +10,10 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+from collections.abc import Callable
 from concurrent.futures import Future
 
-from dicomvault.index import Index, PendingInsert
-from dicomvault.index.db import InsertOutcome
+from dicomvault.index import Index, InsertOutcome, PendingInsert
 from dicomvault.model.errors import DicomVaultError
 
 log = logging.getLogger("dicomvault.archive")
@@ -22,8 +22,15 @@ _STOP = object()
 
 
 class IndexWriter:
-    def __init__(self, index: Index, *, max_batch: int = 128) -> None:
+    def __init__(
+        self,
+        index: Index,
+        *,
+        max_batch: int = 128,
+        before_commit: Callable[[list[PendingInsert]], None] | None = None,
+    ) -> None:
         self._index = index
+        self._before_commit = before_commit
         self._max_batch = max_batch
         self._queue: queue.SimpleQueue[object] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name="index-writer", daemon=True)
@@ -60,8 +67,11 @@ class IndexWriter:
                     break
                 batch.append(nxt)
             pairs: list[tuple[PendingInsert, Future[InsertOutcome]]] = batch  # type: ignore[assignment]
+            items = [item for item, _ in pairs]
             try:
-                results = self._index.insert_batch([item for item, _ in pairs])
+                if self._before_commit is not None:
+                    self._before_commit(items)
+                results = self._index.insert_batch(items)
             except Exception as exc:  # never let the writer die: fail this batch only
                 log.exception("index writer: batch of %d failed", len(pairs))
                 results = [exc] * len(pairs)

@@ -10,16 +10,13 @@ retried one transaction each, so one bad item never takes the others with it.
 
 from __future__ import annotations
 
-import dataclasses
 import fcntl
 import os
+import threading
 import time
-from collections import Counter
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
-from datetime import UTC, datetime
-from typing import Any, NamedTuple
+from typing import Any
 
 from sqlalchemy import (
     Connection,
@@ -35,21 +32,23 @@ from sqlalchemy import (
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 
 from dicomvault.index import migrate
+from dicomvault.index.ingest import (
+    Batch,
+    InsertOutcome,
+    PendingInsert,
+    Sql,
+    refresh_study_sets,
+)
 from dicomvault.index.schema import instances, patients, series, studies
 from dicomvault.model.errors import (
     DicomVaultError,
-    DuplicateRejected,
-    HierarchyConflict,
     IndexError_,
     NotFound,
     OutOfResources,
 )
 from dicomvault.model.records import (
-    BlobInfo,
-    IndexRecord,
     Stats,
     StoredInstance,
-    StoreStatus,
 )
 
 DuplicatePolicy = str  # "reject" | "keep-first" | "overwrite" (validated by config)
@@ -57,24 +56,6 @@ DuplicatePolicy = str  # "reject" | "keep-first" | "overwrite" (validated by con
 
 class IndexOutdated(DicomVaultError):
     """The database schema is older than this version; ``dicomvault db upgrade``."""
-
-
-@dataclass(frozen=True, slots=True)
-class PendingInsert:
-    record: IndexRecord
-    blob: BlobInfo
-    source_ae: str | None
-    policy: DuplicatePolicy
-    received_at: datetime = dataclasses.field(default_factory=lambda: datetime.now(UTC))
-
-
-@dataclass(frozen=True, slots=True)
-class InsertOutcome:
-    status: StoreStatus
-    #: the new blob is not referenced (identical duplicate, keep-first): remove it
-    new_blob_unused: bool = False
-    #: an overwritten instance's old blob, to remove after the commit
-    replaced_blob: str | None = None
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
@@ -99,128 +80,6 @@ def _make_engine(url: str, *, writer: bool) -> Engine:
         event.listen(engine, "begin", lambda conn: conn.exec_driver_sql(begin))
         return engine
     return create_engine(url, pool_pre_ping=True)
-
-
-def _row_values(record: Any, table_columns: Sequence[str]) -> dict[str, Any]:
-    values = {name: getattr(record, name) for name in table_columns if hasattr(record, name)}
-    return values
-
-
-def _join(existing: str, value: str | None) -> str:
-    """Add ``value`` to a backslash-joined set (Modalities/SOP Classes in Study)."""
-    if not value:
-        return existing
-    items = existing.split("\\") if existing else []
-    if value in items:
-        return existing
-    return "\\".join(sorted([*items, value]))
-
-
-class _InstanceRow(NamedTuple):
-    pk: int | None  # None: planned in this batch, not yet inserted
-    sop_instance_uid: str
-    dataset_sha256: str
-    blob_name: str
-    sop_class_uid: str
-    series_instance_uid: str
-    study_instance_uid: str
-    study_pk: int
-
-
-class _SeriesRow(NamedTuple):
-    pk: int
-    study_instance_uid: str
-    study_pk: int
-
-
-@dataclass
-class _StudyState:
-    pk: int
-    modalities: str
-    sop_classes: str
-    added: int = 0
-    new_series: int = 0
-    updated_at: datetime | None = None
-
-
-class _BatchPlan:
-    """What one batch reads up front (one ``IN`` query per level) and writes at the end
-    (one multi-row insert, one counter update per touched series and study)."""
-
-    def __init__(self, conn: Connection, items: Sequence[PendingInsert]) -> None:
-        uids = {it.record.instance.sop_instance_uid for it in items}
-        self.instances: dict[str, _InstanceRow] = {
-            r.sop_instance_uid: _InstanceRow(*r)
-            for r in conn.execute(
-                select(
-                    instances.c.pk,
-                    instances.c.sop_instance_uid,
-                    instances.c.dataset_sha256,
-                    instances.c.blob_name,
-                    instances.c.sop_class_uid,
-                    series.c.series_instance_uid,
-                    studies.c.study_instance_uid,
-                    studies.c.pk,
-                )
-                .join(series, instances.c.series_pk == series.c.pk)
-                .join(studies, series.c.study_pk == studies.c.pk)
-                .where(instances.c.sop_instance_uid.in_(uids))
-            )
-        }
-        series_uids = {it.record.series.series_instance_uid for it in items}
-        self.series: dict[str, _SeriesRow] = {
-            r[0]: _SeriesRow(*r[1:])
-            for r in conn.execute(
-                select(
-                    series.c.series_instance_uid,
-                    series.c.pk,
-                    studies.c.study_instance_uid,
-                    studies.c.pk,
-                )
-                .join(studies, series.c.study_pk == studies.c.pk)
-                .where(series.c.series_instance_uid.in_(series_uids))
-            )
-        }
-        study_uids = {it.record.study.study_instance_uid for it in items}
-        self.studies: dict[str, _StudyState] = {
-            r[0]: _StudyState(r[1], r[2], r[3])
-            for r in conn.execute(
-                select(
-                    studies.c.study_instance_uid,
-                    studies.c.pk,
-                    studies.c.modalities_in_study,
-                    studies.c.sop_classes_in_study,
-                ).where(studies.c.study_instance_uid.in_(study_uids))
-            )
-        }
-        self.new_instances: dict[str, dict[str, Any]] = {}
-        self.series_added: Counter[int] = Counter()
-        self.refresh_sets: set[int] = set()
-
-    def flush(self, conn: Connection) -> None:
-        if self.new_instances:
-            conn.execute(instances.insert(), list(self.new_instances.values()))
-        for series_pk, added in self.series_added.items():
-            conn.execute(
-                update(series)
-                .where(series.c.pk == series_pk)
-                .values(number_of_instances=series.c.number_of_instances + added)
-            )
-        for study in self.studies.values():
-            if study.added:
-                conn.execute(
-                    update(studies)
-                    .where(studies.c.pk == study.pk)
-                    .values(
-                        number_of_instances=studies.c.number_of_instances + study.added,
-                        number_of_series=studies.c.number_of_series + study.new_series,
-                        modalities_in_study=study.modalities,
-                        sop_classes_in_study=study.sop_classes,
-                        updated_at=study.updated_at,
-                    )
-                )
-        for study_pk in self.refresh_sets:
-            Index._refresh_study_sets(conn, study_pk)
 
 
 def _stored_instances() -> Select[Any]:
@@ -252,6 +111,8 @@ class Index:
         self.is_sqlite = url.startswith("sqlite")
         self._write = _make_engine(url, writer=True)
         self._read = _make_engine(url, writer=False) if self.is_sqlite else self._write
+        self._probe = threading.local()
+        self._probe_connections: list[Any] = []
         self._write_lock: int | None = None
         database = self._write.url.database
         if self.is_sqlite and database and database != ":memory:":
@@ -302,6 +163,9 @@ class Index:
         return index
 
     def close(self) -> None:
+        for raw in self._probe_connections:
+            raw.close()
+        self._probe_connections.clear()
         if self._write_lock is not None:
             os.close(self._write_lock)
             self._write_lock = None
@@ -326,15 +190,11 @@ class Index:
         self, items: Sequence[PendingInsert]
     ) -> list[InsertOutcome | Exception]:
         with self._writing() as conn:
-            plan = _BatchPlan(conn, items)
-            results: list[InsertOutcome | Exception] = []
-            for item in items:
-                try:
-                    results.append(self._plan_one(conn, plan, item))
-                except (DuplicateRejected, HierarchyConflict) as exc:
-                    results.append(exc)
-            plan.flush(conn)
-        return results
+            return Batch(self._sql(conn), items).record_all(items)
+
+    def _sql(self, conn: Connection) -> Sql:
+        """Plain DBAPI statements inside ``conn``'s transaction (see ``ingest.py``)."""
+        return Sql(conn.connection.dbapi_connection, sqlite=self.is_sqlite)
 
     def _insert_alone(self, item: PendingInsert) -> InsertOutcome | Exception:
         # Another process may have inserted the same patient/study/series between our
@@ -351,156 +211,6 @@ class Index:
             except DBAPIError as exc:
                 return IndexError_(f"index write failed: {exc.orig}")
         raise AssertionError("unreachable")
-
-    def _plan_one(self, conn: Connection, plan: _BatchPlan, item: PendingInsert) -> InsertOutcome:
-        """Decide one item against the database plus what this batch already planned;
-        raise before recording anything of a rejected item."""
-        rec = item.record
-        uid = rec.instance.sop_instance_uid
-        existing = plan.instances.get(uid)
-        if existing is not None:
-            if (
-                existing.study_instance_uid != rec.study.study_instance_uid
-                or existing.series_instance_uid != rec.series.series_instance_uid
-            ):
-                raise HierarchyConflict(
-                    f"SOP Instance UID {uid} is already stored in study "
-                    f"{existing.study_instance_uid}, series {existing.series_instance_uid}"
-                )
-            if existing.dataset_sha256 == item.blob.dataset_sha256:
-                return InsertOutcome(StoreStatus.DUPLICATE, new_blob_unused=True)
-            if item.policy == "reject":
-                raise DuplicateRejected(
-                    f"SOP Instance UID {uid} is already stored with different content "
-                    "(duplicate policy: reject)"
-                )
-            if item.policy == "keep-first":
-                return InsertOutcome(StoreStatus.KEPT_FIRST, new_blob_unused=True)
-            replaced = existing.blob_name
-            values = self._instance_values(item)
-            if existing.pk is None:  # planned earlier in this batch: replace the plan
-                plan.new_instances[uid].update(values)
-            else:
-                conn.execute(
-                    update(instances).where(instances.c.pk == existing.pk).values(**values)
-                )
-                if existing.sop_class_uid != rec.instance.sop_class_uid:
-                    plan.refresh_sets.add(existing.study_pk)
-            plan.instances[uid] = existing._replace(
-                dataset_sha256=item.blob.dataset_sha256,
-                blob_name=item.blob.name,
-                sop_class_uid=rec.instance.sop_class_uid,
-            )
-            return InsertOutcome(StoreStatus.OVERWRITTEN, replaced_blob=replaced)
-
-        series_uid = rec.series.series_instance_uid
-        study_uid = rec.study.study_instance_uid
-        known_series = plan.series.get(series_uid)
-        if known_series is not None and known_series.study_instance_uid != study_uid:
-            raise HierarchyConflict(
-                f"Series Instance UID {series_uid} already belongs to "
-                f"study {known_series.study_instance_uid}, not {study_uid}"
-            )
-        now = item.received_at
-        study = plan.studies.get(study_uid)
-        if study is None:
-            patient_pk = self._patient_pk(conn, item)
-            study_pk = conn.execute(
-                studies.insert()
-                .values(
-                    patient_pk=patient_pk,
-                    updated_at=now,
-                    **_row_values(rec.study, studies.c.keys()),
-                )
-                .returning(studies.c.pk)
-            ).scalar_one()
-            conn.execute(
-                update(patients)
-                .where(patients.c.pk == patient_pk)
-                .values(number_of_studies=patients.c.number_of_studies + 1)
-            )
-            study = plan.studies[study_uid] = _StudyState(study_pk, "", "")
-        if known_series is None:
-            series_pk = conn.execute(
-                series.insert()
-                .values(
-                    study_pk=study.pk, updated_at=now, **_row_values(rec.series, series.c.keys())
-                )
-                .returning(series.c.pk)
-            ).scalar_one()
-            known_series = plan.series[series_uid] = _SeriesRow(series_pk, study_uid, study.pk)
-            study.new_series += 1
-        row = self._instance_values(item)
-        row["series_pk"] = known_series.pk
-        plan.new_instances[uid] = row
-        plan.instances[uid] = _InstanceRow(
-            None,
-            uid,
-            item.blob.dataset_sha256,
-            item.blob.name,
-            rec.instance.sop_class_uid,
-            series_uid,
-            study_uid,
-            study.pk,
-        )
-        plan.series_added[known_series.pk] += 1
-        study.added += 1
-        study.modalities = _join(study.modalities, rec.series.modality)
-        study.sop_classes = _join(study.sop_classes, rec.instance.sop_class_uid)
-        study.updated_at = now
-        return InsertOutcome(StoreStatus.STORED)
-
-    def _patient_pk(self, conn: Connection, item: PendingInsert) -> int:
-        rec = item.record.patient
-        issuer = rec.issuer_of_patient_id or ""
-        pk = conn.execute(
-            select(patients.c.pk).where(
-                patients.c.patient_id == rec.patient_id,
-                patients.c.issuer_of_patient_id == issuer,
-            )
-        ).scalar()
-        if pk is not None:
-            return int(pk)
-        values = _row_values(rec, patients.c.keys())
-        values["issuer_of_patient_id"] = issuer
-        return int(
-            conn.execute(patients.insert().values(**values).returning(patients.c.pk)).scalar_one()
-        )
-
-    @staticmethod
-    def _instance_values(item: PendingInsert) -> dict[str, Any]:
-        values = _row_values(item.record.instance, instances.c.keys())
-        values.update(
-            blob_name=item.blob.name,
-            size=item.blob.size,
-            sha256=item.blob.sha256,
-            dataset_sha256=item.blob.dataset_sha256,
-            received_at=item.received_at,
-            source_ae=item.source_ae,
-            metadata_json=item.record.metadata_json,
-        )
-        return values
-
-    @staticmethod
-    def _refresh_study_sets(conn: Connection, study_pk: int) -> None:
-        """Recompute Modalities / SOP Classes in Study (PS3.4 C.6.2.1.2) from the rows."""
-        modalities = conn.execute(
-            select(series.c.modality).where(series.c.study_pk == study_pk).distinct()
-        ).scalars()
-        sop_classes = conn.execute(
-            select(instances.c.sop_class_uid)
-            .join(series, instances.c.series_pk == series.c.pk)
-            .where(series.c.study_pk == study_pk)
-            .distinct()
-        ).scalars()
-        conn.execute(
-            update(studies)
-            .where(studies.c.pk == study_pk)
-            .values(
-                modalities_in_study="\\".join(sorted(m for m in modalities if m)),
-                sop_classes_in_study="\\".join(sorted(sop_classes)),
-            )
-        )
 
     def delete_instance(self, sop_instance_uid: str) -> StoredInstance:
         """Remove one instance's row (and emptied parents); returns what it was.
@@ -542,7 +252,7 @@ class Index:
             .returning(studies.c.number_of_instances)
         ).scalar_one()
         if study_left > 0:
-            self._refresh_study_sets(conn, row.study_pk)
+            refresh_study_sets(self._sql(conn), row.study_pk)
             return
         conn.execute(delete(studies).where(studies.c.pk == row.study_pk))
         patient_left = conn.execute(
@@ -595,13 +305,16 @@ class Index:
             return self._lookup(conn, sop_instance_uid)
 
     def has_instance(self, sop_instance_uid: str) -> bool:
-        """Cheap existence test on the ingest hot path (one indexed probe, no ORM)."""
-        with self._read.connect() as conn:
-            found = conn.exec_driver_sql(
-                "SELECT 1 FROM instances WHERE sop_instance_uid = "
-                + ("?" if self.is_sqlite else "%(uid)s"),
-                (sop_instance_uid,) if self.is_sqlite else {"uid": sop_instance_uid},
-            ).first()
+        """Cheap existence test on the ingest hot path: one indexed probe on this thread's
+        own DBAPI connection (a pool checkout per probe cost more than the probe)."""
+        sql: Sql | None = getattr(self._probe, "sql", None)
+        if sql is None:
+            raw = self._read.raw_connection()
+            if not self.is_sqlite:  # a probe must not hold a transaction open
+                raw.dbapi_connection.autocommit = True  # type: ignore[union-attr]
+            sql = self._probe.sql = Sql(raw, sqlite=self.is_sqlite)
+            self._probe_connections.append(raw)
+        found = sql.one("SELECT 1 FROM instances WHERE sop_instance_uid = ?", (sop_instance_uid,))
         return found is not None
 
     def iter_instances(self, batch: int = 1000) -> Iterator[StoredInstance]:

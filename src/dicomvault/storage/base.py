@@ -34,8 +34,10 @@ class Spool(Protocol):
         """Hex digest of what was written since :meth:`mark_dataset_start`."""
         ...
 
-    def commit(self) -> str:
-        """Make the blob durable under a new archive-chosen name and return the name."""
+    def commit(self, *, sync_directory: bool = True) -> str:
+        """Make the blob durable under a new archive-chosen name and return the name.
+
+        ``sync_directory=False`` leaves the directory entry to :meth:`BlobStore.sync`."""
         ...
 
     def discard(self) -> None:
@@ -55,6 +57,10 @@ class BlobStore(Protocol):
     def exists(self, name: str) -> bool: ...
 
     def delete(self, name: str) -> None: ...
+
+    def sync(self, names: list[str]) -> None:
+        """Make the directory entries of committed blobs durable."""
+        ...
 
     def names(self) -> Iterator[str]:
         """Every committed blob (for verify and orphan recovery)."""

@@ -128,9 +128,11 @@ class FileSpool:
                         self._dataset_digest.update(memoryview(chunk)[start:])
                 position += len(chunk)
 
-    def commit(self) -> str:
+    def commit(self, *, sync_directory: bool = True) -> str:
+        """fsync, rename into place, fsync the directory — unless the caller makes the
+        directory durable itself for many blobs at once (:meth:`FileSystemBlobStore.sync`)."""
         name = self._sync_and_rename()
-        if self._store.fsync:
+        if sync_directory and self._store.fsync:
             _fsync_dir((self._store.root / name).parent)
         return name
 
@@ -188,7 +190,20 @@ class FileSystemBlobStore:
         write — for writers on an event loop that must stay responsive."""
         return FileSpool(self, hash_inline=hash_inline)
 
-    def commit_many(self, spools: list[FileSpool]) -> list[str | OSError | Exception]:
+    def sync(self, names: list[str]) -> None:
+        """Make the directory entries of ``names`` durable: each directory fsynced once
+        (blobs of one minute share a directory, so usually one fsync for all)."""
+        if not self.fsync:
+            return
+        try:
+            for parent in sorted({self._path(name).parent for name in names}):
+                _fsync_dir(parent)
+        except OSError as exc:
+            raise _storage_error(exc, "committing") from exc
+
+    def commit_many(
+        self, spools: list[FileSpool], *, sync_directories: bool = True
+    ) -> list[str | OSError | Exception]:
         """Commit several spools with one journal commit instead of one per file.
 
         On ext4 (and most journalling filesystems) the first fsync commits the journal
@@ -203,17 +218,14 @@ class FileSystemBlobStore:
                 names.append(spool._sync_and_rename())
             except Exception as exc:
                 names.append(exc)
-        if self.fsync:
-            parents = {(self.root / n).parent for n in names if isinstance(n, str)}
+        if sync_directories:
             try:
-                for parent in sorted(parents):
-                    _fsync_dir(parent)
-            except OSError as exc:
-                error = _storage_error(exc, "committing")
+                self.sync([n for n in names if isinstance(n, str)])
+            except Exception as exc:
                 for n in names:
                     if isinstance(n, str):
                         (self.root / n).unlink(missing_ok=True)
-                return [error] * len(names)
+                return [exc] * len(names)
         return names
 
     def open(self, name: str) -> BinaryIO:
