@@ -7,9 +7,9 @@ import math
 from pathlib import Path
 
 import pytest
-from bench.bench_dimse import Result, Run
 
 from bench import bench_dimse
+from bench.bench_dimse import Result, Run
 
 needs_dcmtk = pytest.mark.skipif(
     not Path(bench_dimse.STORESCU).exists(), reason="DCMTK storescu not installed"

@@ -8,6 +8,7 @@ import time
 
 import psutil
 import pytest
+
 from bench.bench_memory import peak_rss_of, tree_cpu_seconds, tree_rss
 
 

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 from pydicom import dcmread
-from tests.core.dicomfiles import bundled, dataset_bytes, make_dataset, write_bare, write_part10
 
 from dicomvault.archive import Archive
 from dicomvault.config import Settings
@@ -22,6 +21,7 @@ from dicomvault.model.errors import (
     UIDMismatch,
 )
 from dicomvault.model.records import StoreStatus
+from tests.core.dicomfiles import bundled, dataset_bytes, make_dataset, write_bare, write_part10
 
 
 def blobs(archive: Archive) -> list[str]:

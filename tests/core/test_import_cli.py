@@ -13,8 +13,9 @@ import zipfile
 from pathlib import Path
 
 import pytest
-from bench.datasets import ct_series
 from pydicom.data import get_testdata_file
+
+from bench.datasets import ct_series
 from tests.core.dicomfiles import make_dataset, write_part10
 
 DV = str(Path(sys.executable).with_name("dicomvault"))

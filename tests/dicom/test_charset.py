@@ -8,13 +8,13 @@ from pathlib import Path
 
 import pydicom
 import pytest
-from tests.dicom.files import bundled_file, minimal_dataset, patch_bytes, write_part10
 
 from dicomvault.dicom import parse_instance
 from dicomvault.dicom.charset import DEFAULT_CHARSET, TEXT_DELIMITERS, decode_text, resolve_charset
 from dicomvault.dicom.dicomjson import dataset_json
 from dicomvault.dicom.part10 import read_file_meta
 from dicomvault.dicom.reader import Reader
+from tests.dicom.files import bundled_file, minimal_dataset, patch_bytes, write_part10
 
 # Expected names written out (not taken from pydicom) so a shared bug cannot hide.
 NAMES = {

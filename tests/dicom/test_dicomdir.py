@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pydicom
 import pytest
-from tests.dicom.files import bundled_file, deliberately_invalid
 
 from dicomvault.dicom import dicomdir_references, is_dicomdir
 from dicomvault.model.errors import CannotParse
+from tests.dicom.files import bundled_file, deliberately_invalid
 
 DICOMDIR_TESTS = bundled_file("CT_small.dcm").parent / "dicomdirtests"
 

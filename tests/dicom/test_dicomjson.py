@@ -12,6 +12,9 @@ import pytest
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+
+from dicomvault.dicom import parse_instance
+from dicomvault.model.errors import InvalidInstance
 from tests.dicom.files import (
     bundled_file,
     deliberately_invalid,
@@ -19,9 +22,6 @@ from tests.dicom.files import (
     patch_bytes,
     write_part10,
 )
-
-from dicomvault.dicom import parse_instance
-from dicomvault.model.errors import InvalidInstance
 
 BINARY_VRS = {"OB", "OW", "OF", "OD", "OL", "OV", "UN"}
 

@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pytest
 from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian, JPEG2000Lossless
-from tests.dicom.files import CT_IMAGE_STORAGE, INSTANCE, encode_dataset, minimal_dataset
 
 from dicomvault.dicom import encode_file_meta, parse_instance
 from dicomvault.model.errors import CannotParse
+from tests.dicom.files import CT_IMAGE_STORAGE, INSTANCE, encode_dataset, minimal_dataset
 
 GIB = 1 << 30
 FRAMES = 1024

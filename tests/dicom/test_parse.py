@@ -17,6 +17,17 @@ from pydicom.uid import (
     ExplicitVRLittleEndian,
     ImplicitVRLittleEndian,
 )
+
+from dicomvault.dicom import parse_instance
+from dicomvault.dicom.part10 import encode_file_meta
+from dicomvault.model.errors import (
+    CannotParse,
+    InvalidInstance,
+    InvalidUID,
+    MissingAttribute,
+    NotDicom,
+    UIDMismatch,
+)
 from tests.dicom.files import (
     CT_IMAGE_STORAGE,
     INSTANCE,
@@ -31,17 +42,6 @@ from tests.dicom.files import (
     with_request_attributes,
     write_bytes,
     write_part10,
-)
-
-from dicomvault.dicom import parse_instance
-from dicomvault.dicom.part10 import encode_file_meta
-from dicomvault.model.errors import (
-    CannotParse,
-    InvalidInstance,
-    InvalidUID,
-    MissingAttribute,
-    NotDicom,
-    UIDMismatch,
 )
 
 

@@ -12,11 +12,11 @@ from hypothesis import given
 from hypothesis import strategies as st
 from pydicom.filereader import read_file_meta_info
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, JPEG2000Lossless
-from tests.dicom.files import CT_IMAGE_STORAGE, bundled_file, encode_dataset, minimal_dataset
 
 import dicomvault
 from dicomvault.dicom.part10 import encode_file_meta, read_file_meta, read_preamble_layout
 from dicomvault.model.errors import CannotParse, InvalidUID, NotDicom
+from tests.dicom.files import CT_IMAGE_STORAGE, bundled_file, encode_dataset, minimal_dataset
 
 uid_components = st.one_of(st.just("0"), st.integers(1, 10**12).map(str))
 uids = st.lists(uid_components, min_size=2, max_size=12).map(".".join).filter(

@@ -24,11 +24,11 @@ from pydicom.uid import (
     ExplicitVRLittleEndian,
     ImplicitVRLittleEndian,
 )
-from tests.dicom.files import bundled_file, deliberately_invalid, minimal_dataset, write_part10
-from tests.dicom.test_dicomjson import _same_non_bulk
 
 from dicomvault.dicom import parse_instance
 from dicomvault.model.errors import CannotParse, InvalidInstance, MissingAttribute, NotDicom
+from tests.dicom.files import bundled_file, deliberately_invalid, minimal_dataset, write_part10
+from tests.dicom.test_dicomjson import _same_non_bulk
 
 TRUNCATION_FILES = ["CT_small.dcm", "MR_small_implicit.dcm", "MR_small_bigendian.dcm",
                     "JPEG2000.dcm", "test-SR.dcm"]
