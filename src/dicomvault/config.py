@@ -77,6 +77,14 @@ class ServerSettings(_Section):
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
 
+class QuerySettings(_Section):
+    #: Match Person Name keys case-insensitively (PS3.4 C.2.2.2.1 leaves it to the SCP).
+    case_insensitive_names: bool = True
+    #: At most this many C-FIND matches per query (0 = no cap); the caller is told when
+    #: the cap cut a result short.
+    max_results: int = Field(default=10000, ge=0)
+
+
 class RemoteAE(_Section):
     ae_title: str
     host: str
@@ -95,6 +103,7 @@ class Settings(BaseSettings):
     dicom: DicomSettings = Field(default_factory=DicomSettings)
     http: HttpSettings = Field(default_factory=HttpSettings)
     server: ServerSettings = Field(default_factory=ServerSettings)
+    query: QuerySettings = Field(default_factory=QuerySettings)
     remotes: dict[str, RemoteAE] = Field(default_factory=dict)
 
     @classmethod

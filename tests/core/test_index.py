@@ -198,6 +198,10 @@ def test_unicode_names_round_trip(index: Index) -> None:
         assert row is not None and row["patient_name"] == name
 
 
+@pytest.mark.filterwarnings(
+    # Alembic cannot reflect expression indexes on SQLite and says so; checked by name.
+    "ignore:autogenerate skipping metadata-specified expression-based index:UserWarning"
+)
 def test_migrations_match_schema(settings: Settings) -> None:
     from alembic.autogenerate import compare_metadata
     from alembic.migration import MigrationContext
@@ -207,9 +211,22 @@ def test_migrations_match_schema(settings: Settings) -> None:
     migrate.upgrade(engine)
     assert migrate.current_revision(engine) == migrate.head_revision()
     with engine.connect() as conn:
-        diff = compare_metadata(MigrationContext.configure(conn), metadata)
+        # Dialect-specific indexes (ddl_if) are beyond Alembic's compare; checked below.
+        folded = {"ix_patients_name_nocase", "ix_patients_name_lower"}
+        context = MigrationContext.configure(
+            conn, opts={"include_object": lambda obj, name, *_: name not in folded}
+        )
+        diff = compare_metadata(context, metadata)
+        sql = (
+            "SELECT name FROM sqlite_master WHERE type = 'index'"
+            if engine.dialect.name == "sqlite"
+            else "SELECT indexname FROM pg_indexes WHERE tablename = 'patients'"
+        )
+        names = set(conn.exec_driver_sql(sql).scalars())
     engine.dispose()
     assert diff == []
+    sqlite = engine.dialect.name == "sqlite"
+    assert ("ix_patients_name_nocase" if sqlite else "ix_patients_name_lower") in names
 
 
 def test_outdated_schema_is_refused(tmp_path: Path) -> None:

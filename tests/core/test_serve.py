@@ -53,6 +53,13 @@ class Server:
             assert time.monotonic() < deadline, "server did not answer C-ECHO in 30 s"
             time.sleep(0.2)
 
+    def wait_for_log(self, text: str, count: int = 1, timeout: float = 30) -> None:
+        deadline = time.monotonic() + timeout
+        while self.log.read_text().count(text) < count:
+            assert self.proc.poll() is None, self.log.read_text()
+            assert time.monotonic() < deadline, f"{text!r} x{count} not logged in {timeout} s"
+            time.sleep(0.1)
+
     def stop(self) -> int:
         self.proc.send_signal(signal.SIGTERM)
         return self.proc.wait(timeout=30)
@@ -95,6 +102,7 @@ def test_serve_stores_and_stops_cleanly(tmp_path: Path, files: list[Path]) -> No
 def test_workers_share_the_port(tmp_path: Path, files: list[Path]) -> None:
     data = tmp_path / "data"
     server = Server(data, "--workers", "2")
+    server.wait_for_log("DIMSE listening", count=2)  # the first to listen answered the echo
     try:
         procs = [
             subprocess.Popen(

@@ -35,8 +35,16 @@ def media(tmp_path: Path) -> Path:
     return root
 
 
-@pytest.mark.parametrize("name", ["DICOMDIR", "DICOMDIR-implicit", "DICOMDIR-bigEnd",
-                                  "DICOMDIR-reordered", "TINY_ALPHA/DICOMDIR"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "DICOMDIR",
+        "DICOMDIR-implicit",
+        "DICOMDIR-bigEnd",
+        "DICOMDIR-reordered",
+        "TINY_ALPHA/DICOMDIR",
+    ],
+)
 def test_references_match_pydicom(name: str) -> None:
     path = DICOMDIR_TESTS / name
     expected = _expected(path)

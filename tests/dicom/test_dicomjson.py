@@ -36,8 +36,9 @@ def _strict(text: str) -> dict[str, Any]:
     return model
 
 
-def _model(tmp_path: Path, ds: Dataset, ts: str = ExplicitVRLittleEndian,
-           threshold: int = 1024) -> dict[str, Any]:
+def _model(
+    tmp_path: Path, ds: Dataset, ts: str = ExplicitVRLittleEndian, threshold: int = 1024
+) -> dict[str, Any]:
     path = write_part10(tmp_path / "j.dcm", ds, ts)
     return _strict(parse_instance(path, bulk_data_threshold=threshold).record.metadata_json)
 
@@ -86,9 +87,7 @@ def _same_non_bulk(original: Dataset, back: Dataset, where: str = "") -> list[st
 
 def _parseable_bundled_files() -> list[Path]:
     folder = bundled_file("CT_small.dcm").parent
-    files = sorted(folder.glob("*.dcm")) + sorted(
-        bundled_file("chrH31.dcm").parent.glob("*.dcm")
-    )
+    files = sorted(folder.glob("*.dcm")) + sorted(bundled_file("chrH31.dcm").parent.glob("*.dcm"))
     usable = []
     for path in files:
         try:
@@ -117,8 +116,9 @@ def test_round_trip_through_pydicom_from_json(path: Path) -> None:
     assert not any(key.startswith("0002") for key in model)
     with deliberately_invalid():  # pydicom's own samples break some VRs
         original = pydicom.dcmread(path, stop_before_pixels=True, force=True)
-        back = Dataset.from_json(record.metadata_json,
-                                 bulk_data_uri_handler=lambda tag, vr, uri: b"")
+        back = Dataset.from_json(
+            record.metadata_json, bulk_data_uri_handler=lambda tag, vr, uri: b""
+        )
         assert _same_non_bulk(original, back) == []
 
 
@@ -150,8 +150,9 @@ def test_value_forms(tmp_path: Path) -> None:
     assert model["00081140"] == {"vr": "SQ"}
 
 
-@pytest.mark.parametrize("ts", [ImplicitVRLittleEndian, ExplicitVRLittleEndian,
-                                ExplicitVRBigEndian])
+@pytest.mark.parametrize(
+    "ts", [ImplicitVRLittleEndian, ExplicitVRLittleEndian, ExplicitVRBigEndian]
+)
 def test_binary_numbers_in_each_byte_order(tmp_path: Path, ts: str) -> None:
     ds = minimal_dataset(Rows=300, Columns=2)
     ds.add_new(0x00280106, "US", 65535)  # Smallest Image Pixel Value (US or SS)
@@ -181,8 +182,9 @@ def test_sequences_and_nested_bulk_data_paths(tmp_path: Path) -> None:
     code.CodeValue = "T-D3000"
     code.CodingSchemeDesignator = "SRT"
     code.CodeMeaning = "Chest"
-    ds = minimal_dataset(IconImageSequence=Sequence([icon]),
-                         AnatomicRegionSequence=Sequence([code, code]))
+    ds = minimal_dataset(
+        IconImageSequence=Sequence([icon]), AnatomicRegionSequence=Sequence([code, code])
+    )
     ds.add_new(0x7FE00010, "OW", b"\x00\x00" * 8)
     model = _model(tmp_path, ds)
     assert model["7FE00010"] == {"vr": "OW", "BulkDataURI": "bulkdata/7FE00010"}
@@ -195,8 +197,9 @@ def test_sequences_and_nested_bulk_data_paths(tmp_path: Path) -> None:
 
 
 def test_threshold_applies_to_long_values_of_eligible_vrs(tmp_path: Path) -> None:
-    ds = minimal_dataset(ImageComments="x" * 2000,
-                         OtherPatientIDs=[f"ID{i:04d}" for i in range(300)])
+    ds = minimal_dataset(
+        ImageComments="x" * 2000, OtherPatientIDs=[f"ID{i:04d}" for i in range(300)]
+    )
     small = _model(tmp_path, ds, threshold=1024)
     assert small["00204000"] == {"vr": "LT", "BulkDataURI": "bulkdata/00204000"}
     # LO may not be a BulkDataURI (PS3.18 F.2.2), however long.
@@ -215,8 +218,9 @@ def test_nan_in_fd_becomes_null_with_warning(tmp_path: Path) -> None:
     ds = minimal_dataset()
     ds.add_new(0x00189087, "FD", 1.5)
     path = write_part10(tmp_path / "nan.dcm", ds)
-    patch_bytes(path, b"\x00\x00\x00\x00\x00\x00\xf8\x3f",
-                b"\x00\x00\x00\x00\x00\x00\xf8\x7f")  # 1.5 -> NaN (same exponent bits)
+    patch_bytes(
+        path, b"\x00\x00\x00\x00\x00\x00\xf8\x3f", b"\x00\x00\x00\x00\x00\x00\xf8\x7f"
+    )  # 1.5 -> NaN (same exponent bits)
     record = parse_instance(path).record
     assert _strict(record.metadata_json)["00189087"] == {"vr": "FD"}
     assert any("(0018,9087)" in w and "NaN" in w for w in record.warnings)
@@ -232,8 +236,9 @@ def test_decimal_strings_keep_their_value(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(("representation", "value", "vr"), [(1, -5, "SS"), (0, 65000, "US")])
-def test_implicit_us_or_ss_follows_pixel_representation(tmp_path: Path, representation: int,
-                                                        value: int, vr: str) -> None:
+def test_implicit_us_or_ss_follows_pixel_representation(
+    tmp_path: Path, representation: int, value: int, vr: str
+) -> None:
     ds = minimal_dataset(PixelRepresentation=representation)
     ds.add_new(0x00280106, vr, value)  # Smallest Image Pixel Value: "US or SS"
     icon = Dataset()

@@ -72,40 +72,84 @@ def test_ct_small_record_matches_pydicom() -> None:
 
 def test_every_record_field_is_filled(tmp_path: Path) -> None:
     ds = minimal_dataset(
-        IssuerOfPatientID="HOSP", PatientBirthDate="19700101", PatientBirthTime="101010",
-        PatientSex="F", OtherPatientIDs=["A1", "B2"], EthnicGroup="X",
-        PatientComments="none", StudyDate="20240102", StudyTime="030405",
-        AccessionNumber="ACC1", StudyID="S1", StudyDescription="Chest",
-        ReferringPhysicianName="Ref^Doc", TimezoneOffsetFromUTC="+0100", PatientAge="054Y",
-        PatientSize="1.75", PatientWeight="70", SpecificCharacterSet="ISO_IR 100",
-        SeriesNumber="7", SeriesDescription="Axial", SeriesDate="20240102",
-        SeriesTime="030500", BodyPartExamined="CHEST", InstitutionName="General",
-        StationName="CT01", PerformedProcedureStepStartDate="20240102",
-        PerformedProcedureStepStartTime="0300", InstanceNumber="12",
-        ContentDate="20240102", ContentTime="030600",
-        AcquisitionDateTime="20240102030600", Rows=512, Columns=256, BitsAllocated=16,
-        NumberOfFrames="3", ImageType=["ORIGINAL", "PRIMARY", "AXIAL"],
-        CompletionFlag="COMPLETE", VerificationFlag="VERIFIED", ContentLabel="LABEL",
+        IssuerOfPatientID="HOSP",
+        PatientBirthDate="19700101",
+        PatientBirthTime="101010",
+        PatientSex="F",
+        OtherPatientIDs=["A1", "B2"],
+        EthnicGroup="X",
+        PatientComments="none",
+        StudyDate="20240102",
+        StudyTime="030405",
+        AccessionNumber="ACC1",
+        StudyID="S1",
+        StudyDescription="Chest",
+        ReferringPhysicianName="Ref^Doc",
+        TimezoneOffsetFromUTC="+0100",
+        PatientAge="054Y",
+        PatientSize="1.75",
+        PatientWeight="70",
+        SpecificCharacterSet="ISO_IR 100",
+        SeriesNumber="7",
+        SeriesDescription="Axial",
+        SeriesDate="20240102",
+        SeriesTime="030500",
+        BodyPartExamined="CHEST",
+        InstitutionName="General",
+        StationName="CT01",
+        PerformedProcedureStepStartDate="20240102",
+        PerformedProcedureStepStartTime="0300",
+        InstanceNumber="12",
+        ContentDate="20240102",
+        ContentTime="030600",
+        AcquisitionDateTime="20240102030600",
+        Rows=512,
+        Columns=256,
+        BitsAllocated=16,
+        NumberOfFrames="3",
+        ImageType=["ORIGINAL", "PRIMARY", "AXIAL"],
+        CompletionFlag="COMPLETE",
+        VerificationFlag="VERIFIED",
+        ContentLabel="LABEL",
     )
     with_request_attributes(ds, [("SPS1", "RP1"), ("SPS2", "RP2")])
     record = parse_instance(write_part10(tmp_path / "full.dcm", ds)).record
     p, st, se, i = record.patient, record.study, record.series, record.instance
     assert (p.patient_id, p.issuer_of_patient_id, p.patient_name) == ("PID-1", "HOSP", "Doe^Jane")
     assert (p.patient_birth_date, p.patient_birth_time, p.patient_sex) == (
-        "19700101", "101010", "F")
+        "19700101",
+        "101010",
+        "F",
+    )
     assert (p.other_patient_ids, p.ethnic_group, p.patient_comments) == ("A1\\B2", "X", "none")
     assert (st.study_date, st.study_time, st.accession_number, st.study_id) == (
-        "20240102", "030405", "ACC1", "S1")
+        "20240102",
+        "030405",
+        "ACC1",
+        "S1",
+    )
     assert (st.study_description, st.referring_physician_name) == ("Chest", "Ref^Doc")
     assert (st.timezone_offset_from_utc, st.patient_age) == ("+0100", "054Y")
     assert (st.patient_size, st.patient_weight, st.specific_character_set) == (
-        "1.75", "70", "ISO_IR 100")
+        "1.75",
+        "70",
+        "ISO_IR 100",
+    )
     assert (se.series_number, se.series_description, se.series_date, se.series_time) == (
-        7, "Axial", "20240102", "030500")
+        7,
+        "Axial",
+        "20240102",
+        "030500",
+    )
     assert (se.body_part_examined, se.institution_name, se.station_name) == (
-        "CHEST", "General", "CT01")
-    assert (se.performed_procedure_step_start_date,
-            se.performed_procedure_step_start_time) == ("20240102", "0300")
+        "CHEST",
+        "General",
+        "CT01",
+    )
+    assert (se.performed_procedure_step_start_date, se.performed_procedure_step_start_time) == (
+        "20240102",
+        "0300",
+    )
     assert se.scheduled_procedure_step_id == "SPS1\\SPS2"
     assert se.requested_procedure_id == "RP1\\RP2"
     assert (i.instance_number, i.content_date, i.content_time) == (12, "20240102", "030600")
@@ -113,7 +157,10 @@ def test_every_record_field_is_filled(tmp_path: Path) -> None:
     assert (i.rows, i.columns, i.bits_allocated, i.number_of_frames) == (512, 256, 16, 3)
     assert i.image_type == "ORIGINAL\\PRIMARY\\AXIAL"
     assert (i.completion_flag, i.verification_flag, i.content_label) == (
-        "COMPLETE", "VERIFIED", "LABEL")
+        "COMPLETE",
+        "VERIFIED",
+        "LABEL",
+    )
 
 
 def test_absent_values_are_none_and_missing_patient_id_is_empty(tmp_path: Path) -> None:
@@ -138,8 +185,16 @@ def test_invalid_is_becomes_none_with_warning(tmp_path: Path) -> None:
 
 # -- layouts and transfer syntaxes ----------------------------------------------------
 
-@pytest.mark.parametrize("ts", [ImplicitVRLittleEndian, ExplicitVRLittleEndian,
-                                ExplicitVRBigEndian, DeflatedExplicitVRLittleEndian])
+
+@pytest.mark.parametrize(
+    "ts",
+    [
+        ImplicitVRLittleEndian,
+        ExplicitVRLittleEndian,
+        ExplicitVRBigEndian,
+        DeflatedExplicitVRLittleEndian,
+    ],
+)
 def test_each_transfer_syntax(tmp_path: Path, ts: str) -> None:
     ds = minimal_dataset(Rows=16, Columns=16, BitsAllocated=16, NumberOfFrames="1")
     parsed = parse_instance(write_part10(tmp_path / "ts.dcm", ds, ts))
@@ -158,11 +213,14 @@ def test_no_preamble_layout(tmp_path: Path) -> None:
     assert parsed.record == full.record
 
 
-@pytest.mark.parametrize(("ts", "expected"), [
-    (ImplicitVRLittleEndian, ImplicitVRLittleEndian),
-    (ExplicitVRLittleEndian, ExplicitVRLittleEndian),
-    (ExplicitVRBigEndian, ExplicitVRBigEndian),
-])
+@pytest.mark.parametrize(
+    ("ts", "expected"),
+    [
+        (ImplicitVRLittleEndian, ImplicitVRLittleEndian),
+        (ExplicitVRLittleEndian, ExplicitVRLittleEndian),
+        (ExplicitVRBigEndian, ExplicitVRBigEndian),
+    ],
+)
 def test_no_meta_layout_detects_encoding(tmp_path: Path, ts: str, expected: str) -> None:
     ds = minimal_dataset(Rows=64, SpecificCharacterSet="ISO_IR 100")
     parsed = parse_instance(write_bytes(tmp_path / "raw.dcm", encode_dataset(ds, ts)))
@@ -173,8 +231,13 @@ def test_no_meta_layout_detects_encoding(tmp_path: Path, ts: str, expected: str)
     assert parsed.record.instance.sop_instance_uid == INSTANCE
 
 
-@pytest.mark.parametrize(("name", "ts"), [("ExplVR_BigEndNoMeta.dcm", ExplicitVRBigEndian),
-                                          ("ExplVR_LitEndNoMeta.dcm", ExplicitVRLittleEndian)])
+@pytest.mark.parametrize(
+    ("name", "ts"),
+    [
+        ("ExplVR_BigEndNoMeta.dcm", ExplicitVRBigEndian),
+        ("ExplVR_LitEndNoMeta.dcm", ExplicitVRLittleEndian),
+    ],
+)
 def test_bundled_no_meta_files(name: str, ts: str) -> None:
     path = bundled_file(name)
     ds = pydicom.dcmread(path, force=True)
@@ -191,9 +254,19 @@ def test_rtstruct_no_meta_implicit() -> None:
     assert parsed.record.patient.patient_name == "Test^Phantom30sep"
 
 
-@pytest.mark.parametrize("name", ["image_dfl.dcm", "MR_small_bigendian.dcm",
-                                  "MR_small_implicit.dcm", "JPEG2000.dcm", "MR_small_RLE.dcm",
-                                  "JPGExtended.dcm", "rtdose_rle.dcm", "waveform_ecg.dcm"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "image_dfl.dcm",
+        "MR_small_bigendian.dcm",
+        "MR_small_implicit.dcm",
+        "JPEG2000.dcm",
+        "MR_small_RLE.dcm",
+        "JPGExtended.dcm",
+        "rtdose_rle.dcm",
+        "waveform_ecg.dcm",
+    ],
+)
 def test_bundled_transfer_syntaxes_match_pydicom(name: str) -> None:
     path = bundled_file(name)
     ds = pydicom.dcmread(path, stop_before_pixels=True)
@@ -225,8 +298,10 @@ def test_mislabelled_implicit_data_set_is_read_with_warning() -> None:
 
 # -- bad input ----------------------------------------------------------------------
 
-@pytest.mark.parametrize("data", [b"", b"DI", b"plain text, no DICOM here\n" * 40,
-                                  b"\x89PNG\r\n\x1a\n" + bytes(500)])
+
+@pytest.mark.parametrize(
+    "data", [b"", b"DI", b"plain text, no DICOM here\n" * 40, b"\x89PNG\r\n\x1a\n" + bytes(500)]
+)
 def test_not_dicom(tmp_path: Path, data: bytes) -> None:
     with pytest.raises(NotDicom):
         parse_instance(write_bytes(tmp_path / "x", data))
@@ -236,16 +311,24 @@ def test_truncated_inside_header(tmp_path: Path) -> None:
     data = bundled_file("CT_small.dcm").read_bytes()
     parsed = parse_instance(bundled_file("CT_small.dcm"))
     pixel = data.index(b"\xe0\x7f\x10\x00OW")
-    for cut in (parsed.dataset_offset + 3, parsed.dataset_offset + 10, 700, 1500, pixel - 5,
-                pixel + 6):
+    for cut in (
+        parsed.dataset_offset + 3,
+        parsed.dataset_offset + 10,
+        700,
+        1500,
+        pixel - 5,
+        pixel + 6,
+    ):
         with pytest.raises(CannotParse, match="truncated"):
             parse_instance(write_bytes(tmp_path / "cut.dcm", data[:cut]))
 
 
 def test_truncated_inside_pixel_data(tmp_path: Path) -> None:
-    with pytest.raises(CannotParse,
-                       match=r"^truncated: Pixel Data \(7FE0,0010\) declares 8192 bytes, "
-                             r"file has 8130$"):
+    with pytest.raises(
+        CannotParse,
+        match=r"^truncated: Pixel Data \(7FE0,0010\) declares 8192 bytes, "
+        r"file has 8130$",
+    ):
         parse_instance(bundled_file("MR_truncated.dcm"))
     data = bundled_file("CT_small.dcm").read_bytes()
     with pytest.raises(CannotParse, match=r"Pixel Data \(7FE0,0010\) declares 32768 bytes"):
@@ -283,19 +366,25 @@ def test_deeply_nested_sequences(tmp_path: Path) -> None:
 
 def test_element_overrunning_its_item(tmp_path: Path) -> None:
     item = struct.pack("<HH2sH", 0x0008, 0x0100, b"SH", 40) + b"CODE"
-    sq = (struct.pack("<HH2sHL", 0x0040, 0xA730, b"SQ", 0, 8 + len(item))
-          + struct.pack("<HHL", 0xFFFE, 0xE000, len(item)) + item)
+    sq = (
+        struct.pack("<HH2sHL", 0x0040, 0xA730, b"SQ", 0, 8 + len(item))
+        + struct.pack("<HHL", 0xFFFE, 0xE000, len(item))
+        + item
+    )
     path = write_bytes(tmp_path / "bad.dcm", encode_dataset(minimal_dataset()) + sq)
     with pytest.raises(CannotParse, match="malformed"):
         parse_instance(path)
 
 
-@pytest.mark.parametrize(("keyword", "name"), [
-    ("SOPInstanceUID", r"SOP Instance UID \(0008,0018\)"),
-    ("SOPClassUID", r"SOP Class UID \(0008,0016\)"),
-    ("StudyInstanceUID", r"Study Instance UID \(0020,000D\)"),
-    ("SeriesInstanceUID", r"Series Instance UID \(0020,000E\)"),
-])
+@pytest.mark.parametrize(
+    ("keyword", "name"),
+    [
+        ("SOPInstanceUID", r"SOP Instance UID \(0008,0018\)"),
+        ("SOPClassUID", r"SOP Class UID \(0008,0016\)"),
+        ("StudyInstanceUID", r"Study Instance UID \(0020,000D\)"),
+        ("SeriesInstanceUID", r"Series Instance UID \(0020,000E\)"),
+    ],
+)
 def test_missing_identifying_uid(tmp_path: Path, keyword: str, name: str) -> None:
     ds = minimal_dataset(**{keyword: None})
     path = write_bytes(tmp_path / "m.dcm", encode_dataset(ds))
@@ -314,8 +403,10 @@ def test_invalid_uid(tmp_path: Path, bad: str) -> None:
 
 def test_uid_with_leading_zero_component_is_accepted(tmp_path: Path) -> None:
     ds = minimal_dataset(SeriesInstanceUID="1.2.03.4")  # lenient: real modalities do this
-    assert parse_instance(write_part10(tmp_path / "z.dcm", ds)).record.series.series_instance_uid \
+    assert (
+        parse_instance(write_part10(tmp_path / "z.dcm", ds)).record.series.series_instance_uid
         == "1.2.03.4"
+    )
 
 
 def test_meta_instance_uid_mismatch(tmp_path: Path) -> None:
@@ -354,8 +445,10 @@ def test_parse_writes_nothing_and_our_meta_is_readable(tmp_path: Path) -> None:
     before = path.read_bytes()
     parsed = parse_instance(path)
     assert (parsed.layout, parsed.dataset_offset) == ("part10", len(meta))
-    assert (parsed.record.study.study_instance_uid, parsed.record.series.series_instance_uid) \
-        == (STUDY, SERIES)
+    assert (parsed.record.study.study_instance_uid, parsed.record.series.series_instance_uid) == (
+        STUDY,
+        SERIES,
+    )
     assert path.read_bytes() == before
 
 

@@ -19,8 +19,8 @@ from dicomvault.model.errors import CannotParse, InvalidUID, NotDicom
 from tests.dicom.files import CT_IMAGE_STORAGE, bundled_file, encode_dataset, minimal_dataset
 
 uid_components = st.one_of(st.just("0"), st.integers(1, 10**12).map(str))
-uids = st.lists(uid_components, min_size=2, max_size=12).map(".".join).filter(
-    lambda u: len(u) <= 64
+uids = (
+    st.lists(uid_components, min_size=2, max_size=12).map(".".join).filter(lambda u: len(u) <= 64)
 )
 
 
@@ -47,8 +47,7 @@ def test_meta_is_read_back_by_pydicom(tmp_path: Path) -> None:
 
 
 def test_meta_without_source_ae_has_no_0002_0016(tmp_path: Path) -> None:
-    info = _read_back(encode_file_meta(CT_IMAGE_STORAGE, "1.2.3", ExplicitVRLittleEndian),
-                      tmp_path)
+    info = _read_back(encode_file_meta(CT_IMAGE_STORAGE, "1.2.3", ExplicitVRLittleEndian), tmp_path)
     assert "SourceApplicationEntityTitle" not in info
 
 
@@ -82,8 +81,9 @@ def test_meta_refuses_invalid_source_ae(ae: str) -> None:
 
 
 @given(sop_class=uids, sop_instance=uids, ts=uids)
-def test_meta_round_trips_through_pydicom_and_layout(sop_class: str, sop_instance: str,
-                                                     ts: str) -> None:
+def test_meta_round_trips_through_pydicom_and_layout(
+    sop_class: str, sop_instance: str, ts: str
+) -> None:
     meta = encode_file_meta(sop_class, sop_instance, ts)
     info = pydicom.dcmread(io.BytesIO(meta)).file_meta
     assert info.MediaStorageSOPClassUID == sop_class
@@ -100,7 +100,8 @@ def test_layout_part10_matches_pydicom() -> None:
     data = bundled_file("CT_small.dcm").read_bytes()
     info = read_file_meta_info(bundled_file("CT_small.dcm"))
     assert read_preamble_layout(data[:65536]) == (
-        "part10", 132 + 12 + info.FileMetaInformationGroupLength
+        "part10",
+        132 + 12 + info.FileMetaInformationGroupLength,
     )
 
 
@@ -111,18 +112,22 @@ def test_layout_without_preamble() -> None:
     assert data[offset : offset + 4] == b"\x08\x00\x05\x00"  # (0008,0005) follows the meta
 
 
-@pytest.mark.parametrize("name", ["ExplVR_LitEndNoMeta.dcm", "ExplVR_BigEndNoMeta.dcm",
-                                  "rtstruct.dcm"])
+@pytest.mark.parametrize(
+    "name", ["ExplVR_LitEndNoMeta.dcm", "ExplVR_BigEndNoMeta.dcm", "rtstruct.dcm"]
+)
 def test_layout_without_meta(name: str) -> None:
     assert read_preamble_layout(bundled_file(name).read_bytes()) == ("no-meta", 0)
 
 
-@pytest.mark.parametrize("data", [
-    b"",
-    b"hello, world: not an image at all\n" * 20,
-    b"\x89PNG\r\n\x1a\n" + bytes(200),
-    b"%PDF-1.7\n" + bytes(300),
-])
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"",
+        b"hello, world: not an image at all\n" * 20,
+        b"\x89PNG\r\n\x1a\n" + bytes(200),
+        b"%PDF-1.7\n" + bytes(300),
+    ],
+)
 def test_not_dicom(data: bytes) -> None:
     with pytest.raises(NotDicom):
         read_preamble_layout(data)

@@ -30,8 +30,13 @@ from dicomvault.model.errors import CannotParse, InvalidInstance, MissingAttribu
 from tests.dicom.files import bundled_file, deliberately_invalid, minimal_dataset, write_part10
 from tests.dicom.test_dicomjson import _same_non_bulk
 
-TRUNCATION_FILES = ["CT_small.dcm", "MR_small_implicit.dcm", "MR_small_bigendian.dcm",
-                    "JPEG2000.dcm", "test-SR.dcm"]
+TRUNCATION_FILES = [
+    "CT_small.dcm",
+    "MR_small_implicit.dcm",
+    "MR_small_bigendian.dcm",
+    "JPEG2000.dcm",
+    "test-SR.dcm",
+]
 CORRUPTION_FILES = [*TRUNCATION_FILES, "image_dfl.dcm", "chrH31.dcm", "rtstruct.dcm"]
 
 
@@ -92,8 +97,9 @@ def test_cuts_in_the_header_are_detected(tmp_path: Path, name: str) -> None:
         _expect_for_cut(name, cut, path)
 
 
-@settings(max_examples=200, deadline=None,
-          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(name=st.sampled_from(TRUNCATION_FILES), fraction=st.floats(0, 1, exclude_max=True))
 def test_any_cut_is_detected(tmp_path: Path, name: str, fraction: float) -> None:
     data = bundled_file(name).read_bytes()
@@ -103,15 +109,20 @@ def test_any_cut_is_detected(tmp_path: Path, name: str, fraction: float) -> None
     _expect_for_cut(name, cut, path)
 
 
-@settings(max_examples=400, deadline=None,
-          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=400, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(name=st.sampled_from(CORRUPTION_FILES), data=st.data())
-def test_corrupt_bytes_raise_only_typed_errors(tmp_path: Path, name: str,
-                                               data: st.DataObject) -> None:
+def test_corrupt_bytes_raise_only_typed_errors(
+    tmp_path: Path, name: str, data: st.DataObject
+) -> None:
     original = bytearray(bundled_file(name).read_bytes())
     header_end = min(len(original), 4096)
-    edits = data.draw(st.lists(st.tuples(st.integers(0, header_end - 1), st.integers(0, 255)),
-                               min_size=1, max_size=8))
+    edits = data.draw(
+        st.lists(
+            st.tuples(st.integers(0, header_end - 1), st.integers(0, 255)), min_size=1, max_size=8
+        )
+    )
     for position, value in edits:
         original[position] = value
     path = tmp_path / "bad.dcm"
@@ -125,12 +136,19 @@ def test_corrupt_bytes_raise_only_typed_errors(tmp_path: Path, name: str,
 
 # -- random data sets through the JSON round trip ---------------------------------
 
-ascii_text = st.text(st.characters(min_codepoint=0x21, max_codepoint=0x7E,
-                                   exclude_characters="\\"), min_size=1, max_size=16)
-latin1_text = st.text(st.characters(min_codepoint=0xC0, max_codepoint=0xFF,
-                                    exclude_characters="×÷"), min_size=1, max_size=10)
-unicode_text = st.text(st.characters(categories=["L"], max_codepoint=0xFFFF),
-                       min_size=1, max_size=10)
+ascii_text = st.text(
+    st.characters(min_codepoint=0x21, max_codepoint=0x7E, exclude_characters="\\"),
+    min_size=1,
+    max_size=16,
+)
+latin1_text = st.text(
+    st.characters(min_codepoint=0xC0, max_codepoint=0xFF, exclude_characters="×÷"),
+    min_size=1,
+    max_size=10,
+)
+unicode_text = st.text(
+    st.characters(categories=["L"], max_codepoint=0xFFFF), min_size=1, max_size=10
+)
 code_strings = st.from_regex(r"[A-Z0-9_]{1,16}", fullmatch=True)
 decimals = st.from_regex(r"-?[0-9]{1,6}(\.[0-9]{1,6})?", fullmatch=True)
 
@@ -138,8 +156,11 @@ decimals = st.from_regex(r"-?[0-9]{1,6}(\.[0-9]{1,6})?", fullmatch=True)
 @st.composite
 def datasets(draw: st.DrawFn) -> Dataset:
     charset = draw(st.sampled_from(["ISO_IR 6", "ISO_IR 100", "ISO_IR 192"]))
-    words = {"ISO_IR 6": ascii_text.filter(lambda t: not set(t) & set("^=")),
-             "ISO_IR 100": latin1_text, "ISO_IR 192": unicode_text}[charset]
+    words = {
+        "ISO_IR 6": ascii_text.filter(lambda t: not set(t) & set("^=")),
+        "ISO_IR 100": latin1_text,
+        "ISO_IR 192": unicode_text,
+    }[charset]
     with deliberately_invalid():
         ds = minimal_dataset(
             SpecificCharacterSet=charset,
@@ -165,8 +186,17 @@ def datasets(draw: st.DrawFn) -> Dataset:
 
 
 @settings(max_examples=80, deadline=None)
-@given(ds=datasets(), ts=st.sampled_from([ImplicitVRLittleEndian, ExplicitVRLittleEndian,
-                                          ExplicitVRBigEndian, DeflatedExplicitVRLittleEndian]))
+@given(
+    ds=datasets(),
+    ts=st.sampled_from(
+        [
+            ImplicitVRLittleEndian,
+            ExplicitVRLittleEndian,
+            ExplicitVRBigEndian,
+            DeflatedExplicitVRLittleEndian,
+        ]
+    ),
+)
 def test_random_data_sets_round_trip(ds: Dataset, ts: str) -> None:
     with tempfile.TemporaryDirectory() as folder:
         path = write_part10(Path(folder) / "r.dcm", ds, ts)

@@ -21,6 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, BinaryIO
 
+from dicomvault.archive.query import find as _find
+from dicomvault.archive.query import retrieve_instances as _retrieve_instances
 from dicomvault.archive.recovery import VerifyReport, recover, verify
 from dicomvault.archive.writer import IndexWriter
 from dicomvault.config import Settings
@@ -33,6 +35,7 @@ from dicomvault.model.errors import (
     NotFound,
     UIDMismatch,
 )
+from dicomvault.model.query import FindResult, Query
 from dicomvault.model.records import (
     BlobInfo,
     Stats,
@@ -471,6 +474,17 @@ class Archive:
 
     def stats(self) -> Stats:
         return self.index.stats()
+
+    # -- query (PS3.4 C.4.1 FIND, C.4.2.2.1 / C.4.3.2.1 retrieve selection) ------------
+
+    def find(self, query: Query) -> FindResult:
+        """The matches of a C-FIND, streamed; see :func:`dicomvault.archive.query.find`."""
+        return _find(self, query)
+
+    def retrieve_instances(self, query: Query) -> list[StoredInstance]:
+        """The instances a C-MOVE / C-GET Identifier selects; see
+        :func:`dicomvault.archive.query.retrieve_instances`."""
+        return _retrieve_instances(self, query)
 
     def verify(self, *, repair: bool = False, progress: object = None) -> VerifyReport:
         return verify(self.index, self.store, repair=repair, progress=progress)  # type: ignore[arg-type]

@@ -13,6 +13,7 @@ from dicomvault.cli.archive_commands import (
     verify_command,
 )
 from dicomvault.cli.net_commands import echo_command, store_command
+from dicomvault.cli.qr_commands import find_command, get_command, move_command
 from dicomvault.cli.serve import serve_command
 
 
@@ -34,6 +35,9 @@ for command in (
     config_group,
     echo_command,
     store_command,
+    find_command,
+    move_command,
+    get_command,
 ):
     cli.add_command(command)
 

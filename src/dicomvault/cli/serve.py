@@ -80,6 +80,9 @@ def _run_one(settings: Settings, sock: socket.socket, worker: int) -> None:
 
 
 def _worker_main(settings: Settings, host: str, port: int, worker: int, level: str) -> None:
+    # A SIGTERM before the event loop installs its own handler: nothing is in flight yet,
+    # so leave quietly (exit 0) rather than die by the signal.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     _configure_logging(level)
     sock = _listening_socket(host, port, reuse_port=True)
     _run_one(settings, sock, worker)

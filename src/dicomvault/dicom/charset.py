@@ -84,9 +84,7 @@ def resolve_charset(terms: Sequence[str]) -> tuple[Charset, list[str]]:
             patched = _corrected_term(term)
             if patched is not None and patched in _PYTHON_ENCODING:
                 codec = _PYTHON_ENCODING[patched]
-                warnings.append(
-                    f"misspelled Specific Character Set {term!r}; read as {patched!r}"
-                )
+                warnings.append(f"misspelled Specific Character Set {term!r}; read as {patched!r}")
             else:
                 codec = DEFAULT_ENCODING
                 warnings.append(
@@ -133,9 +131,7 @@ def _decode_escaped(fragment: bytes, charset: Charset, delimiters: frozenset[int
     return body.decode(codec)
 
 
-def decode_text(
-    raw: bytes, charset: Charset, delimiters: frozenset[int]
-) -> tuple[str, str | None]:
+def decode_text(raw: bytes, charset: Charset, delimiters: frozenset[int]) -> tuple[str, str | None]:
     """Decode ``raw`` with ``charset``; return the text and a warning, if any.
 
     Bytes that cannot be decoded become U+FFFD and the warning says so: the data set is
@@ -160,4 +156,3 @@ def decode_text(
             f"text not valid in Specific Character Set ({', '.join(charset.encodings)}); "
             "undecodable bytes replaced"
         )
-

@@ -52,8 +52,14 @@ def _read_records(path: Path) -> list[DataSet]:
         ts = meta.transfer_syntax_uid or "1.2.840.10008.1.2.1"
         implicit, little, deflated = transfer_syntax_encoding(ts)
         offset = meta.dataset_offset
-        reader = Reader(fp, offset, size, initial=b"" if deflated else head[offset:],
-                        deflated=deflated, bulk_threshold=1 << 20)
+        reader = Reader(
+            fp,
+            offset,
+            size,
+            initial=b"" if deflated else head[offset:],
+            deflated=deflated,
+            bulk_threshold=1 << 20,
+        )
         try:
             ds, _ = reader.read_dataset(offset, None, implicit, little)
             reader.check_complete()
@@ -68,8 +74,14 @@ def _safe_components(components: list[str]) -> list[str] | None:
     if not components:
         return None
     for part in components:
-        if (not part or part in (".", "..") or "/" in part or "\\" in part or ":" in part
-                or "\0" in part):
+        if (
+            not part
+            or part in (".", "..")
+            or "/" in part
+            or "\\" in part
+            or ":" in part
+            or "\0" in part
+        ):
             return None
     return components
 

@@ -40,10 +40,44 @@ from dicomvault.dicom.values import (
 )
 
 #: VRs of PS3.5 Table 6.2-1; anything else is written as UN.
-VALID_VRS = frozenset({"AE", "AS", "AT", "CS", "DA", "DS", "DT", "FL", "FD", "IS", "LO",
-                       "LT", "OB", "OD", "OF", "OL", "OV", "OW", "PN", "SH", "SL", "SQ",
-                       "SS", "ST", "SV", "TM", "UC", "UI", "UL", "UN", "UR", "US", "UT",
-                       "UV"})
+VALID_VRS = frozenset(
+    {
+        "AE",
+        "AS",
+        "AT",
+        "CS",
+        "DA",
+        "DS",
+        "DT",
+        "FL",
+        "FD",
+        "IS",
+        "LO",
+        "LT",
+        "OB",
+        "OD",
+        "OF",
+        "OL",
+        "OV",
+        "OW",
+        "PN",
+        "SH",
+        "SL",
+        "SQ",
+        "SS",
+        "ST",
+        "SV",
+        "TM",
+        "UC",
+        "UI",
+        "UL",
+        "UN",
+        "UR",
+        "US",
+        "UT",
+        "UV",
+    }
+)
 SPECIFIC_CHARACTER_SET = 0x00080005
 PIXEL_REPRESENTATION = 0x00280103
 #: Multi-valued string VRs that are not numbers and whose padding may lead or trail
@@ -51,8 +85,10 @@ PIXEL_REPRESENTATION = 0x00280103
 #: set, so for those a split and a strip are all the decoding needed.
 _PLAIN_STRING_VRS = frozenset({"AE", "AS", "CS", "DA", "DT", "TM", "UI", "SH", "LO"})
 _NUMBER_STRUCTS = {
-    little: {vr: struct.Struct(("<" if little else ">") + code)
-             for vr, code in BINARY_NUMBER_FORMATS.items()}
+    little: {
+        vr: struct.Struct(("<" if little else ">") + code)
+        for vr, code in BINARY_NUMBER_FORMATS.items()
+    }
     for little in (False, True)
 }
 
@@ -89,8 +125,7 @@ def _finite(numbers: list[int | float], vr: str, warnings: list[str]) -> list[An
     return [n if math.isfinite(n) else None for n in numbers]
 
 
-def _value(raw: bytes, vr: str, charset: Charset, little: bool,
-           warnings: list[str]) -> list[Any]:
+def _value(raw: bytes, vr: str, charset: Charset, little: bool, warnings: list[str]) -> list[Any]:
     """The JSON ``Value`` array of one non-empty, non-bulk, non-sequence element."""
     if vr in BINARY_NUMBER_FORMATS:
         return _finite(binary_numbers(raw, vr, little, warnings), vr, warnings)
@@ -138,8 +173,14 @@ def _signed_pixels(ds: DataSet, little: bool, parent: bool) -> bool:
     return element.value == (b"\x01\x00" if little else b"\x00\x01")
 
 
-def dataset_json(ds: DataSet, charset: Charset, little: bool, warnings: list[str],
-                 prefix: str = "bulkdata", signed: bool = False) -> str:
+def dataset_json(
+    ds: DataSet,
+    charset: Charset,
+    little: bool,
+    warnings: list[str],
+    prefix: str = "bulkdata",
+    signed: bool = False,
+) -> str:
     """Return the PS3.18 F.2 model of ``ds`` as compact JSON text; see the module docstring.
 
     The text is written directly, not via a ``dict`` and :func:`json.dumps` (which cost
@@ -203,8 +244,7 @@ def dataset_json(ds: DataSet, charset: Charset, little: bool, warnings: list[str
             items = value if isinstance(value, list) else []
             if items:
                 encoded = ",".join(
-                    dataset_json(item, charset, little, warnings, f"{prefix}/{key}/{index}",
-                                 signed)
+                    dataset_json(item, charset, little, warnings, f"{prefix}/{key}/{index}", signed)
                     for index, item in enumerate(items)
                 )
                 append(f'"{key}":{{"vr":"SQ","Value":[{encoded}]}}')

@@ -134,8 +134,9 @@ def series_record(f: Fields, series_instance_uid: str) -> SeriesRecord:
     )
 
 
-def instance_record(f: Fields, sop_instance_uid: str, sop_class_uid: str,
-                    transfer_syntax_uid: str) -> InstanceRecord:
+def instance_record(
+    f: Fields, sop_instance_uid: str, sop_class_uid: str, transfer_syntax_uid: str
+) -> InstanceRecord:
     return InstanceRecord(
         sop_instance_uid=sop_instance_uid,
         sop_class_uid=sop_class_uid,

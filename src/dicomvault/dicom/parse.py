@@ -118,8 +118,9 @@ def _encoding(meta: FileMeta, head: bytes, warnings: list[str]) -> tuple[str, bo
     return ts, implicit, little, False
 
 
-def _read(path: Path, bulk_data_threshold: int,
-          warnings: list[str]) -> tuple[FileMeta, str, bool, DataSet]:
+def _read(
+    path: Path, bulk_data_threshold: int, warnings: list[str]
+) -> tuple[FileMeta, str, bool, DataSet]:
     with open(path, "rb", buffering=0) as fp:
         size = os.fstat(fp.fileno()).st_size
         head = fp.read(HEAD_SIZE)
@@ -128,8 +129,14 @@ def _read(path: Path, bulk_data_threshold: int,
             raise InvalidInstance(f"{path.name} is a DICOMDIR (media index), not an instance")
         ts, implicit, little, deflated = _encoding(meta, head, warnings)
         offset = meta.dataset_offset
-        reader = Reader(fp, offset, size, initial=b"" if deflated else head[offset:],
-                        deflated=deflated, bulk_threshold=bulk_data_threshold)
+        reader = Reader(
+            fp,
+            offset,
+            size,
+            initial=b"" if deflated else head[offset:],
+            deflated=deflated,
+            bulk_threshold=bulk_data_threshold,
+        )
         try:
             ds, _ = reader.read_dataset(offset, None, implicit, little)
             reader.check_complete()
@@ -158,16 +165,21 @@ def _checked_uids(
         if problem is not None:
             raise InvalidUID(f"{name} {problem}: {uids[tag][:80]!r}")
     for meta_value, tag, meta_name in (
-        (meta.media_storage_sop_instance_uid, SOP_INSTANCE_UID,
-         "Media Storage SOP Instance UID (0002,0003)"),
-        (meta.media_storage_sop_class_uid, SOP_CLASS_UID,
-         "Media Storage SOP Class UID (0002,0002)"),
+        (
+            meta.media_storage_sop_instance_uid,
+            SOP_INSTANCE_UID,
+            "Media Storage SOP Instance UID (0002,0003)",
+        ),
+        (
+            meta.media_storage_sop_class_uid,
+            SOP_CLASS_UID,
+            "Media Storage SOP Class UID (0002,0002)",
+        ),
     ):
         if meta_value and meta_value != uids[tag]:
             name = dict(_REQUIRED)[tag]
             message = (
-                f"file meta {meta_name} {meta_value[:80]!r} differs from "
-                f"{name} {uids[tag][:80]!r}"
+                f"file meta {meta_name} {meta_value[:80]!r} differs from {name} {uids[tag][:80]!r}"
             )
             if meta_mismatch == "error":
                 raise UIDMismatch(message)

@@ -31,12 +31,35 @@ MEDIA_STORAGE_DIRECTORY = "1.2.840.10008.1.3.10"
 HEAD_SIZE = 64 * 1024
 
 #: VRs whose explicit-VR header has 2 reserved bytes and a 4-byte length (PS3.5 7.1.2).
-LONG_VRS = frozenset({b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC",
-                      b"UN", b"UR", b"UT", b"UV"})
+LONG_VRS = frozenset(
+    {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"}
+)
 #: Every VR of PS3.5 Table 6.2-1.
-KNOWN_VRS = LONG_VRS | frozenset({b"AE", b"AS", b"AT", b"CS", b"DA", b"DS", b"DT", b"FL",
-                                  b"FD", b"IS", b"LO", b"LT", b"PN", b"SH", b"SL", b"SS",
-                                  b"ST", b"TM", b"UI", b"UL", b"US"})
+KNOWN_VRS = LONG_VRS | frozenset(
+    {
+        b"AE",
+        b"AS",
+        b"AT",
+        b"CS",
+        b"DA",
+        b"DS",
+        b"DT",
+        b"FL",
+        b"FD",
+        b"IS",
+        b"LO",
+        b"LT",
+        b"PN",
+        b"SH",
+        b"SL",
+        b"SS",
+        b"ST",
+        b"TM",
+        b"UI",
+        b"UL",
+        b"US",
+    }
+)
 
 _TAG_VR_SHORT = struct.Struct("<HH2sH")
 _TAG_LONG = struct.Struct("<HHL")
@@ -124,11 +147,14 @@ def encode_file_meta(
         # (0002,0001) File Meta Information Version: OB, 2-byte value 00 01.
         b"\x02\x00\x01\x00OB\x00\x00\x02\x00\x00\x00\x00\x01",
         _short(2, 0x0002, b"UI", _uid_bytes("Media Storage SOP Class UID", sop_class_uid)),
-        _short(2, 0x0003, b"UI",
-               _uid_bytes("Media Storage SOP Instance UID", sop_instance_uid)),
+        _short(2, 0x0003, b"UI", _uid_bytes("Media Storage SOP Instance UID", sop_instance_uid)),
         _short(2, 0x0010, b"UI", _uid_bytes("Transfer Syntax UID", transfer_syntax_uid)),
-        _short(2, 0x0012, b"UI", _uid_bytes("Implementation Class UID",
-                                            dicomvault.IMPLEMENTATION_CLASS_UID)),
+        _short(
+            2,
+            0x0012,
+            b"UI",
+            _uid_bytes("Implementation Class UID", dicomvault.IMPLEMENTATION_CLASS_UID),
+        ),
         _short(2, 0x0013, b"SH", _text_bytes(dicomvault.IMPLEMENTATION_VERSION_NAME)),
     ]
     if source_ae is not None:
@@ -155,8 +181,10 @@ def _plausible_dataset_start(head: bytes) -> bool:
     if vr in KNOWN_VRS:
         return any(g % 2 == 0 and 0x0002 <= g <= 0x7FE0 for g in (group_le, group_be))
     (length,) = _UINT32.unpack_from(head, 4)
-    return group_le % 2 == 0 and 0x0004 <= group_le <= 0x7FE0 and (
-        length < 1 << 24 or length == 0xFFFFFFFF
+    return (
+        group_le % 2 == 0
+        and 0x0004 <= group_le <= 0x7FE0
+        and (length < 1 << 24 or length == 0xFFFFFFFF)
     )
 
 

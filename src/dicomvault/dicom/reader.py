@@ -28,9 +28,32 @@ ITEM_DELIMITATION = 0xFFFEE00D
 SEQUENCE_DELIMITATION = 0xFFFEE0DD
 UNDEFINED_LENGTH = 0xFFFFFFFF
 #: PS3.18 F.2.2: BulkDataURI may replace the value only of these VRs.
-BULK_ELIGIBLE_VRS = frozenset({"DS", "FL", "FD", "IS", "LT", "OB", "OD", "OF", "OL", "OV",
-                               "OW", "SL", "SS", "ST", "SV", "UC", "UL", "UN", "UR", "US",
-                               "UT", "UV"})
+BULK_ELIGIBLE_VRS = frozenset(
+    {
+        "DS",
+        "FL",
+        "FD",
+        "IS",
+        "LT",
+        "OB",
+        "OD",
+        "OF",
+        "OL",
+        "OV",
+        "OW",
+        "SL",
+        "SS",
+        "ST",
+        "SV",
+        "UC",
+        "UL",
+        "UN",
+        "UR",
+        "US",
+        "UT",
+        "UV",
+    }
+)
 #: Values of these VRs are always bulk data, whatever their size.
 BINARY_VRS = frozenset({"OB", "OD", "OF", "OL", "OV", "OW", "UN"})
 #: The one ambiguous dictionary VR kept by :func:`implicit_vr` (PS3.5 A.1 (c) note).
@@ -54,8 +77,9 @@ class Element:
 
     __slots__ = ("length", "offset", "value", "vr")
 
-    def __init__(self, vr: str, value: bytes | list[DataSet] | None, length: int,
-                 offset: int) -> None:
+    def __init__(
+        self, vr: str, value: bytes | list[DataSet] | None, length: int, offset: int
+    ) -> None:
         self.vr = vr
         #: ``bytes`` for a read value, a list of items for SQ, ``None`` for bulk data.
         self.value = value
@@ -112,8 +136,16 @@ class Reader:
     inflated bytes for the deflated transfer syntaxes (PS3.5 A.5).
     """
 
-    def __init__(self, fp: BinaryIO, start: int, size: int, *, initial: bytes = b"",
-                 deflated: bool = False, bulk_threshold: int = 1024) -> None:
+    def __init__(
+        self,
+        fp: BinaryIO,
+        start: int,
+        size: int,
+        *,
+        initial: bytes = b"",
+        deflated: bool = False,
+        bulk_threshold: int = 1024,
+    ) -> None:
         self._fp = fp
         self._inflater = zlib.decompressobj(-zlib.MAX_WBITS) if deflated else None
         self._base = start
@@ -148,8 +180,7 @@ class Reader:
         name = tag_name(what) if isinstance(what, int) else what
         return CannotParse(f"truncated: {name} needs {n} bytes at offset {pos}, file ends first")
 
-    def get(self, pos: int, n: int, what: str | int = "data element",
-            chunk: int = _CHUNK) -> bytes:
+    def get(self, pos: int, n: int, what: str | int = "data element", chunk: int = _CHUNK) -> bytes:
         """Bytes ``[pos, pos + n)`` of the stream; :class:`CannotParse` if it ends first.
 
         ``what`` (a description, or the tag being read) names the element in the error.
@@ -222,8 +253,15 @@ class Reader:
             self._discard(end - (self._base + len(self._buf)), tag)
 
     # -- PS3.5 7.1 / 7.5 ------------------------------------------------------------
-    def read_dataset(self, pos: int, end: int | None, implicit: bool, little: bool,
-                     depth: int = 0, in_item: bool = False) -> tuple[DataSet, int]:
+    def read_dataset(
+        self,
+        pos: int,
+        end: int | None,
+        implicit: bool,
+        little: bool,
+        depth: int = 0,
+        in_item: bool = False,
+    ) -> tuple[DataSet, int]:
         """Read elements from ``pos`` to ``end`` (or the item delimiter, or EOF).
 
         Returns the data set and the position after it.
@@ -236,8 +274,10 @@ class Reader:
         ds: DataSet = {}
         last = -1
         while end is None or pos < end:
-            if end is None and not in_item and (
-                pos >= size if size is not None else self.at_end(pos)
+            if (
+                end is None
+                and not in_item
+                and (pos >= size if size is not None else self.at_end(pos))
             ):
                 break
             # Fast path: the header is in the buffer (it nearly always is).
@@ -279,9 +319,7 @@ class Reader:
                     f"malformed: unexpected ({group:04X},{element:04X}) at offset {pos}"
                 )
             if tag <= last and len(self.warnings) < 100:
-                self.warnings.append(
-                    f"data elements out of order or repeated at {tag_name(tag)}"
-                )
+                self.warnings.append(f"data elements out of order or repeated at {tag_name(tag)}")
             last = tag
             if length == UNDEFINED_LENGTH:
                 pos = self._undefined(ds, tag, vr, vpos, implicit, little, depth)
@@ -299,8 +337,7 @@ class Reader:
                     f"malformed: {tag_name(tag)} declares {length} bytes, beyond its item"
                 )
             if vr == "SQ":
-                items, _ = self.read_items(vpos, vpos + length, item_implicit, little,
-                                           depth + 1)
+                items, _ = self.read_items(vpos, vpos + length, item_implicit, little, depth + 1)
                 ds[tag] = Element("SQ", items, length, vpos)
             elif vr in BINARY_VRS or (length > threshold and vr in BULK_ELIGIBLE_VRS):
                 self.skip(vpos, length, tag)
@@ -319,8 +356,9 @@ class Reader:
             pos = vpos + length
         return ds, pos
 
-    def _undefined(self, ds: DataSet, tag: int, vr: str, vpos: int, implicit: bool,
-                   little: bool, depth: int) -> int:
+    def _undefined(
+        self, ds: DataSet, tag: int, vr: str, vpos: int, implicit: bool, little: bool, depth: int
+    ) -> int:
         """Read an undefined-length element; return the position after it."""
         if vr == "UN" and self.get(vpos, 4, tag) == b"\xfe\xff\x00\xe0":
             # PS3.5 6.2.2: UN of undefined length holds an implicit VR LE sequence
@@ -349,8 +387,9 @@ class Reader:
         ds[tag] = Element(vr or "OB", None, UNDEFINED_LENGTH, vpos)
         return pos + 8
 
-    def read_items(self, pos: int, end: int | None, implicit: bool, little: bool,
-                   depth: int) -> tuple[list[DataSet], int]:
+    def read_items(
+        self, pos: int, end: int | None, implicit: bool, little: bool, depth: int
+    ) -> tuple[list[DataSet], int]:
         """Read the items of a sequence (PS3.5 7.5.1) up to ``end`` or its delimiter."""
         if depth > MAX_DEPTH:
             raise CannotParse(f"sequences nested deeper than {MAX_DEPTH} levels")

@@ -25,11 +25,38 @@ CHARSET_VRS = frozenset({"SH", "LO", "UC", "ST", "LT", "UT", "PN"})
 SINGLE_VALUED = frozenset({"LT", "ST", "UT", "UR"})
 #: VRs whose leading spaces are padding too (PS3.5 Table 6.2-1).
 STRIP_LEADING = frozenset({"AE", "AS", "CS", "DA", "DS", "DT", "IS", "LO", "SH", "TM", "UI"})
-STRING_VRS = frozenset({"AE", "AS", "CS", "DA", "DS", "DT", "IS", "LO", "LT", "PN", "SH",
-                        "ST", "TM", "UC", "UI", "UR", "UT"})
+STRING_VRS = frozenset(
+    {
+        "AE",
+        "AS",
+        "CS",
+        "DA",
+        "DS",
+        "DT",
+        "IS",
+        "LO",
+        "LT",
+        "PN",
+        "SH",
+        "ST",
+        "TM",
+        "UC",
+        "UI",
+        "UR",
+        "UT",
+    }
+)
 #: Binary numeric VRs: struct code and size.
-BINARY_NUMBER_FORMATS = {"US": "H", "SS": "h", "UL": "L", "SL": "l", "FL": "f", "FD": "d",
-                         "SV": "q", "UV": "Q"}
+BINARY_NUMBER_FORMATS = {
+    "US": "H",
+    "SS": "h",
+    "UL": "L",
+    "SL": "l",
+    "FL": "f",
+    "FD": "d",
+    "SV": "q",
+    "UV": "Q",
+}
 _DS = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
 _IS = re.compile(r"^[+-]?\d+$")
 
@@ -89,8 +116,7 @@ def decimal_string(value: str) -> int | float | None:
     return int(value)
 
 
-def binary_numbers(raw: bytes, vr: str, little: bool,
-                   warnings: list[str]) -> list[int | float]:
+def binary_numbers(raw: bytes, vr: str, little: bool, warnings: list[str]) -> list[int | float]:
     """The values of US, SS, UL, SL, FL, FD, SV, UV (PS3.5 Table 6.2-1)."""
     code = BINARY_NUMBER_FORMATS[vr]
     size = struct.calcsize("<" + code)

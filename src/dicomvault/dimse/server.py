@@ -1,4 +1,4 @@
-"""``serve_dicom``: the archive's DIMSE listener (Verification and Storage SCP)."""
+"""``serve_dicom``: the archive's DIMSE listener (Verification, Storage, Query/Retrieve SCP)."""
 
 from __future__ import annotations
 
@@ -8,8 +8,12 @@ import socket
 
 from dicomvault.archive import Archive
 from dicomvault.config import Settings
+from dicomvault.dimse.find import FIND_SOP_CLASSES, ArchiveFindHandler, relational_reply
+from dicomvault.dimse.get import GET_SOP_CLASSES, ArchiveGetHandler
+from dicomvault.dimse.move import MOVE_SOP_CLASSES, ArchiveMoveHandler
 from dicomvault.dimse.store import ArchiveStoreHandler
 from dicomvault.net.acceptor import AcceptorPolicy, serve
+from dicomvault.net.commands import C_FIND_RQ, C_GET_RQ, C_MOVE_RQ
 from dicomvault.net.handlers import ServiceRegistry
 
 log = logging.getLogger("dicomvault.dimse")
@@ -27,14 +31,19 @@ def policy_from_settings(settings: Settings) -> AcceptorPolicy:
         max_associations=dicom.max_associations,
         idle_timeout=dicom.idle_timeout,
         artim_timeout=dicom.artim_timeout,
+        extended_negotiation=relational_reply,
     )
 
 
 def registry_for(archive: Archive) -> ServiceRegistry:
-    """Verification (PS3.4 A) and Storage of every storage SOP class (PS3.4 B)."""
+    """Verification (PS3.4 A), Storage of every storage SOP class (PS3.4 B), and
+    Patient/Study Root Query/Retrieve FIND, MOVE, GET (PS3.4 C)."""
     registry = ServiceRegistry()
     registry.add_verification()
     registry.add_store(ArchiveStoreHandler(archive))
+    registry.add_query(C_FIND_RQ, ArchiveFindHandler(archive), FIND_SOP_CLASSES)
+    registry.add_query(C_MOVE_RQ, ArchiveMoveHandler(archive), MOVE_SOP_CLASSES)
+    registry.add_query(C_GET_RQ, ArchiveGetHandler(archive), GET_SOP_CLASSES)
     return registry
 
 

@@ -1,4 +1,5 @@
-"""The one table from archive outcomes to C-STORE statuses (PS3.4 B.2.3, PS3.7 C).
+"""The one table from archive outcomes to DIMSE statuses: C-STORE (PS3.4 B.2.3) and
+Query/Retrieve (PS3.4 C.4, the table near the end of this module), PS3.7 C.
 
 Choices, per PS3.4 Table B.2-1 (the only statuses a Storage SCP may return):
 
@@ -93,3 +94,47 @@ def status_for_error(exc: BaseException) -> DimseStatus:
     else:
         message = str(exc) or type(exc).__name__
     return DimseStatus(code, truncate_comment(message))
+
+
+# -- Query/Retrieve (PS3.4 C.4.1.1.4 Table C.4-1, C.4.2.1.5 Table C.4-2, C.4.3.1.4 C.4-3) ----
+#
+# ======================================  ======  ===========================================
+# outcome                                 status  why
+# ======================================  ======  ===========================================
+# InvalidQuery                            .status 0xA900 (structure does not fit the model)
+#                                                 or 0xC000 (a value cannot be matched), as
+#                                                 the query engine decides; message as
+#                                                 Error Comment.
+# C-FIND result cut by query.max_results  0xA700  "Refused: Out of resources". Table C.4-1
+#                                                 has no warning status for C-FIND, and
+#                                                 Success would claim the matches sent are
+#                                                 all there are. The pending responses sent
+#                                                 stay valid; the Error Comment says how many
+#                                                 were sent and to narrow the query.
+# C-MOVE destination not in [remotes]     0xA801  "Refused: Move Destination unknown".
+# no sub-operation could be performed     0xA702  "Refused: Out of resources - Unable to
+#   (destination unreachable, refused                perform sub-operations", with counts and
+#   the association or every context, a             the Failed SOP Instance UID List; also a
+#   C-GET requestor without SCP role)               C-GET without any storage SCP role.
+# some sub-operations failed or warned    0xB000  "Sub-operations Complete - One or more
+#                                                 Failures or Warnings".
+# C-CANCEL                                0xFE00  with the counts so far (C.4.2.3, C.4.3.3).
+# archive failure while querying          0xC000  "Unable to process" with the message.
+# ======================================  ======  ===========================================
+
+CANCEL: Final = 0xFE00
+PENDING: Final = 0xFF00
+SUB_OPERATIONS_WARNING: Final = 0xB000
+MOVE_DESTINATION_UNKNOWN: Final = 0xA801
+UNABLE_TO_PERFORM_SUB_OPERATIONS: Final = 0xA702
+UNABLE_TO_PROCESS: Final = 0xC000
+
+
+def status_for_query_error(exc: BaseException) -> DimseStatus:
+    """The C-FIND/C-MOVE/C-GET failure status and Error Comment for ``exc``
+    (PS3.4 C.4.1.1.4): the query engine's own status for an invalid Identifier,
+    0xA700 for resources, 0xC000 "Unable to process" for anything else."""
+    code = getattr(exc, "status", None)
+    if not isinstance(code, int):
+        code = OUT_OF_RESOURCES if isinstance(exc, OutOfResources | OSError) else UNABLE_TO_PROCESS
+    return DimseStatus(code, truncate_comment(str(exc) or type(exc).__name__))

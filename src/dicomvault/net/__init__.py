@@ -14,6 +14,10 @@ Request::
     async with associate("pacs", 104, called_ae="PACS", contexts=[VERIFICATION]) as assoc:
         status = await assoc.echo()
 
+Query/Retrieve (PS3.4 C.4): ``registry.add_query(C_FIND_RQ, handler, [STUDY_ROOT_FIND])``
+with a :class:`QueryHandler` yielding :class:`Response` values; as SCU,
+``async for response in assoc.find(STUDY_ROOT_FIND, identifier)`` (also ``move``, ``get``).
+
 See ``docs/net.md`` for the reference.
 """
 
@@ -36,6 +40,9 @@ from dicomvault.net.handlers import (
     AssociationInfo,
     DataSink,
     DimseStatus,
+    QueryHandler,
+    QueryRequest,
+    Response,
     ServiceRegistry,
     StoreHandler,
     StoreRequest,
@@ -49,11 +56,18 @@ from dicomvault.net.requestor import (
     contexts_for_files,
 )
 from dicomvault.net.sender import SendResult, collect_files, send_files
+from dicomvault.net.service_user import ResponseStream, ServiceUser
 from dicomvault.net.uids import (
     DEFAULT_TRANSFER_SYNTAXES,
     EXPLICIT_VR_LITTLE_ENDIAN,
     IMPLICIT_VR_LITTLE_ENDIAN,
+    PATIENT_ROOT_FIND,
+    PATIENT_ROOT_GET,
+    PATIENT_ROOT_MOVE,
     STORAGE_SOP_CLASSES,
+    STUDY_ROOT_FIND,
+    STUDY_ROOT_GET,
+    STUDY_ROOT_MOVE,
     VERIFICATION,
 )
 
@@ -61,7 +75,13 @@ __all__ = [
     "DEFAULT_TRANSFER_SYNTAXES",
     "EXPLICIT_VR_LITTLE_ENDIAN",
     "IMPLICIT_VR_LITTLE_ENDIAN",
+    "PATIENT_ROOT_FIND",
+    "PATIENT_ROOT_GET",
+    "PATIENT_ROOT_MOVE",
     "STORAGE_SOP_CLASSES",
+    "STUDY_ROOT_FIND",
+    "STUDY_ROOT_GET",
+    "STUDY_ROOT_MOVE",
     "SUCCESS",
     "VERIFICATION",
     "AcceptedContext",
@@ -82,10 +102,15 @@ __all__ = [
     "NotDicomFile",
     "PDUTooLong",
     "ProtocolStateError",
+    "QueryHandler",
+    "QueryRequest",
     "RequestorAssociation",
+    "Response",
+    "ResponseStream",
     "RoleSelection",
     "SendResult",
     "ServiceRegistry",
+    "ServiceUser",
     "StoreHandler",
     "StoreRequest",
     "UserIdentity",

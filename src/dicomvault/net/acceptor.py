@@ -17,7 +17,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import dicomvault
-from dicomvault.net.association import Association
 from dicomvault.net.handlers import (
     AcceptedContext,
     AssociationInfo,
@@ -34,6 +33,7 @@ from dicomvault.net.items import (
     UserInformation,
 )
 from dicomvault.net.pdu import A_ASSOCIATE_AC, A_ASSOCIATE_RJ, A_ASSOCIATE_RQ
+from dicomvault.net.service_user import ServiceUser
 from dicomvault.net.uids import (
     APPLICATION_CONTEXT_NAME,
     DEFAULT_TRANSFER_SYNTAXES,
@@ -163,7 +163,10 @@ def negotiate(
             results.append(PresentationContextAC(ctx.id, NO_REASON, fallback))
             continue
         seen.add(ctx.id)
-        if not registry.supports(ctx.abstract_syntax):
+        role = roles.get(ctx.abstract_syntax)
+        # A C-GET SCP takes any SOP class the requestor will store as SCP (PS3.4 C.4.3.1).
+        scp_role = role is not None and role.scp_role and registry.get_role
+        if not registry.supports(ctx.abstract_syntax) and not scp_role:
             results.append(PresentationContextAC(ctx.id, ABSTRACT_SYNTAX_NOT_SUPPORTED, fallback))
             continue
         chosen = next((ts for ts in ctx.transfer_syntaxes if ts in policy._syntax_set), None)
@@ -172,15 +175,21 @@ def negotiate(
             continue
         results.append(PresentationContextAC(ctx.id, ACCEPTANCE, chosen))
         accepted = AcceptedContext(ctx.id, ctx.abstract_syntax, chosen)
-        role = roles.get(ctx.abstract_syntax)
         if role is not None:
-            # We perform the SCP role only; the requestor keeps the SCU role if it asked.
-            accepted.scu_role = role.scu_role
-            accepted.scp_role = False
+            # PS3.7 D.3.3.4: the requestor keeps the SCU role it asks for where we are
+            # SCP; it gets the SCP role (we send C-STOREs) when a C-GET SCP is registered.
+            accepted.scu_role = role.scu_role and registry.supports(ctx.abstract_syntax)
+            accepted.scp_role = scp_role
         info.contexts[ctx.id] = accepted
     for uid, role in roles.items():
         if any(a.abstract_syntax == uid for a in info.contexts.values()):
-            reply.roles.append(RoleSelection(uid, role.scu_role, False))
+            reply.roles.append(
+                RoleSelection(
+                    uid,
+                    role.scu_role and registry.supports(uid),
+                    role.scp_role and registry.get_role,
+                )
+            )
     if policy.extended_negotiation is not None:
         for uid, app_info in user.extended_negotiation.items():
             answer = policy.extended_negotiation(uid, app_info)
@@ -210,7 +219,7 @@ class ServerState:
         return f"{self._prefix}-{next(self._ids)}"
 
 
-class AcceptorAssociation(Association):
+class AcceptorAssociation(ServiceUser):
     """The acceptor side of one connection (PS3.8 9.2, states Sta2, Sta3, Sta6 ...)."""
 
     def __init__(self, state: ServerState) -> None:
@@ -224,6 +233,7 @@ class AcceptorAssociation(Association):
             assoc_id=state.new_id(),
         )
         self.server = state
+        self.timeout = policy.idle_timeout
         self._counted = False
         self._idle: asyncio.TimerHandle | None = None
         self._last_activity = 0.0

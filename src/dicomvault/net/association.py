@@ -21,12 +21,25 @@ from dicomvault.net.errors import AssociationAborted, CommandDecodeError, Decode
 from dicomvault.net.handlers import (
     SUCCESS,
     AssociationInfo,
-    DataSink,
     DimseStatus,
+    QueryHandler,
+    QueryRequest,
+    Response,
     ServiceRegistry,
     StoreRequest,
 )
+from dicomvault.net.messages import (
+    COMMAND_NAMES,
+    MAX_IDENTIFIER_LENGTH,
+    BufferSink,
+    DiscardSink,
+    Incoming,
+    StreamItem,
+    truncate_comment,
+)
 from dicomvault.net.pdu import encode_pdata_header
+
+__all__ = ["MAX_IDENTIFIER_LENGTH", "Association", "StreamItem", "truncate_comment"]
 
 #: Message control header bits (PS3.8 E.2): bit 0 command, bit 1 last fragment.
 MCH_COMMAND = 0x01
@@ -42,53 +55,12 @@ STATUS_SOP_CLASS_NOT_SUPPORTED = 0x0122
 STATUS_PROCESSING_FAILURE = 0x0110
 STATUS_CANNOT_UNDERSTAND = 0xC000
 STATUS_STORE_HANDLER_FAILED = 0xC211
-
-_COMMAND_NAMES = {
-    c.C_STORE_RQ: "C-STORE",
-    c.C_ECHO_RQ: "C-ECHO",
-    c.C_FIND_RQ: "C-FIND",
-    c.C_MOVE_RQ: "C-MOVE",
-    c.C_GET_RQ: "C-GET",
-    c.C_CANCEL_RQ: "C-CANCEL",
-}
-
-
-def truncate_comment(text: str) -> str:
-    """Error Comment (0000,0902) is LO in the default repertoire: ASCII, at most 64
-    characters (PS3.7 C.4.2.1.4, PS3.5 6.1.2)."""
-    text = " ".join(text.encode("ascii", "replace").decode("ascii").split())
-    return text if len(text) <= 64 else text[:61] + "..."
-
-
-class _DiscardSink:
-    """Swallows a data set nobody will store, then answers a fixed status."""
-
-    def __init__(self, status: DimseStatus) -> None:
-        self.status = status
-
-    def write(self, chunk: memoryview) -> None:
-        pass
-
-    def finish(self) -> DimseStatus:
-        return self.status
-
-    def abort(self) -> None:
-        pass
-
-
-class _Incoming:
-    """A request whose response is not yet sent."""
-
-    __slots__ = ("command", "context_id", "message_id", "name", "sink", "started", "subject")
-
-    def __init__(self, command: c.CommandSet, context_id: int, name: str) -> None:
-        self.command = command
-        self.context_id = context_id
-        self.message_id = int(command.get(c.MessageID, 0))
-        self.name = name
-        self.sink: DataSink | None = None
-        self.started = time.perf_counter()
-        self.subject = str(command.get(c.AffectedSOPInstanceUID, ""))
+STATUS_IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS = 0xA900
+STATUS_CANCEL = 0xFE00
+#: "Unable to process" of a failing Query/Retrieve handler, as pynetdicom reports it
+#: (PS3.4 C.4.1.1.4 Cxxx).
+QUERY_HANDLER_FAILED = {c.C_FIND_RQ: 0xC311, c.C_MOVE_RQ: 0xC511, c.C_GET_RQ: 0xC411}
+_QUERY_FIELDS = frozenset(QUERY_HANDLER_FAILED)
 
 
 class Association(UpperLayer):
@@ -122,10 +94,13 @@ class Association(UpperLayer):
         self.info = AssociationInfo(assoc_id, "", 0, "", "")
         self._log_messages = self.log.isEnabledFor(logging.INFO)
         self._cmd = bytearray()
-        self._incoming: _Incoming | None = None  # the request whose data set streams in
-        self._inflight: dict[int, _Incoming] = {}
+        self._incoming: Incoming | None = None  # the request whose data set streams in
+        self._inflight: dict[int, Incoming] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._responses: dict[int, asyncio.Future[c.CommandSet]] = {}
+        self._streams: dict[int, asyncio.Queue[StreamItem]] = {}
+        #: Seconds to wait for a response to a request we send.
+        self.timeout = 30.0
         self._next_message_id = 0
         self._release_pending = False
         self.started = time.monotonic()
@@ -137,7 +112,10 @@ class Association(UpperLayer):
         """A Message ID (0000,0110) not used by any outstanding request (PS3.7 9.1.1.1)."""
         for _ in range(0x10000):
             self._next_message_id = (self._next_message_id % 0xFFFF) + 1
-            if self._next_message_id not in self._responses:
+            if (
+                self._next_message_id not in self._responses
+                and self._next_message_id not in self._streams
+            ):
                 return self._next_message_id
         raise RuntimeError("no free message ID")  # pragma: no cover - 65535 outstanding
 
@@ -173,14 +151,14 @@ class Association(UpperLayer):
             self._incoming = None
             self._data_set_received(incoming)
 
-    def _sink_failed(self, incoming: _Incoming, exc: Exception) -> None:
+    def _sink_failed(self, incoming: Incoming, exc: Exception) -> None:
         self.log.warning("assoc=%s handler failed: %r", self.info.id, exc)
         if incoming.sink is not None:
             try:
                 incoming.sink.abort()
             except Exception:  # pragma: no cover - double fault in a handler
                 self.log.exception("assoc=%s handler abort failed", self.info.id)
-        incoming.sink = _DiscardSink(
+        incoming.sink = DiscardSink(
             DimseStatus(STATUS_STORE_HANDLER_FAILED, truncate_comment(f"{exc}"))
         )
 
@@ -193,10 +171,13 @@ class Association(UpperLayer):
         if field & c.RESPONSE_BIT:
             self._response_received(ctx, command)
             return
-        incoming = _Incoming(command, ctx, _COMMAND_NAMES.get(field, f"0x{field:04X}"))
+        incoming = Incoming(command, ctx, COMMAND_NAMES.get(field, f"0x{field:04X}"))
         if field == c.C_CANCEL_RQ:
             target = int(command.get(c.MessageIDBeingRespondedTo, 0))
             self.log.info("assoc=%s C-CANCEL for message %d", self.info.id, target)
+            cancelled = self._inflight.get(target)
+            if cancelled is not None and cancelled.request is not None:
+                cancelled.request.cancelled.set()
             return
         self._inflight[incoming.message_id] = incoming
         with_data = c.has_data_set(command)
@@ -204,16 +185,27 @@ class Association(UpperLayer):
             status = SUCCESS
         elif field == c.C_STORE_RQ:
             status = self._begin_store(incoming, context.transfer_syntax, with_data)
+        elif field in _QUERY_FIELDS and (
+            handler := self.registry.query_handler(field, str(command.get(c.AffectedSOPClassUID)))
+        ):
+            status = SUCCESS
+            if with_data:
+                incoming.handler = handler
+                incoming.sink = BufferSink()
+            else:
+                status = DimseStatus(
+                    STATUS_IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS, "request without an Identifier"
+                )
         else:
             status = DimseStatus(STATUS_UNRECOGNIZED_OPERATION)
         if with_data:
             if incoming.sink is None:
-                incoming.sink = _DiscardSink(status)
+                incoming.sink = DiscardSink(status)
             self._incoming = incoming
         else:
             self._respond(incoming, status)
 
-    def _begin_store(self, incoming: _Incoming, syntax: str, with_data: bool) -> DimseStatus:
+    def _begin_store(self, incoming: Incoming, syntax: str, with_data: bool) -> DimseStatus:
         command = incoming.command
         sop_class = str(command.get(c.AffectedSOPClassUID, ""))
         if not with_data:
@@ -243,10 +235,15 @@ class Association(UpperLayer):
             self._sink_failed(incoming, exc)
         return SUCCESS
 
-    def _data_set_received(self, incoming: _Incoming) -> None:
+    def _data_set_received(self, incoming: Incoming) -> None:
         sink = incoming.sink
         assert sink is not None
-        if incoming.message_id < 0:  # the data set of a response: nothing to answer
+        if incoming.message_id < 0:  # the data set of a response: hand it to its stream
+            if incoming.queue is not None and isinstance(sink, BufferSink):
+                incoming.queue.put_nowait((incoming.command, bytes(sink.data)))
+            return
+        if incoming.handler is not None and isinstance(sink, BufferSink):
+            self._start_query(incoming, incoming.handler, bytes(sink.data))
             return
         try:
             result = sink.finish()
@@ -260,7 +257,7 @@ class Association(UpperLayer):
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _await_status(self, incoming: _Incoming, pending: Any) -> None:
+    async def _await_status(self, incoming: Incoming, pending: Any) -> None:
         try:
             status = await pending
         except Exception as exc:
@@ -268,27 +265,116 @@ class Association(UpperLayer):
             status = DimseStatus(STATUS_STORE_HANDLER_FAILED, truncate_comment(str(exc)))
         self._respond(incoming, status)
 
-    def _respond(self, incoming: _Incoming, status: DimseStatus) -> None:
+    def _start_query(self, incoming: Incoming, handler: QueryHandler, identifier: bytes) -> None:
+        command = incoming.command
+        context = self.info.contexts[incoming.context_id]
+        destination = command.get(c.MoveDestination)
+        request = QueryRequest(
+            association=self.info,
+            context_id=incoming.context_id,
+            message_id=incoming.message_id,
+            command_field=int(command[c.CommandField]),
+            sop_class_uid=str(command.get(c.AffectedSOPClassUID, "")),
+            transfer_syntax_uid=context.transfer_syntax,
+            identifier=identifier,
+            priority=int(command.get(c.Priority, 0)),
+            move_destination=str(destination) if destination is not None else None,
+            channel=self,
+        )
+        incoming.request = request
+        task = self._loop.create_task(self._run_query(incoming, handler, request))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _run_query(
+        self, incoming: Incoming, handler: QueryHandler, request: QueryRequest
+    ) -> None:
+        """Send each response the handler yields (PS3.4 C.4.1.2-C.4.3.2); a C-CANCEL
+        ends a C-FIND here with 0xFE00 (PS3.4 C.4.1.2.3), C-MOVE/C-GET handlers answer
+        it themselves with their sub-operation counts."""
+        field = request.command_field
+        final: Response | None = None
+        responses = handler.handle(request)
+        try:
+            async for response in responses:
+                if self.fsm.state not in ("Sta6", "Sta8"):
+                    break
+                if field == c.C_FIND_RQ and request.cancelled.is_set():
+                    final = Response(DimseStatus(STATUS_CANCEL))
+                    break
+                if response.pending:
+                    self.send_response(incoming, response)
+                    await self.drain()
+                else:
+                    final = response
+                    break
+            else:
+                if field == c.C_FIND_RQ and request.cancelled.is_set():
+                    final = Response(DimseStatus(STATUS_CANCEL))
+        except Exception as exc:
+            self.log.exception("assoc=%s %s handler failed", self.info.id, incoming.name)
+            final = Response(DimseStatus(QUERY_HANDLER_FAILED[field], truncate_comment(str(exc))))
+        finally:
+            aclose = getattr(responses, "aclose", None)
+            if aclose is not None:
+                await aclose()
+        self.send_response(incoming, final or Response(SUCCESS))
+
+    def send_response(self, incoming: Incoming, response: Response) -> None:
+        """Send a C-FIND/C-MOVE/C-GET response (PS3.7 9.3.2.2, 9.3.3.2, 9.3.4.2); a
+        final one completes the request."""
+        command: c.CommandSet = {
+            c.CommandField: int(incoming.command[c.CommandField]) | c.RESPONSE_BIT,
+            c.MessageIDBeingRespondedTo: incoming.message_id,
+            c.CommandDataSetType: c.NO_DATA_SET if response.identifier is None else 0x0000,
+            c.Status: response.status.status,
+        }
+        sop_class = incoming.command.get(c.AffectedSOPClassUID)
+        if sop_class is not None:
+            command[c.AffectedSOPClassUID] = sop_class
+        for element, count in (
+            (c.NumberOfRemainingSuboperations, response.remaining),
+            (c.NumberOfCompletedSuboperations, response.completed),
+            (c.NumberOfFailedSuboperations, response.failed),
+            (c.NumberOfWarningSuboperations, response.warning),
+        ):
+            if count is not None:
+                command[element] = min(count, 0xFFFF)
+        if response.status.error_comment:
+            command[c.ErrorComment] = truncate_comment(response.status.error_comment)
+        if not response.pending:
+            self._respond(incoming, response.status, command, response.identifier)
+        elif self.fsm.state in ("Sta6", "Sta8"):
+            self.send_message(incoming.context_id, command, response.identifier)
+
+    def _respond(
+        self,
+        incoming: Incoming,
+        status: DimseStatus,
+        response: c.CommandSet | None = None,
+        data_set: bytes | None = None,
+    ) -> None:
         """Send the response to a request (PS3.7 9.3.1.2 C-STORE-RSP, 9.3.5.2 C-ECHO-RSP)."""
         self._inflight.pop(incoming.message_id, None)
         command = incoming.command
         field = int(command[c.CommandField])
-        response: c.CommandSet = {
-            c.CommandField: field | c.RESPONSE_BIT,
-            c.MessageIDBeingRespondedTo: incoming.message_id,
-            c.CommandDataSetType: c.NO_DATA_SET,
-            c.Status: status.status,
-        }
-        sop_class = command.get(c.AffectedSOPClassUID)
-        if sop_class is not None:
-            response[c.AffectedSOPClassUID] = sop_class
-        if field == c.C_STORE_RQ:
-            response[c.AffectedSOPInstanceUID] = incoming.subject
-        if status.error_comment:
-            response[c.ErrorComment] = truncate_comment(status.error_comment)
+        if response is None:
+            response = {
+                c.CommandField: field | c.RESPONSE_BIT,
+                c.MessageIDBeingRespondedTo: incoming.message_id,
+                c.CommandDataSetType: c.NO_DATA_SET,
+                c.Status: status.status,
+            }
+            sop_class = command.get(c.AffectedSOPClassUID)
+            if sop_class is not None:
+                response[c.AffectedSOPClassUID] = sop_class
+            if field == c.C_STORE_RQ:
+                response[c.AffectedSOPInstanceUID] = incoming.subject
+            if status.error_comment:
+                response[c.ErrorComment] = truncate_comment(status.error_comment)
         self.messages += 1
         if self.fsm.state in ("Sta6", "Sta8"):
-            self.send_message(incoming.context_id, response)
+            self.send_message(incoming.context_id, response, data_set)
         if self._log_messages:
             self.log.info(
                 "assoc=%s %s msg=%d%s status=0x%04X%s %.2f ms",
@@ -316,11 +402,20 @@ class Association(UpperLayer):
 
     def _response_received(self, ctx: int, command: c.CommandSet) -> None:
         message_id = int(command.get(c.MessageIDBeingRespondedTo, -1))
+        queue = self._streams.get(message_id)
+        if queue is not None:
+            if c.has_data_set(command):
+                incoming = self._incoming = Incoming(command, ctx, "response")
+                incoming.sink = BufferSink()
+                incoming.message_id = -1
+                incoming.queue = queue
+            else:
+                queue.put_nowait((command, None))
+            return
         future = self._responses.pop(message_id, None)
         if c.has_data_set(command):
-            # Responses with data sets (C-FIND etc.) are not used by this engine yet.
-            self._incoming = _Incoming(command, ctx, "response")
-            self._incoming.sink = _DiscardSink(SUCCESS)
+            self._incoming = Incoming(command, ctx, "response")
+            self._incoming.sink = DiscardSink(SUCCESS)
             self._incoming.message_id = -1
         if future is None:
             self.log.warning("assoc=%s response to unknown message %d", self.info.id, message_id)
@@ -340,10 +435,15 @@ class Association(UpperLayer):
             if not future.done():
                 future.set_exception(AssociationAborted(reason))
         self._responses.clear()
+        for queue in self._streams.values():
+            queue.put_nowait(AssociationAborted(reason))
+        for pending in self._inflight.values():
+            if pending.request is not None:
+                pending.request.cancelled.set()
         self.log.info("assoc=%s aborted: %s", self.info.id, reason)
 
     def transport_closed(self) -> None:
-        if self._incoming is not None or self._responses:
+        if self._incoming is not None or self._responses or self._streams:
             self.abort_indication(self.abort_reason or "transport connection closed")
 
     # -- sending -------------------------------------------------------------------------
@@ -376,6 +476,17 @@ class Association(UpperLayer):
             pos += len(piece)
             flags = mch | (MCH_LAST if pos >= total else 0)
             self.send_parts([encode_pdata_header(ctx, flags, len(piece)), piece])
+
+    def expect_responses(self, message_id: int) -> asyncio.Queue[StreamItem]:
+        """Register interest in the (several) responses to ``message_id``; call
+        :meth:`end_responses` after the final one."""
+        queue: asyncio.Queue[StreamItem] = asyncio.Queue()
+        self._streams[message_id] = queue
+        return queue
+
+    def end_responses(self, message_id: int) -> None:
+        """Stop routing responses to ``message_id``'s queue."""
+        self._streams.pop(message_id, None)
 
     def expect_response(self, message_id: int) -> asyncio.Future[c.CommandSet]:
         """Register interest in the response to ``message_id``."""

@@ -4,16 +4,26 @@ A C-STORE handler is *streaming*: :meth:`StoreHandler.begin_store` is called whe
 command arrives, the returned :class:`DataSink` receives the data set's PDV fragments as
 they arrive (never reassembled in memory), and :meth:`DataSink.finish` decides the
 status once the last fragment is in (PS3.4 B.2.3).
+
+Query/Retrieve handlers (PS3.4 C.4.1-C.4.3) are *async iterators of responses*: a
+:class:`QueryHandler` gets a :class:`QueryRequest` once the Identifier is in and yields
+:class:`Response` values, pending ones (0xFF00/0xFF01) first and one final response
+last; the engine sends each as it comes, so results stream. A C-CANCEL-RQ sets
+:attr:`QueryRequest.cancelled`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import NamedTuple, Protocol
+from typing import TYPE_CHECKING, NamedTuple, Protocol
 
 from dicomvault.net.items import UserIdentity
 from dicomvault.net.uids import STORAGE_SOP_CLASSES, VERIFICATION
+
+if TYPE_CHECKING:
+    from dicomvault.net.association import Association
 
 
 class DimseStatus(NamedTuple):
@@ -108,6 +118,80 @@ class StoreHandler(Protocol):
         """Return the sink for this request's data set; raise to refuse (status 0xC211)."""
 
 
+@dataclass(slots=True)
+class Response:
+    """One C-FIND/C-MOVE/C-GET response (PS3.7 9.1.2.1, 9.1.3.1, 9.1.4.1).
+
+    Attributes
+    ----------
+    status
+        The status; pending (0xFF00, 0xFF01) responses are followed by more.
+    identifier
+        The encoded Identifier data set, in the context's transfer syntax: a C-FIND
+        match, or the Failed SOP Instance UID List (0008,0058) of a C-MOVE/C-GET.
+    remaining, completed, failed, warning
+        Number of Remaining/Completed/Failed/Warning Sub-operations (0000,1020-1023),
+        C-MOVE and C-GET only (PS3.7 Table 9.3-6, 9.3-8).
+    """
+
+    status: DimseStatus
+    identifier: bytes | None = None
+    remaining: int | None = None
+    completed: int | None = None
+    failed: int | None = None
+    warning: int | None = None
+
+    @property
+    def pending(self) -> bool:
+        """Whether more responses follow (PS3.7 C.1.1)."""
+        return self.status.status in (0xFF00, 0xFF01)
+
+
+@dataclass(slots=True)
+class QueryRequest:
+    """A C-FIND, C-MOVE or C-GET request (PS3.7 9.1.2.1, 9.1.4.1, 9.1.3.1).
+
+    ``command_field`` is 0x0020 (C-FIND), 0x0021 (C-MOVE) or 0x0010 (C-GET);
+    ``identifier`` the Identifier exactly as received, in ``transfer_syntax_uid``.
+    """
+
+    association: AssociationInfo
+    context_id: int
+    message_id: int
+    command_field: int
+    sop_class_uid: str
+    transfer_syntax_uid: str
+    identifier: bytes
+    priority: int = 0
+    #: Move Destination (0000,0600), C-MOVE only.
+    move_destination: str | None = None
+    #: Set when a C-CANCEL-RQ for this message arrives (PS3.7 9.3.2.3).
+    cancelled: asyncio.Event = field(default_factory=asyncio.Event)
+    #: The association itself: a C-GET SCP sends its C-STORE sub-operations on it
+    #: (:meth:`~dicomvault.net.association.Association.store_stream`).
+    channel: Association | None = None
+
+    @property
+    def relational(self) -> bool:
+        """Whether relational queries/retrieval were negotiated for the SOP class
+        (SOP Class Extended Negotiation byte 0 = 1, PS3.4 C.5.1.1.1, C.5.2.1.1)."""
+        info = self.association.extended_negotiation.get(self.sop_class_uid, b"")
+        return info[:1] == b"\x01"
+
+
+class QueryHandler(Protocol):
+    """A Query/Retrieve SCP behaviour (PS3.4 C.4.1.2, C.4.2.2, C.4.3.2).
+
+    ``handle`` returns an async iterator of :class:`Response` (an ``async def`` with
+    ``yield``): pending responses, then the final one. Ending without a final response
+    answers Success; raising answers 0xC311 (C-FIND), 0xC511 (C-MOVE), 0xC411 (C-GET)
+    with the message as Error Comment.
+    """
+
+    def handle(self, request: QueryRequest) -> AsyncIterator[Response]:
+        """Answer ``request``."""
+
+
 #: Decides on a user identity (PS3.7 D.3.3.7): ``False`` rejects the association,
 #: ``True``/``None`` accept, ``bytes`` accept and are the server response when one is
 #: asked for a Kerberos ticket, SAML assertion or JWT (username types get an empty one).
@@ -119,7 +203,12 @@ class ServiceRegistry:
 
     def __init__(self) -> None:
         self._store: dict[str, StoreHandler] = {}
+        self._query: dict[tuple[int, str], QueryHandler] = {}
+        self._query_classes: set[str] = set()
         self.verification = False
+        #: Whether a C-GET handler is registered: storage SOP classes proposed with the
+        #: SCP role for the requestor are then accepted (PS3.4 C.4.3.1, PS3.7 D.3.3.4).
+        self.get_role = False
 
     def add_verification(self) -> None:
         """Answer C-ECHO on the Verification SOP Class (PS3.4 A)."""
@@ -132,10 +221,27 @@ class ServiceRegistry:
         for uid in sop_classes:
             self._store[uid] = handler
 
+    def add_query(self, command_field: int, handler: QueryHandler, sop_classes: list[str]) -> None:
+        """Route C-FIND (0x0020), C-MOVE (0x0021) or C-GET (0x0010) requests of
+        ``sop_classes`` to ``handler`` (PS3.4 C.4)."""
+        for uid in sop_classes:
+            self._query[(command_field, uid)] = handler
+            self._query_classes.add(uid)
+        if command_field == 0x0010:
+            self.get_role = True
+
+    def query_handler(self, command_field: int, sop_class_uid: str) -> QueryHandler | None:
+        """The handler for a C-FIND/C-MOVE/C-GET of ``sop_class_uid``, if any."""
+        return self._query.get((command_field, sop_class_uid))
+
     def store_handler(self, sop_class_uid: str) -> StoreHandler | None:
         """The handler registered for ``sop_class_uid``, if any."""
         return self._store.get(sop_class_uid)
 
     def supports(self, sop_class_uid: str) -> bool:
         """Whether an abstract syntax is accepted."""
-        return sop_class_uid in self._store or (self.verification and sop_class_uid == VERIFICATION)
+        return (
+            sop_class_uid in self._store
+            or (self.verification and sop_class_uid == VERIFICATION)
+            or sop_class_uid in self._query_classes
+        )

@@ -1,26 +1,21 @@
 """The association requestor: ``async with associate(...) as assoc`` (PS3.8 7.1, 9.2).
 
-A :class:`RequestorAssociation` sends C-ECHO (PS3.7 9.1.5) and C-STORE (PS3.7 9.1.1)
-requests. Files are streamed from disk in PDUs of the peer's maximum length, as they are
-stored: the data set is never loaded whole unless the peer accepted only a fall-back
-transfer syntax and the file must be re-encoded (uncompressed syntaxes only).
+A :class:`RequestorAssociation` invokes C-ECHO, C-STORE, C-FIND, C-MOVE and C-GET
+(PS3.7 9.1; the operations are in :mod:`dicomvault.net.service_user`). Files are
+streamed from disk in PDUs of the peer's maximum length, as they are stored.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import os
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
-from pathlib import Path
 
 import dicomvault
-from dicomvault.net import commands as c
-from dicomvault.net.association import MCH_LAST, Association
-from dicomvault.net.errors import AssociationAborted, AssociationRejected, NoPresentationContext
-from dicomvault.net.fileio import FileInfo, read_file_info
-from dicomvault.net.handlers import AcceptedContext, DimseStatus, ServiceRegistry
+from dicomvault.net.errors import AssociationAborted, AssociationRejected
+from dicomvault.net.fileio import FileInfo
+from dicomvault.net.handlers import AcceptedContext, ServiceRegistry
 from dicomvault.net.items import (
     ACCEPTANCE,
     PresentationContextRQ,
@@ -28,11 +23,11 @@ from dicomvault.net.items import (
     UserIdentity,
     UserInformation,
 )
-from dicomvault.net.pdu import A_ASSOCIATE_AC, A_ASSOCIATE_RJ, A_ASSOCIATE_RQ, encode_pdata_header
+from dicomvault.net.pdu import A_ASSOCIATE_AC, A_ASSOCIATE_RJ, A_ASSOCIATE_RQ
+from dicomvault.net.service_user import ServiceUser
 from dicomvault.net.uids import (
     EXPLICIT_VR_LITTLE_ENDIAN,
     IMPLICIT_VR_LITTLE_ENDIAN,
-    UNCOMPRESSED_TRANSFER_SYNTAXES,
     VERIFICATION,
 )
 
@@ -85,13 +80,7 @@ def contexts_for_files(infos: Sequence[FileInfo]) -> list[tuple[str, list[str]]]
     return out
 
 
-def status_of(response: c.CommandSet) -> DimseStatus:
-    """The status (0000,0900) and Error Comment (0000,0902) of a response."""
-    comment = response.get(c.ErrorComment)
-    return DimseStatus(int(response.get(c.Status, 0xC000)), str(comment) if comment else None)
-
-
-class RequestorAssociation(Association):
+class RequestorAssociation(ServiceUser):
     """The requestor side of an association; create it with :func:`associate`."""
 
     def __init__(
@@ -142,6 +131,12 @@ class RequestorAssociation(Association):
                 self.info.contexts[result.id] = AcceptedContext(
                     result.id, ctx.abstract_syntax, result.transfer_syntax
                 )
+        roles = {role.sop_class_uid: role for role in pdu.user_information.roles}
+        for accepted in self.info.contexts.values():
+            role = roles.get(accepted.abstract_syntax)
+            if role is not None:
+                accepted.scu_role, accepted.scp_role = role.scu_role, role.scp_role
+        self.info.extended_negotiation = dict(pdu.user_information.extended_negotiation)
         self.established.set_result(None)
 
     def release_confirmation(self) -> None:
@@ -160,170 +155,6 @@ class RequestorAssociation(Association):
         for future in (self.established, self.released):
             if not future.done():
                 future.set_exception(AssociationAborted(reason))
-
-    # -- the user's API ------------------------------------------------------------------
-
-    @property
-    def accepted_contexts(self) -> list[AcceptedContext]:
-        """The presentation contexts the acceptor accepted."""
-        return list(self.info.contexts.values())
-
-    def find_context(
-        self, sop_class_uid: str, transfer_syntax_uid: str | None = None
-    ) -> AcceptedContext | None:
-        """An accepted context for ``sop_class_uid`` (and ``transfer_syntax_uid`` if given)."""
-        for ctx in self.info.contexts.values():
-            if ctx.abstract_syntax == sop_class_uid and (
-                transfer_syntax_uid is None or ctx.transfer_syntax == transfer_syntax_uid
-            ):
-                return ctx
-        return None
-
-    def _check_open(self) -> None:
-        if self.fsm.state != "Sta6":
-            raise AssociationAborted(
-                self.abort_reason or f"association not established ({self.fsm.state})"
-            )
-
-    async def _wait(
-        self, future: asyncio.Future[c.CommandSet], timeout: float | None
-    ) -> DimseStatus:
-        try:
-            response = await asyncio.wait_for(future, timeout or self.timeout)
-        except TimeoutError:
-            self.abort("DIMSE timeout")
-            raise
-        return status_of(response)
-
-    async def echo(self, timeout: float | None = None) -> DimseStatus:
-        """Send C-ECHO-RQ (PS3.7 9.1.5) and return the response status."""
-        ctx = self.find_context(VERIFICATION)
-        if ctx is None:
-            raise NoPresentationContext("Verification was not accepted")
-        self._check_open()
-        message_id = self.next_message_id()
-        future = self.expect_response(message_id)
-        self.send_message(
-            ctx.id,
-            {
-                c.AffectedSOPClassUID: VERIFICATION,
-                c.CommandField: c.C_ECHO_RQ,
-                c.MessageID: message_id,
-                c.CommandDataSetType: c.NO_DATA_SET,
-            },
-        )
-        return await self._wait(future, timeout)
-
-    def _store_command(self, message_id: int, sop_class: str, sop_instance: str) -> c.CommandSet:
-        return {
-            c.AffectedSOPClassUID: sop_class,
-            c.CommandField: c.C_STORE_RQ,
-            c.MessageID: message_id,
-            c.Priority: c.PRIORITY_MEDIUM,
-            c.CommandDataSetType: 0x0000,
-            c.AffectedSOPInstanceUID: sop_instance,
-        }
-
-    async def send_data_set(
-        self,
-        data_set: bytes | memoryview,
-        sop_class_uid: str,
-        sop_instance_uid: str,
-        transfer_syntax_uid: str,
-        timeout: float | None = None,
-    ) -> DimseStatus:
-        """C-STORE an encoded data set held in memory (PS3.7 9.1.1).
-
-        Raises
-        ------
-        NoPresentationContext
-            No accepted context for this SOP class and transfer syntax.
-        """
-        ctx = self.find_context(sop_class_uid, transfer_syntax_uid)
-        if ctx is None:
-            raise NoPresentationContext(f"no context for {sop_class_uid} in {transfer_syntax_uid}")
-        self._check_open()
-        message_id = self.next_message_id()
-        future = self.expect_response(message_id)
-        self.send_message(
-            ctx.id, self._store_command(message_id, sop_class_uid, sop_instance_uid), data_set
-        )
-        await self.drain()
-        return await self._wait(future, timeout)
-
-    async def send_file(
-        self, path: str | os.PathLike[str], timeout: float | None = None
-    ) -> DimseStatus:
-        """C-STORE a DICOM file as it is stored, streamed from disk (PS3.7 9.1.1, PS3.10).
-
-        The context is the one accepted for the file's SOP class and own transfer
-        syntax; when only Explicit or Implicit VR Little Endian was accepted and the
-        file is uncompressed, the data set is re-encoded in memory.
-
-        Raises
-        ------
-        NoPresentationContext
-            No usable accepted context.
-        NotDicomFile
-            The file is not DICOM.
-        AssociationAborted
-            The association ended before the response.
-        """
-        info = read_file_info(path)
-        ctx = self.find_context(info.sop_class_uid, info.transfer_syntax_uid)
-        if ctx is None:
-            return await self._send_converted(info, timeout)
-        self._check_open()
-        message_id = self.next_message_id()
-        future = self.expect_response(message_id)
-        self.send_message(
-            ctx.id, self._store_command(message_id, info.sop_class_uid, info.sop_instance_uid)
-        )
-        limit = self.max_send_value
-        remaining = info.data_length
-        with open(info.path, "rb") as fh:
-            fh.seek(info.data_offset)
-            if remaining == 0:
-                self.send_parts([encode_pdata_header(ctx.id, MCH_LAST, 0)])
-            while remaining > 0:
-                block = fh.read(min(max(limit, _READ_BLOCK), remaining))
-                if not block:
-                    self.abort("file shrank while being sent")
-                    raise AssociationAborted(f"{info.path} shrank while being sent")
-                view = memoryview(block)
-                for pos in range(0, len(view), limit):
-                    piece = view[pos : pos + limit]
-                    remaining -= len(piece)
-                    self._check_open()
-                    self.send_parts(
-                        [
-                            encode_pdata_header(
-                                ctx.id, MCH_LAST if remaining == 0 else 0, len(piece)
-                            ),
-                            piece,
-                        ]
-                    )
-                await self.drain()
-        return await self._wait(future, timeout)
-
-    async def _send_converted(self, info: FileInfo, timeout: float | None) -> DimseStatus:
-        target = next(
-            (
-                ctx
-                for ctx in self.info.contexts.values()
-                if ctx.abstract_syntax == info.sop_class_uid
-                and ctx.transfer_syntax in _FALLBACK_SYNTAXES
-            ),
-            None,
-        )
-        if target is None or info.transfer_syntax_uid not in UNCOMPRESSED_TRANSFER_SYNTAXES:
-            raise NoPresentationContext(
-                f"no accepted context for {info.sop_class_uid} in {info.transfer_syntax_uid}"
-            )
-        data = await asyncio.to_thread(_reencode, info.path, target.transfer_syntax)
-        return await self.send_data_set(
-            data, info.sop_class_uid, info.sop_instance_uid, target.transfer_syntax, timeout
-        )
 
     async def release(self) -> None:
         """A-RELEASE (PS3.8 7.2): wait for the acceptor's A-RELEASE-RP.
@@ -347,19 +178,6 @@ def _consume(future: asyncio.Future[None]) -> None:
         future.exception()
 
 
-def _reencode(path: Path, syntax: str) -> bytes:
-    from pydicom import dcmread
-    from pydicom.filebase import DicomBytesIO
-    from pydicom.filewriter import write_dataset
-
-    ds = dcmread(path, force=True)
-    out = DicomBytesIO()
-    out.is_little_endian = True
-    out.is_implicit_VR = syntax == IMPLICIT_VR_LITTLE_ENDIAN
-    write_dataset(out, ds)
-    return out.getvalue()
-
-
 @asynccontextmanager
 async def associate(
     host: str,
@@ -372,6 +190,7 @@ async def associate(
     timeout: float = 30.0,
     user_identity: UserIdentity | None = None,
     roles: Sequence[RoleSelection] = (),
+    extended_negotiation: dict[str, bytes] | None = None,
     registry: ServiceRegistry | None = None,
     logger: logging.Logger | None = None,
 ) -> AsyncIterator[RequestorAssociation]:
@@ -391,6 +210,12 @@ async def associate(
         Seconds for connecting, negotiating, each DIMSE response and the release.
     user_identity, roles
         Optional User Identity (PS3.7 D.3.3.7) and SCP/SCU Role Selection (D.3.3.4).
+    extended_negotiation
+        SOP Class Extended Negotiation (PS3.7 D.3.3.5): SOP class UID -> application
+        information, e.g. ``{STUDY_ROOT_FIND: b"\\x01"}`` for relational queries.
+    registry
+        Services we answer on this association: the store handler receiving the
+        C-STORE sub-operations of a C-GET (PS3.4 C.4.3).
 
     Raises
     ------
@@ -415,6 +240,7 @@ async def associate(
             implementation_class_uid=dicomvault.IMPLEMENTATION_CLASS_UID,
             implementation_version_name=dicomvault.IMPLEMENTATION_VERSION_NAME,
             roles=list(roles),
+            extended_negotiation=dict(extended_negotiation or {}),
             user_identity=user_identity,
         ),
     )

@@ -66,3 +66,12 @@ def uid_name(uid: str) -> str:
     """Return the PS3.6 name of ``uid``, or ``uid`` itself when pydicom does not know it."""
     entry = UID_dictionary.get(uid)
     return str(entry[0]) if entry else uid
+
+
+#: Query/Retrieve SOP classes (PS3.4 C.6.1.1-C.6.2.3).
+PATIENT_ROOT_FIND = "1.2.840.10008.5.1.4.1.2.1.1"
+PATIENT_ROOT_MOVE = "1.2.840.10008.5.1.4.1.2.1.2"
+PATIENT_ROOT_GET = "1.2.840.10008.5.1.4.1.2.1.3"
+STUDY_ROOT_FIND = "1.2.840.10008.5.1.4.1.2.2.1"
+STUDY_ROOT_MOVE = "1.2.840.10008.5.1.4.1.2.2.2"
+STUDY_ROOT_GET = "1.2.840.10008.5.1.4.1.2.2.3"

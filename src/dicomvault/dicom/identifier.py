@@ -1,0 +1,330 @@
+"""C-FIND / C-MOVE / C-GET Identifiers ↔ :mod:`dicomvault.model.query` values.
+
+Decoding (PS3.4 C.4.1.1.3, C.2.2.2): the Identifier is read with our own reader
+(:mod:`dicomvault.dicom.reader`) and its text decoded with the request's Specific
+Character Set exactly as ingest decodes stored data (:mod:`dicomvault.dicom.values`),
+so a key and a stored value compare as the same Unicode text.
+
+Encoding (PS3.4 C.4.1.1.3.2, C.2.2.2 "Specific Character Set"): a response carries the
+character set of the matched data — the stored study's (0008,0005) — when it can encode
+every value; otherwise (e.g. a patient whose studies use different sets) the whole
+response is ISO_IR 192 (UTF-8). With no stored set, ASCII values go without (0008,0005)
+and anything else as ISO_IR 192. pydicom writes the data set in the negotiated syntax.
+"""
+
+from __future__ import annotations
+
+import io
+import zlib
+from typing import Any
+
+from pydicom.charset import convert_encodings
+from pydicom.datadict import dictionary_VR, keyword_for_tag
+from pydicom.dataset import Dataset
+from pydicom.filebase import DicomBytesIO
+from pydicom.filewriter import write_dataset
+from pydicom.uid import UID
+
+from dicomvault.dicom.charset import DEFAULT_CHARSET, Charset, resolve_charset
+from dicomvault.dicom.reader import DataSet, Reader
+from dicomvault.dicom.values import SINGLE_VALUED, STRING_VRS, strings
+from dicomvault.model.errors import CannotParse
+from dicomvault.model.query import (
+    IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS,
+    QUERY_RETRIEVE_LEVEL,
+    SPECIFIC_CHARACTER_SET,
+    UNABLE_TO_PROCESS,
+    InformationModel,
+    InvalidQuery,
+    Level,
+    Match,
+    Query,
+    QueryKey,
+)
+
+RETRIEVE_AE_TITLE = 0x00080054
+_NOT_KEYS = frozenset({QUERY_RETRIEVE_LEVEL, SPECIFIC_CHARACTER_SET, RETRIEVE_AE_TITLE})
+_TEXT_VRS = frozenset({"SH", "LO", "UC", "ST", "LT", "UT", "PN"})
+UTF8 = "ISO_IR 192"
+
+
+def _encoding(transfer_syntax_uid: str) -> tuple[bool, bool, bool]:
+    uid = UID(transfer_syntax_uid)
+    if not uid.is_transfer_syntax:
+        raise InvalidQuery(
+            f"unknown transfer syntax {transfer_syntax_uid}", status=UNABLE_TO_PROCESS
+        )
+    return uid.is_implicit_VR, uid.is_little_endian, uid.is_deflated
+
+
+def _vr(tag: int, sent: str) -> str:
+    try:
+        vr = str(dictionary_VR(tag))
+    except KeyError:
+        return sent
+    return sent if " or " in vr else vr
+
+
+def _charset(ds: DataSet) -> Charset:
+    element = ds.get(SPECIFIC_CHARACTER_SET)
+    if element is None or not isinstance(element.value, bytes) or not element.value:
+        return DEFAULT_CHARSET
+    terms = element.value.decode("ascii", errors="replace").rstrip(" \0").split("\\")
+    charset, _problems = resolve_charset(terms)  # unknown sets read as ISO-IR 6 (C.2.2.2)
+    return charset
+
+
+def _keys(ds: DataSet, charset: Charset, little: bool) -> tuple[QueryKey, ...]:
+    keys = []
+    ignored: list[str] = []
+    for tag in sorted(ds):
+        if tag >> 16 in (0x0000, 0x0002) or tag & 0xFFFF == 0 or tag in _NOT_KEYS:
+            continue
+        element = ds[tag]
+        vr = _vr(tag, element.vr)
+        keyword = keyword_for_tag(tag) or f"({tag >> 16:04X},{tag & 0xFFFF:04X})"
+        if vr == "SQ" or isinstance(element.value, list):
+            items_raw = element.value if isinstance(element.value, list) else []
+            items = (
+                None
+                if not items_raw
+                else _keys(items_raw[0], _item_charset(items_raw[0], charset), little)
+            )
+            keys.append(QueryKey(tag, keyword, "SQ", None, items))
+            continue
+        raw = element.value if isinstance(element.value, bytes) else b""
+        if not raw:
+            value = ""
+        elif vr in STRING_VRS:
+            parts = strings(raw, vr, charset, ignored)
+            value = parts[0] if vr in SINGLE_VALUED else "\\".join(parts)
+            if vr == "PN":
+                value = "\\".join(v.rstrip("=") for v in value.split("\\"))
+        else:
+            value = _binary_text(raw, vr, little)
+        keys.append(QueryKey(tag, keyword, vr, value))
+    return tuple(keys)
+
+
+def _item_charset(item: DataSet, parent: Charset) -> Charset:
+    return _charset(item) if SPECIFIC_CHARACTER_SET in item else parent
+
+
+def _binary_text(raw: bytes, vr: str, little: bool) -> str:
+    from dicomvault.dicom.values import BINARY_NUMBER_FORMATS, binary_numbers
+
+    if vr in BINARY_NUMBER_FORMATS:
+        return "\\".join(str(n) for n in binary_numbers(raw, vr, little, []))
+    return raw.decode("latin-1").rstrip(" \0")
+
+
+def decode_identifier(
+    data: bytes,
+    transfer_syntax_uid: str,
+    model: InformationModel,
+    *,
+    relational: bool = False,
+    combined_datetime: bool = False,
+) -> Query:
+    """A C-FIND / C-MOVE / C-GET request Identifier as a :class:`Query`.
+
+    Parameters
+    ----------
+    data : bytes
+        The Identifier data set, encoded in *transfer_syntax_uid*.
+    transfer_syntax_uid : str
+        The presentation context's transfer syntax.
+    model : InformationModel
+        From the SOP Class.
+    relational : bool
+        Relational queries / retrieval were negotiated (PS3.4 C.5.1.1.1).
+    combined_datetime : bool
+        Combined date-time matching was negotiated (PS3.4 Table C.5-2 byte 2).
+
+    Returns
+    -------
+    Query
+
+    Raises
+    ------
+    InvalidQuery
+        0xA900 when Query/Retrieve Level (0008,0052) is missing or names no level of the
+        model (PS3.4 C.4.1.1.3.1); 0xC000 when the data set cannot be read.
+    """
+    implicit, little, deflated = _encoding(transfer_syntax_uid)
+    if deflated:
+        try:
+            data = zlib.decompress(data, -zlib.MAX_WBITS)
+        except zlib.error:
+            raise InvalidQuery("the deflated Identifier cannot be inflated") from None
+    try:
+        reader = Reader(io.BytesIO(data), 0, len(data), bulk_threshold=1 << 30)
+        ds, _ = reader.read_dataset(0, None, implicit, little)
+    except CannotParse as exc:
+        raise InvalidQuery(f"the Identifier cannot be read: {exc}") from None
+    level_element = ds.get(QUERY_RETRIEVE_LEVEL)
+    raw_level = level_element.value if level_element is not None else None
+    if not isinstance(raw_level, bytes) or not raw_level.strip(b" \0"):
+        raise InvalidQuery(
+            "QueryRetrieveLevel (0008,0052) is missing or empty",
+            status=IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS,
+            keyword="QueryRetrieveLevel",
+        )
+    text = raw_level.decode("ascii", errors="replace").strip(" \0")
+    try:
+        level = Level(text)
+    except ValueError:
+        raise InvalidQuery(
+            f"QueryRetrieveLevel {text!r} is not PATIENT, STUDY, SERIES or IMAGE",
+            status=IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS,
+            keyword="QueryRetrieveLevel",
+        ) from None
+    if level not in model.levels:
+        raise InvalidQuery(
+            f"QueryRetrieveLevel {level.value} is not a level of the "
+            f"{model.name.replace('_', ' ').title()} information model",
+            status=IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS,
+            keyword="QueryRetrieveLevel",
+        )
+    keys = _keys(ds, _charset(ds), little)
+    return Query(model, level, keys, relational=relational, combined_datetime=combined_datetime)
+
+
+# -- encoding ---------------------------------------------------------------------------
+
+
+def _texts(values: dict[int, object]) -> list[str]:
+    out: list[str] = []
+    for tag, value in values.items():
+        if isinstance(value, list) and value and isinstance(value[0], dict):
+            for item in value:
+                out.extend(_texts(item))
+            continue
+        vr = _safe_vr(tag)
+        if vr not in _TEXT_VRS:
+            continue
+        if isinstance(value, str):
+            out.append(value)
+        elif isinstance(value, list):
+            out.extend(v for v in value if isinstance(v, str))
+    return out
+
+
+def _safe_vr(tag: int) -> str:
+    try:
+        return str(dictionary_VR(tag))
+    except KeyError:
+        return "UN"
+
+
+def _can_encode(texts: list[str], terms: list[str]) -> bool:
+    try:
+        codecs = convert_encodings(terms)
+    except (LookupError, ValueError):
+        return False
+    for text in texts:
+        for char in text:
+            if char.isascii():
+                continue
+            if not any(_encodes(char, codec) for codec in codecs):
+                return False
+    return True
+
+
+def _encodes(char: str, codec: str) -> bool:
+    try:
+        char.encode(codec)
+    except (UnicodeError, LookupError):
+        return False
+    return True
+
+
+def response_charset(match: Match) -> list[str] | None:
+    """The Specific Character Set of a response: the stored one when it can encode every
+    value, else ISO_IR 192; ``None`` (absent) for ASCII-only values without one."""
+    stored = match.values.get(SPECIFIC_CHARACTER_SET)
+    terms = (
+        [stored] if isinstance(stored, str) else list(stored) if isinstance(stored, list) else []
+    )
+    terms = [str(t) for t in terms]
+    texts = _texts({k: v for k, v in match.values.items() if k != SPECIFIC_CHARACTER_SET})
+    if terms and _can_encode(texts, terms):
+        return terms
+    if all(text.isascii() for text in texts) and not terms:
+        return None
+    return [UTF8]
+
+
+def _fill(ds: Dataset, values: dict[int, object], vrs: dict[int, str]) -> None:
+    for tag, value in values.items():
+        if tag == SPECIFIC_CHARACTER_SET:
+            continue
+        vr = vrs.get(tag) or _safe_vr(tag)
+        if vr == "SQ" or (isinstance(value, list) and value and isinstance(value[0], dict)):
+            items = []
+            for item_values in value if isinstance(value, list) else []:
+                item = Dataset()
+                _fill(item, item_values, {})
+                items.append(item)
+            ds.add_new(tag, "SQ", items)
+            continue
+        if vr in ("UN", "US or SS"):
+            vr = "LO" if isinstance(value, str) else "UN"
+        ds.add_new(tag, vr, _element_value(value, vr))
+
+
+def _element_value(value: object, vr: str) -> Any:
+    if value is None:
+        return None
+    if vr in ("DS", "IS") and isinstance(value, int | float):
+        return str(value)
+    if isinstance(value, list) and vr in ("DS", "IS"):
+        return [str(v) for v in value]
+    return value
+
+
+def encode_identifier(
+    match: Match,
+    query: Query,
+    transfer_syntax_uid: str,
+    *,
+    retrieve_ae_title: str | None = None,
+) -> bytes:
+    """A C-FIND-RSP pending Identifier (PS3.4 C.4.1.1.3.2) in the negotiated syntax.
+
+    It holds Specific Character Set (see :func:`response_charset`), Query/Retrieve Level,
+    every key of the query with its matched value (zero length when none is stored), the
+    unique keys of the levels, and Retrieve AE Title when *retrieve_ae_title* is given.
+
+    Parameters
+    ----------
+    match : Match
+    query : Query
+        Gives the VR of each key as the requestor sent it (for tags not in the dictionary).
+    transfer_syntax_uid : str
+    retrieve_ae_title : str, optional
+
+    Returns
+    -------
+    bytes
+    """
+    implicit, little, deflated = _encoding(transfer_syntax_uid)
+    ds = Dataset()
+    charset = response_charset(match)
+    if charset is not None:
+        ds.SpecificCharacterSet = charset if len(charset) > 1 else charset[0]
+    vrs = {key.tag: key.vr for key in query.keys}
+    values = dict(match.values)
+    values.setdefault(QUERY_RETRIEVE_LEVEL, query.level.value)
+    if retrieve_ae_title is not None:
+        values[RETRIEVE_AE_TITLE] = retrieve_ae_title
+    _fill(ds, dict(sorted(values.items())), vrs)
+    fp = DicomBytesIO()
+    fp.is_little_endian = little
+    fp.is_implicit_VR = implicit
+    write_dataset(fp, ds)
+    data = fp.getvalue()
+    if deflated:
+        compressor = zlib.compressobj(zlib.Z_DEFAULT_COMPRESSION, zlib.DEFLATED, -zlib.MAX_WBITS)
+        data = compressor.compress(data) + compressor.flush()
+    return bytes(data)

@@ -1,0 +1,57 @@
+"""C-GET SCP over the archive (PS3.4 C.4.3): sub-operations on the same association.
+
+The requestor must have proposed the storage SOP classes with the SCP role (SCP/SCU
+Role Selection, PS3.7 D.3.3.4, PS3.4 C.4.3.1); the engine grants it when a C-GET
+handler is registered. An instance whose SOP class the requestor accepted in no
+syntax we can produce fails (0xA702 when all do, 0xB000 when some do), with the
+Failed SOP Instance UID List; statuses: :mod:`dicomvault.dimse.status`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+from dicomvault.archive import Archive
+from dicomvault.dimse.find import decode_request
+from dicomvault.dimse.retrieve import SubOperations, run_sub_operations
+from dicomvault.dimse.status import UNABLE_TO_PERFORM_SUB_OPERATIONS, status_for_query_error
+from dicomvault.net.handlers import SUCCESS, DimseStatus, QueryRequest, Response
+from dicomvault.net.service_user import ServiceUser
+from dicomvault.net.uids import PATIENT_ROOT_GET, STUDY_ROOT_GET
+
+GET_SOP_CLASSES = [PATIENT_ROOT_GET, STUDY_ROOT_GET]
+
+
+class ArchiveGetHandler:
+    """C-GET SCP: :meth:`Archive.retrieve_instances`, C-STOREs on the same association."""
+
+    def __init__(self, archive: Archive) -> None:
+        self.archive = archive
+
+    async def handle(self, request: QueryRequest) -> AsyncIterator[Response]:
+        try:
+            query = decode_request(request)
+            instances = await asyncio.get_running_loop().run_in_executor(
+                None, self.archive.retrieve_instances, query
+            )
+        except Exception as exc:
+            yield Response(status_for_query_error(exc))
+            return
+        if not instances:
+            yield Response(SUCCESS, None, None, 0, 0, 0)
+            return
+        channel = request.channel
+        assert isinstance(channel, ServiceUser)
+        if not any(ctx.scp_role for ctx in channel.accepted_contexts):
+            ops = SubOperations(len(instances))
+            ops.fail_rest(instances, 0)
+            response = ops.final(request.transfer_syntax_uid)
+            response.status = DimseStatus(
+                UNABLE_TO_PERFORM_SUB_OPERATIONS,
+                "no storage SOP class negotiated with the SCP role (PS3.4 C.4.3.1)",
+            )
+            yield response
+            return
+        async for response in run_sub_operations(self.archive, channel, instances, request):
+            yield response

@@ -1,0 +1,127 @@
+"""C-MOVE SCP over the archive (PS3.4 C.4.2): sub-operations on a new association.
+
+The Move Destination (0000,0600) is looked up among the ``[remotes.NAME]`` entries by AE
+title; unknown is 0xA801. A sub-association to it (our requestor, calling AE = our
+AE title) proposes, for each stored SOP class, one context per stored transfer syntax
+alone (so the receiver can take the instance as stored) and one fall-back with
+Explicit and Implicit VR Little Endian and the lossless compressed syntaxes we can
+encode (:mod:`dicomvault.dicom.transcode`). Statuses: :mod:`dicomvault.dimse.status`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Sequence
+
+from dicomvault.archive import Archive
+from dicomvault.config import RemoteAE
+from dicomvault.dicom.transcode import LOSSLESS_ENCODINGS
+from dicomvault.dimse.find import decode_request
+from dicomvault.dimse.retrieve import SubOperations, run_sub_operations
+from dicomvault.dimse.status import (
+    MOVE_DESTINATION_UNKNOWN,
+    status_for_query_error,
+)
+from dicomvault.model.records import StoredInstance
+from dicomvault.net.errors import NetError
+from dicomvault.net.handlers import SUCCESS, DimseStatus, QueryRequest, Response
+from dicomvault.net.requestor import associate
+from dicomvault.net.uids import (
+    EXPLICIT_VR_LITTLE_ENDIAN,
+    IMPLICIT_VR_LITTLE_ENDIAN,
+    PATIENT_ROOT_MOVE,
+    STUDY_ROOT_MOVE,
+)
+
+log = logging.getLogger("dicomvault.dimse")
+
+MOVE_SOP_CLASSES = [PATIENT_ROOT_MOVE, STUDY_ROOT_MOVE]
+FALLBACK = (EXPLICIT_VR_LITTLE_ENDIAN, IMPLICIT_VR_LITTLE_ENDIAN, *LOSSLESS_ENCODINGS)
+
+
+def sub_association_contexts(instances: Sequence[StoredInstance]) -> list[tuple[str, list[str]]]:
+    """Presentation contexts for sending ``instances`` (PS3.4 C.4.2.2.1, B.2.1): each
+    stored (SOP class, syntax) alone, then one fall-back per SOP class; at most 128."""
+    own: dict[tuple[str, str], None] = {}
+    classes: dict[str, None] = {}
+    for inst in instances:
+        own[(inst.sop_class_uid, inst.transfer_syntax_uid)] = None
+        classes[inst.sop_class_uid] = None
+    fallbacks = [(sop, list(FALLBACK)) for sop in classes]
+    stored = [
+        (sop, [ts])
+        for sop, ts in own
+        if ts not in (EXPLICIT_VR_LITTLE_ENDIAN, IMPLICIT_VR_LITTLE_ENDIAN)
+    ]
+    return (fallbacks + stored)[:128]
+
+
+def find_destination(remotes: dict[str, RemoteAE], ae_title: str) -> RemoteAE | None:
+    """The ``[remotes]`` entry whose AE title is ``ae_title`` (or whose name is)."""
+    for remote in remotes.values():
+        if remote.ae_title == ae_title:
+            return remote
+    return remotes.get(ae_title)
+
+
+class ArchiveMoveHandler:
+    """C-MOVE SCP: :meth:`Archive.retrieve_instances`, then a sub-association."""
+
+    def __init__(self, archive: Archive) -> None:
+        self.archive = archive
+
+    async def handle(self, request: QueryRequest) -> AsyncIterator[Response]:
+        settings = self.archive.settings
+        destination = request.move_destination or ""
+        remote = find_destination(settings.remotes, destination)
+        if remote is None:
+            yield Response(
+                DimseStatus(
+                    MOVE_DESTINATION_UNKNOWN, f"Move Destination {destination!r} is unknown"
+                )
+            )
+            return
+        try:
+            query = decode_request(request)
+            instances = await asyncio.get_running_loop().run_in_executor(
+                None, self.archive.retrieve_instances, query
+            )
+        except Exception as exc:
+            yield Response(status_for_query_error(exc))
+            return
+        if not instances:
+            yield Response(SUCCESS, None, None, 0, 0, 0)
+            return
+        syntax = request.transfer_syntax_uid
+        ops = SubOperations(len(instances))
+        try:
+            async with associate(
+                remote.host,
+                remote.port,
+                called_ae=remote.ae_title,
+                calling_ae=settings.dicom.ae_title,
+                contexts=sub_association_contexts(instances),
+                max_pdu=settings.dicom.max_pdu,
+                timeout=settings.dicom.idle_timeout,
+                logger=log,
+            ) as sub:
+                async for response in run_sub_operations(
+                    self.archive,
+                    sub,
+                    instances,
+                    request,
+                    move_originator=(request.association.calling_ae_title, request.message_id),
+                ):
+                    yield response
+                    if not response.pending:
+                        return
+        except (NetError, OSError, TimeoutError) as exc:
+            log.warning(
+                "assoc=%s C-MOVE to %s failed: %s",
+                request.association.id,
+                destination,
+                exc or type(exc).__name__,
+            )
+            ops.fail_rest(instances, 0)
+            yield ops.final(syntax, f"{destination}: {exc or type(exc).__name__}")

@@ -1,0 +1,225 @@
+"""C-STORE sub-operations of a C-MOVE or C-GET (PS3.4 C.4.2.2, C.4.3.2), shared by
+:mod:`dicomvault.dimse.move` and :mod:`dicomvault.dimse.get`.
+
+Each instance is sent as stored, streamed from its blob in PDUs of the peer's maximum
+length, when the receiver accepted its SOP class in its stored transfer syntax; else it
+is transcoded (:mod:`dicomvault.dicom.transcode`, in a worker thread) to a syntax the
+receiver accepted for the class. A pending response (0xFF00) with the Number of
+Remaining/Completed/Failed/Warning Sub-operations follows each sub-operation; the final
+response carries the Failed SOP Instance UID List (0008,0058) when any failed
+(PS3.4 C.4.2.1.4.1, C.4.3.1.3.1).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import struct
+import zlib
+from collections.abc import AsyncIterator, Sequence
+from typing import BinaryIO
+
+from dicomvault.archive import Archive
+from dicomvault.dicom.transcode import TranscodeError, transcode
+from dicomvault.dimse.status import (
+    CANCEL,
+    PENDING,
+    SUB_OPERATIONS_WARNING,
+    UNABLE_TO_PERFORM_SUB_OPERATIONS,
+)
+from dicomvault.model.records import StoredInstance
+from dicomvault.net.errors import NetError, NoPresentationContext
+from dicomvault.net.fileio import parse_file_meta
+from dicomvault.net.handlers import SUCCESS, DimseStatus, QueryRequest, Response
+from dicomvault.net.service_user import ServiceUser
+from dicomvault.net.uids import (
+    DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN,
+    EXPLICIT_VR_BIG_ENDIAN,
+    IMPLICIT_VR_LITTLE_ENDIAN,
+)
+
+log = logging.getLogger("dicomvault.dimse")
+
+_HEAD = 1 << 16
+
+
+def failed_uid_list(uids: Sequence[str], transfer_syntax_uid: str) -> bytes:
+    """An Identifier holding only Failed SOP Instance UID List (0008,0058), UI, encoded
+    in ``transfer_syntax_uid`` (PS3.4 C.4.2.1.4.1; PS3.5 7.1). Cut to 64 KiB of value."""
+    value = "\\".join(uids).encode("ascii")
+    if len(value) > 0xFFFE:
+        value = value[: value.rfind(b"\\", 0, 0xFFFE)]
+    if len(value) & 1:
+        value += b"\x00"
+    if transfer_syntax_uid == IMPLICIT_VR_LITTLE_ENDIAN:
+        return struct.pack("<HHI", 0x0008, 0x0058, len(value)) + value
+    order = ">" if transfer_syntax_uid == EXPLICIT_VR_BIG_ENDIAN else "<"
+    encoded = struct.pack(f"{order}HH2sH", 0x0008, 0x0058, b"UI", len(value)) + value
+    if transfer_syntax_uid == DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN:  # PS3.5 A.5: raw deflate
+        compressor = zlib.compressobj(zlib.Z_DEFAULT_COMPRESSION, zlib.DEFLATED, -zlib.MAX_WBITS)
+        encoded = compressor.compress(encoded) + compressor.flush()
+    return encoded
+
+
+def open_stored(archive: Archive, instance: StoredInstance) -> tuple[BinaryIO, int, str]:
+    """Open an instance's blob positioned at its data set: (file, data set length,
+    stored transfer syntax)."""
+    fh = archive.store.open(instance.blob_name)
+    try:
+        head = fh.read(_HEAD)
+        meta, offset = parse_file_meta(head)
+        fh.seek(0, os.SEEK_END)
+        size = fh.tell()
+        fh.seek(offset)
+    except BaseException:
+        fh.close()
+        raise
+    return fh, size - offset, meta.get(0x0010, instance.transfer_syntax_uid)
+
+
+class SubOperations:
+    """Counts of one C-MOVE/C-GET (PS3.7 9.3.3.2, 9.3.4.2)."""
+
+    def __init__(self, total: int) -> None:
+        self.total = total
+        self.remaining = total
+        self.last_error: str | None = None
+        self.completed = 0
+        self.failed = 0
+        self.warning = 0
+        self.failed_uids: list[str] = []
+
+    def response(self, status: DimseStatus, syntax: str, *, final: bool) -> Response:
+        identifier = (
+            failed_uid_list(self.failed_uids, syntax) if final and self.failed_uids else None
+        )
+        return Response(
+            status,
+            identifier,
+            None if final and status.status in (0x0000, 0xB000) else self.remaining,
+            self.completed,
+            self.failed,
+            self.warning,
+        )
+
+    def final(self, syntax: str, comment: str | None = None) -> Response:
+        """The final response (PS3.4 C.4.2.1.5): Success, 0xB000, or 0xA702 when every
+        sub-operation failed. Failures always carry an Error Comment."""
+        if comment is None and self.failed:
+            comment = f"{self.failed} of {self.total} sub-operations failed"
+            if self.last_error:
+                comment += f": {self.last_error}"
+        if self.failed and not (self.completed or self.warning):
+            status = DimseStatus(UNABLE_TO_PERFORM_SUB_OPERATIONS, comment)
+        elif self.failed or self.warning:
+            status = DimseStatus(SUB_OPERATIONS_WARNING, comment)
+        else:
+            status = SUCCESS
+        return self.response(status, syntax, final=True)
+
+    def fail_rest(self, instances: Sequence[StoredInstance], start: int) -> None:
+        for inst in instances[start:]:
+            self.failed += 1
+            self.failed_uids.append(inst.sop_instance_uid)
+        self.remaining = 0
+
+
+async def send_instance(
+    archive: Archive,
+    sender: ServiceUser,
+    instance: StoredInstance,
+    move_originator: tuple[str, int] | None,
+) -> DimseStatus:
+    """One C-STORE sub-operation: as stored when possible, else transcoded.
+
+    Raises
+    ------
+    NoPresentationContext
+        The receiver accepted the SOP class in no syntax we can produce.
+    """
+    fh, length, syntax = open_stored(archive, instance)
+    with fh:
+        if sender.find_context(instance.sop_class_uid, syntax) is not None:
+            return await sender.store_stream(
+                fh,
+                length,
+                instance.sop_class_uid,
+                instance.sop_instance_uid,
+                syntax,
+                move_originator=move_originator,
+            )
+        targets = [
+            ctx.transfer_syntax
+            for ctx in sender.accepted_contexts
+            if ctx.abstract_syntax == instance.sop_class_uid
+            and sender.find_context(ctx.abstract_syntax, ctx.transfer_syntax) is not None
+        ]
+        if not targets:
+            raise NoPresentationContext(f"{instance.sop_class_uid} not accepted by the receiver")
+        data = fh.read(length)
+    try:
+        target, encoded = await asyncio.to_thread(transcode, data, syntax, targets)
+    except TranscodeError as exc:
+        raise NoPresentationContext(str(exc)) from exc
+    return await sender.send_data_set(
+        encoded,
+        instance.sop_class_uid,
+        instance.sop_instance_uid,
+        target,
+        move_originator=move_originator,
+    )
+
+
+async def run_sub_operations(
+    archive: Archive,
+    sender: ServiceUser,
+    instances: Sequence[StoredInstance],
+    request: QueryRequest,
+    *,
+    move_originator: tuple[str, int] | None = None,
+) -> AsyncIterator[Response]:
+    """Send ``instances`` over ``sender``; yield a pending response per sub-operation and
+    the final response (PS3.4 C.4.2.2, C.4.3.2). C-CANCEL ends with 0xFE00
+    (PS3.4 C.4.2.3.1); a lost association fails what remains."""
+    syntax = request.transfer_syntax_uid
+    ops = SubOperations(len(instances))
+    for index, instance in enumerate(instances):
+        if request.cancelled.is_set():
+            yield ops.response(DimseStatus(CANCEL), syntax, final=True)
+            return
+        try:
+            status = await send_instance(archive, sender, instance, move_originator)
+        except NoPresentationContext as exc:
+            status = DimseStatus(0xA900, str(exc))
+        except (NetError, OSError, TimeoutError) as exc:
+            log.warning(
+                "assoc=%s sub-operation %s failed: %s; failing the %d remaining",
+                request.association.id,
+                instance.sop_instance_uid,
+                exc or type(exc).__name__,
+                len(instances) - index,
+            )
+            ops.fail_rest(instances, index)
+            yield ops.final(syntax, f"receiver lost: {exc or type(exc).__name__}")
+            return
+        ops.remaining -= 1
+        category = status.category
+        if category == "success":
+            ops.completed += 1
+        elif category == "warning":
+            ops.warning += 1
+        else:
+            ops.failed += 1
+            ops.failed_uids.append(instance.sop_instance_uid)
+            ops.last_error = status.error_comment or f"status 0x{status.status:04X}"
+            log.info(
+                "assoc=%s sub-operation %s failed: 0x%04X %s",
+                request.association.id,
+                instance.sop_instance_uid,
+                status.status,
+                status.error_comment or "",
+            )
+        if ops.remaining:
+            yield ops.response(DimseStatus(PENDING), syntax, final=False)
+    yield ops.final(syntax)

@@ -1,0 +1,103 @@
+"""DIMSE message bookkeeping shared by both sides (PS3.7 C.4.2.1.4, 9.3): a request in
+progress, the sinks of small data sets, the Error Comment rule."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from dicomvault.net import commands as c
+from dicomvault.net.handlers import (
+    SUCCESS,
+    DataSink,
+    DimseStatus,
+    QueryHandler,
+    QueryRequest,
+)
+
+#: What a response stream (C-FIND/C-MOVE/C-GET SCU) receives: a response command set
+#: with its data set, or the error that ended the association.
+StreamItem = tuple[c.CommandSet, bytes | None] | BaseException
+
+COMMAND_NAMES = {
+    c.C_STORE_RQ: "C-STORE",
+    c.C_ECHO_RQ: "C-ECHO",
+    c.C_FIND_RQ: "C-FIND",
+    c.C_MOVE_RQ: "C-MOVE",
+    c.C_GET_RQ: "C-GET",
+    c.C_CANCEL_RQ: "C-CANCEL",
+}
+
+
+def truncate_comment(text: str) -> str:
+    """Error Comment (0000,0902) is LO in the default repertoire: ASCII, at most 64
+    characters (PS3.7 C.4.2.1.4, PS3.5 6.1.2)."""
+    text = " ".join(text.encode("ascii", "replace").decode("ascii").split())
+    return text if len(text) <= 64 else text[:61] + "..."
+
+
+class DiscardSink:
+    """Swallows a data set nobody will store, then answers a fixed status."""
+
+    def __init__(self, status: DimseStatus) -> None:
+        self.status = status
+
+    def write(self, chunk: memoryview) -> None:
+        pass
+
+    def finish(self) -> DimseStatus:
+        return self.status
+
+    def abort(self) -> None:
+        pass
+
+
+class BufferSink:
+    """Collects a small data set (an Identifier) in memory."""
+
+    def __init__(self) -> None:
+        self.data = bytearray()
+
+    def write(self, chunk: memoryview) -> None:
+        self.data += chunk
+        if len(self.data) > MAX_IDENTIFIER_LENGTH:
+            raise ValueError("Identifier longer than 16 MiB")
+
+    def finish(self) -> DimseStatus:
+        return SUCCESS
+
+    def abort(self) -> None:
+        self.data = bytearray()
+
+
+#: Identifiers (C-FIND/MOVE/GET requests and responses) are held in memory up to this.
+MAX_IDENTIFIER_LENGTH = 1 << 24
+
+
+class Incoming:
+    """A request whose response is not yet sent."""
+
+    __slots__ = (
+        "command",
+        "context_id",
+        "handler",
+        "message_id",
+        "name",
+        "queue",
+        "request",
+        "sink",
+        "started",
+        "subject",
+    )
+
+    def __init__(self, command: c.CommandSet, context_id: int, name: str) -> None:
+        self.command = command
+        self.context_id = context_id
+        self.message_id = int(command.get(c.MessageID, 0))
+        self.name = name
+        self.sink: DataSink | None = None
+        self.started = time.perf_counter()
+        self.subject = str(command.get(c.AffectedSOPInstanceUID, ""))
+        self.handler: QueryHandler | None = None
+        self.request: QueryRequest | None = None
+        self.queue: asyncio.Queue[StreamItem] | None = None
