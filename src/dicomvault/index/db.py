@@ -82,7 +82,12 @@ def _make_engine(url: str, *, writer: bool) -> Engine:
     return create_engine(url, pool_pre_ping=True)
 
 
-def _stored_instances() -> Select[Any]:
+def stored_instance(values: dict[str, Any]) -> StoredInstance:
+    """A row of :func:`stored_instances` as the record (the row's pk dropped)."""
+    return StoredInstance(**{k: v for k, v in values.items() if k != "pk"})
+
+
+def stored_instances() -> Select[Any]:
     """SELECT of what :class:`StoredInstance` holds (plus the row's pk), joined up the
     hierarchy; callers add the WHERE."""
     return (
@@ -292,13 +297,9 @@ class Index:
     @staticmethod
     def _lookup(conn: Connection, sop_instance_uid: str) -> StoredInstance | None:
         row = conn.execute(
-            _stored_instances().where(instances.c.sop_instance_uid == sop_instance_uid)
+            stored_instances().where(instances.c.sop_instance_uid == sop_instance_uid)
         ).first()
-        if row is None:
-            return None
-        values = row._asdict()
-        values.pop("pk")
-        return StoredInstance(**values)
+        return None if row is None else stored_instance(row._asdict())
 
     def lookup_instance(self, sop_instance_uid: str) -> StoredInstance | None:
         with self._read.connect() as conn:
@@ -323,7 +324,7 @@ class Index:
         while True:
             with self._read.connect() as conn:
                 rows = conn.execute(
-                    _stored_instances()
+                    stored_instances()
                     .where(instances.c.pk > last)
                     .order_by(instances.c.pk)
                     .limit(batch)
@@ -331,9 +332,8 @@ class Index:
             if not rows:
                 return
             for row in rows:
-                values = row._asdict()
-                last = values.pop("pk")
-                yield StoredInstance(**values)
+                last = row.pk
+                yield stored_instance(row._asdict())
 
     def blob_names(self) -> set[str]:
         with self._read.connect() as conn:

@@ -40,7 +40,7 @@ from sqlalchemy import (
     true,
 )
 
-from dicomvault.index.db import Index
+from dicomvault.index.db import Index, stored_instance, stored_instances
 from dicomvault.index.schema import instances, patients, series, studies
 from dicomvault.model.matching import Condition, Kind, Term, fold
 from dicomvault.model.query import Level
@@ -423,22 +423,12 @@ def retrieve(index: Index, clauses: Sequence[ColumnElement[bool]]) -> list[Store
     """The instances meeting *clauses* (over the four tables joined), in a stable order:
     by study, series, then storage order."""
     statement = (
-        select(
-            instances.c.sop_instance_uid,
-            instances.c.sop_class_uid,
-            studies.c.study_instance_uid,
-            series.c.series_instance_uid,
-            instances.c.transfer_syntax_uid,
-            instances.c.blob_name,
-            instances.c.size,
-            instances.c.sha256,
-            instances.c.dataset_sha256,
-        )
-        .select_from(hierarchy(Level.IMAGE))
+        stored_instances()
+        .join(patients, studies.c.patient_pk == patients.c.pk)
         .where(*clauses)
         .order_by(studies.c.pk, series.c.pk, instances.c.pk)
     )
-    return [StoredInstance(**row) for row in stream(index, statement)]
+    return [stored_instance(row) for row in stream(index, statement)]
 
 
 def _fold_or_none(value: object) -> object:
