@@ -44,6 +44,7 @@ lint: $(DEV_STAMP)
 bench: $(DEV_STAMP) tools
 	$(PY) -m bench.bench_import $(ARGS)
 	$(PY) -m bench.bench_dimse $(ARGS)
+	$(PY) -m bench.bench_qr_orthanc $(ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache bench/.cache

@@ -34,6 +34,7 @@ __all__ = [
     "ct_series",
     "derive_uid",
     "large_multiframe",
+    "query_studies",
     "small_instances",
 ]
 
@@ -269,6 +270,70 @@ def large_multiframe(path: Path, *, size_bytes: int = 1 << 30, seed: int = 3) ->
     return path
 
 
+#: Modalities of :func:`query_studies` (one per study, uniformly).
+QUERY_MODALITIES = ("CT", "MR", "CR", "US", "DX", "MG", "PT", "OT")
+_SYLLABLES = ("ka", "ro", "mi", "ta", "su", "ne", "lo", "ber", "shi", "van", "der", "son", "ez")
+
+
+def query_studies(out_dir: Path, count: int, *, seed: int = 4, months: int = 30) -> list[Path]:
+    """Write ``count`` studies of one tiny instance each, for C-FIND benchmarks.
+
+    Secondary Capture (8x8, 8-bit, ~1 KB), one series per study; ``count // 2``
+    patients with syllable family names (``KAROMI^Suta``), PatientID ``QP<n>``, two
+    studies each on average; StudyDate uniform over ``months`` months from 2022-01;
+    Modality uniform over :data:`QUERY_MODALITIES`; AccessionNumber ``QA<study>``.
+    """
+    import random
+
+    if count < 0 or months < 1:
+        raise ValueError("count must be >= 0 and months >= 1")
+    out_dir = Path(out_dir)
+    rng = random.Random(seed)
+    patient_count = max(1, count // 2)
+
+    def family() -> str:
+        return "".join(rng.choice(_SYLLABLES) for _ in range(rng.randint(2, 4))).upper()
+
+    names = [f"{family()}^{family().title()}" for _ in range(patient_count)]
+    paths: list[Path] = []
+    for i in range(count):
+        patient = rng.randrange(patient_count)
+        month = rng.randrange(months)
+        sop_uid = derive_uid(seed, "query", i)
+        ds = Dataset()
+        ds.file_meta = _file_meta(SECONDARY_CAPTURE_STORAGE, sop_uid)
+        ds.SpecificCharacterSet = "ISO_IR 100"
+        ds.SOPClassUID = SECONDARY_CAPTURE_STORAGE
+        ds.SOPInstanceUID = sop_uid
+        ds.Modality = rng.choice(QUERY_MODALITIES)
+        ds.ConversionType = "WSD"
+        ds.PatientName = names[patient]
+        ds.PatientID = f"QP{patient:06d}"
+        ds.PatientBirthDate = f"19{rng.randint(30, 99)}0101"
+        ds.PatientSex = rng.choice("MFO")
+        ds.StudyInstanceUID = derive_uid(seed, "query-study", i)
+        ds.StudyDate = f"{2022 + month // 12}{1 + month % 12:02d}{rng.randint(1, 28):02d}"
+        ds.StudyTime = f"{rng.randint(0, 23):02d}3000"
+        ds.StudyDescription = "BENCH QUERY"
+        ds.StudyID = str(i + 1)
+        ds.AccessionNumber = f"QA{i:07d}"
+        ds.ReferringPhysicianName = ""
+        ds.SeriesInstanceUID = derive_uid(seed, "query-series", i)
+        ds.SeriesNumber = 1
+        ds.InstanceNumber = 1
+        ds.SamplesPerPixel = 1
+        ds.PhotometricInterpretation = "MONOCHROME2"
+        ds.Rows = 8
+        ds.Columns = 8
+        ds.BitsAllocated = 8
+        ds.BitsStored = 8
+        ds.HighBit = 7
+        ds.PixelRepresentation = 0
+        ds.PixelData = bytes(range(i % 64, i % 64 + 64))
+        paths.append(_finish(ds, out_dir / f"q_{i:06d}.dcm"))
+    return paths
+
+
 def _multiframe_set(out_dir: Path, count: int, **params: int) -> list[Path]:
     if count != 1:
         raise ValueError("a multiframe data set holds exactly one instance")
@@ -282,7 +347,8 @@ def cached(
     cache_root: Path | None = None,
     **params: int,
 ) -> list[Path]:
-    """Return the files of a ``ct``, ``small`` or ``multiframe`` set, generating it once.
+    """Return the files of a ``ct``, ``small``, ``multiframe`` or ``query`` set,
+    generating it once.
 
     ``params`` are passed to the generator (``count`` must be 1 for ``multiframe``).
 
@@ -294,6 +360,7 @@ def cached(
         "ct": ct_series,
         "small": small_instances,
         "multiframe": _multiframe_set,
+        "query": query_studies,
     }
     if kind not in generators:
         raise ValueError(f"unknown data set kind {kind!r}")

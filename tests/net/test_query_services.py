@@ -132,6 +132,51 @@ def test_find_streams_pending_responses() -> None:
     assert finder.requests[0].relational  # byte 0 of the extended negotiation
 
 
+class BigFinder:
+    """Yields ``count`` matches of ~``size`` bytes, numbered, then Success."""
+
+    def __init__(self, count: int, size: int) -> None:
+        self.count = count
+        self.size = size
+
+    async def handle(self, request: QueryRequest) -> AsyncIterator[Response]:
+        for n in range(self.count):
+            ds = Dataset()
+            ds.QueryRetrieveLevel = "STUDY"
+            ds.StudyInstanceUID = f"1.2.3.{n}"
+            # every 50th larger than the PDU: fragmented, the batch flushed before it
+            ds.add_new(0x00091001, "UT", "x" * (self.size * (20 if n % 50 == 7 else 1)))
+            yield Response(DimseStatus(0xFF00), encode(ds, request.transfer_syntax_uid))
+            if n % 100 == 99:
+                await asyncio.sleep(0)  # the event loop turns: a batch goes out here
+        yield Response(SUCCESS)
+
+
+def test_find_many_pending_responses_batched_in_order() -> None:
+    srv = serve_with(BigFinder(400, 1000))  # ~400 KB of identifiers: several batches
+    try:
+
+        async def run() -> list[Response]:
+            async with associate(
+                "127.0.0.1",
+                srv.port,
+                called_ae="QR",
+                contexts=[(STUDY_ROOT_FIND, [IMPLICIT_VR_LITTLE_ENDIAN])],
+                max_pdu=16384,
+            ) as assoc:
+                return [r async for r in assoc.find(STUDY_ROOT_FIND, encode(_query()))]
+
+        responses = asyncio.run(run())
+    finally:
+        srv.close()
+    assert [r.status.status for r in responses] == [0xFF00] * 400 + [0]
+    uids = [
+        decode(r.identifier or b"", IMPLICIT_VR_LITTLE_ENDIAN).StudyInstanceUID
+        for r in responses[:-1]
+    ]
+    assert uids == [f"1.2.3.{n}" for n in range(400)]
+
+
 def test_find_cancel_stops_the_handler() -> None:
     finder = Finder(None)
     srv = serve_with(finder)

@@ -15,8 +15,11 @@ and anything else as ISO_IR 192. pydicom writes the data set in the negotiated s
 from __future__ import annotations
 
 import io
+import re
+import struct
 import zlib
-from typing import Any
+from functools import lru_cache
+from typing import Any, Final
 
 from pydicom.charset import convert_encodings
 from pydicom.datadict import dictionary_VR, keyword_for_tag
@@ -48,6 +51,7 @@ _TEXT_VRS = frozenset({"SH", "LO", "UC", "ST", "LT", "UT", "PN"})
 UTF8 = "ISO_IR 192"
 
 
+@lru_cache(maxsize=64)
 def _encoding(transfer_syntax_uid: str) -> tuple[bool, bool, bool]:
     uid = UID(transfer_syntax_uid)
     if not uid.is_transfer_syntax:
@@ -210,6 +214,7 @@ def _texts(values: dict[int, object]) -> list[str]:
     return out
 
 
+@lru_cache(maxsize=4096)
 def _safe_vr(tag: int) -> str:
     try:
         return str(dictionary_VR(tag))
@@ -217,10 +222,20 @@ def _safe_vr(tag: int) -> str:
         return "UN"
 
 
-def _can_encode(texts: list[str], terms: list[str]) -> bool:
+@lru_cache(maxsize=64)
+def _codecs(terms: tuple[str, ...]) -> tuple[str, ...] | None:
     try:
-        codecs = convert_encodings(terms)
+        return tuple(convert_encodings(list(terms)))
     except (LookupError, ValueError):
+        return None
+
+
+def _can_encode(texts: list[str], terms: list[str]) -> bool:
+    if all(text.isascii() for text in texts):
+        codecs = _codecs(tuple(terms))
+        return codecs is not None
+    codecs = _codecs(tuple(terms))
+    if codecs is None:
         return False
     for text in texts:
         for char in text:
@@ -295,6 +310,7 @@ def encode_identifier(
     It holds Specific Character Set (see :func:`response_charset`), Query/Retrieve Level,
     every key of the query with its matched value (zero length when none is stored), the
     unique keys of the levels, and Retrieve AE Title when *retrieve_ae_title* is given.
+    For many matches of one query, build one :class:`IdentifierEncoder` instead.
 
     Parameters
     ----------
@@ -308,6 +324,18 @@ def encode_identifier(
     -------
     bytes
     """
+    return IdentifierEncoder(query, transfer_syntax_uid, retrieve_ae_title=retrieve_ae_title)(match)
+
+
+def encode_identifier_pydicom(
+    match: Match,
+    query: Query,
+    transfer_syntax_uid: str,
+    *,
+    retrieve_ae_title: str | None = None,
+) -> bytes:
+    """:func:`encode_identifier` through pydicom's writer: the reference the fast path
+    must equal byte for byte, and the path for what it does not handle."""
     implicit, little, deflated = _encoding(transfer_syntax_uid)
     ds = Dataset()
     charset = response_charset(match)
@@ -325,6 +353,197 @@ def encode_identifier(
     write_dataset(fp, ds)
     data = fp.getvalue()
     if deflated:
-        compressor = zlib.compressobj(zlib.Z_DEFAULT_COMPRESSION, zlib.DEFLATED, -zlib.MAX_WBITS)
-        data = compressor.compress(data) + compressor.flush()
+        data = _deflate(data)
     return bytes(data)
+
+
+def _deflate(data: bytes) -> bytes:
+    compressor = zlib.compressobj(zlib.Z_DEFAULT_COMPRESSION, zlib.DEFLATED, -zlib.MAX_WBITS)
+    return compressor.compress(data) + compressor.flush()
+
+
+# -- fast path --------------------------------------------------------------------------
+#
+# A hand-written writer for what C-FIND responses hold in practice: little endian
+# (implicit or explicit VR, optionally deflated), string values of the string VRs, ints
+# of IS and the binary integer VRs, no sequences, and a Specific Character Set that is
+# absent or one single-byte / UTF-8 / GB set (no ISO 2022 code extensions). It writes
+# what pydicom's ``write_dataset`` writes for the same Dataset (tests/query compare the
+# two on random matches); anything else goes to :func:`encode_identifier_pydicom`.
+
+
+class _Unsupported(Exception):
+    """The fast writer does not handle this match; pydicom's does."""
+
+
+#: Specific Character Set terms (one term) whose text is ``str.encode(codec)`` in pydicom.
+_FAST_CHARSETS: Final = frozenset(
+    {
+        "ISO_IR 100",
+        "ISO_IR 101",
+        "ISO_IR 109",
+        "ISO_IR 110",
+        "ISO_IR 126",
+        "ISO_IR 127",
+        "ISO_IR 138",
+        "ISO_IR 144",
+        "ISO_IR 148",
+        "ISO_IR 166",
+        "ISO_IR 192",
+        "GB18030",
+        "GBK",
+    }
+)
+#: VRs written with the character set (pydicom's CUSTOMIZABLE_CHARSET_VR).
+_CHARSET_VRS: Final = frozenset({"PN", "SH", "LO", "ST", "LT", "UC", "UT"})
+#: VRs whose value is a string written in the default repertoire (ISO 8859-1 in pydicom).
+_PLAIN_VRS: Final = frozenset({"AE", "AS", "CS", "DA", "DT", "TM", "UR", "UI"})
+_INT_FORMATS: Final = {"US": "H", "UL": "L", "SS": "h", "SL": "l"}
+#: Explicit VR with a 4-byte length (PS3.5 7.1.2), of the VRs written here.
+_LONG_VRS: Final = frozenset({"UC", "UR", "UT"})
+_FAST_VRS: Final = _CHARSET_VRS | _PLAIN_VRS | {"IS", "DS"} | _INT_FORMATS.keys()
+_IS: Final = re.compile(r"[+-]?[0-9]{1,12}")
+_DS: Final = re.compile(r"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
+_SYNTAXES_LE: Final = frozenset(
+    {"1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.1.99"}
+)
+
+
+class IdentifierEncoder:
+    """Encodes the C-FIND-RSP Identifiers of one query: :func:`encode_identifier` with
+    the per-query work (VRs of the keys, the syntax) done once, and a hand-written writer
+    for the common case.
+
+    Parameters
+    ----------
+    query : Query
+    transfer_syntax_uid : str
+    retrieve_ae_title : str, optional
+    """
+
+    def __init__(
+        self, query: Query, transfer_syntax_uid: str, *, retrieve_ae_title: str | None = None
+    ) -> None:
+        self.query = query
+        self.transfer_syntax_uid = transfer_syntax_uid
+        self.retrieve_ae_title = retrieve_ae_title
+        implicit, little, deflated = _encoding(transfer_syntax_uid)
+        self._implicit = implicit
+        self._deflated = deflated
+        self._fast = little and transfer_syntax_uid in _SYNTAXES_LE
+        self._vrs = {key.tag: key.vr for key in query.keys}
+        self._level = query.level.value
+        #: tag -> encoded tag (and explicit VR) prefix, per VR.
+        self._heads: dict[tuple[int, str], bytes] = {}
+
+    def __call__(self, match: Match) -> bytes:
+        """The encoded Identifier of *match*."""
+        if self._fast:
+            try:
+                data = self._write(match)
+            except (_Unsupported, UnicodeError):
+                pass
+            else:
+                return _deflate(data) if self._deflated else data
+        return encode_identifier_pydicom(
+            match,
+            self.query,
+            self.transfer_syntax_uid,
+            retrieve_ae_title=self.retrieve_ae_title,
+        )
+
+    def _write(self, match: Match) -> bytes:
+        charset = response_charset(match)
+        if charset is None:
+            codec = "latin_1"
+        elif len(charset) == 1 and charset[0] in _FAST_CHARSETS:
+            codecs = _codecs((charset[0],))
+            if codecs is None:  # pragma: no cover - the whitelist is all known sets
+                raise _Unsupported
+            codec = codecs[0]
+        else:
+            raise _Unsupported
+        values = dict(match.values)
+        values.pop(SPECIFIC_CHARACTER_SET, None)
+        if charset is not None:
+            values[SPECIFIC_CHARACTER_SET] = charset if len(charset) > 1 else charset[0]
+        values.setdefault(QUERY_RETRIEVE_LEVEL, self._level)
+        if self.retrieve_ae_title is not None:
+            values[RETRIEVE_AE_TITLE] = self.retrieve_ae_title
+        vrs = self._vrs
+        out: list[bytes] = []
+        for tag in sorted(values):
+            value = values[tag]
+            vr = vrs.get(tag) or _safe_vr(tag) if tag != SPECIFIC_CHARACTER_SET else "CS"
+            if vr in ("UN", "US or SS"):
+                if not isinstance(value, str):
+                    raise _Unsupported
+                vr = "LO"
+            elif vr not in _FAST_VRS:
+                raise _Unsupported
+            raw = _value_bytes(value, vr, codec)
+            out.append(self._head(tag, vr, len(raw)))
+            out.append(raw)
+        return b"".join(out)
+
+    def _head(self, tag: int, vr: str, length: int) -> bytes:
+        prefix = self._heads.get((tag, vr))
+        if prefix is None:
+            if self._implicit:
+                prefix = struct.pack("<HH", tag >> 16, tag & 0xFFFF)
+            elif vr in _LONG_VRS:
+                prefix = struct.pack("<HH2sH", tag >> 16, tag & 0xFFFF, vr.encode(), 0)
+            else:
+                prefix = struct.pack("<HH2s", tag >> 16, tag & 0xFFFF, vr.encode())
+            self._heads[(tag, vr)] = prefix
+        if self._implicit or vr in _LONG_VRS:
+            return prefix + length.to_bytes(4, "little")
+        if length > 0xFFFF:
+            raise _Unsupported  # pydicom rewrites the VR as UN
+        return prefix + length.to_bytes(2, "little")
+
+
+def _parts(value: object) -> list[Any] | None:
+    """The values of a single or multiple value (``None`` = empty), or raise."""
+    if value is None or value == "" or value == []:
+        return None
+    if isinstance(value, list):
+        return value
+    return [value]
+
+
+def _value_bytes(value: object, vr: str, codec: str) -> bytes:
+    parts = _parts(value)
+    if parts is None:
+        return b""
+    if vr in _INT_FORMATS:
+        if not all(type(p) is int for p in parts):
+            raise _Unsupported
+        return struct.pack(f"<{len(parts)}{_INT_FORMATS[vr]}", *parts)
+    texts: list[str] = []
+    for part in parts:
+        if type(part) is not str:
+            number = type(part) is int or (vr == "DS" and type(part) is float)
+            if not (vr in ("IS", "DS") and number):
+                raise _Unsupported
+            part = str(part)
+        texts.append(part)
+    if vr in _CHARSET_VRS:
+        if vr == "PN":
+            if any("=" in t for t in texts):
+                raise _Unsupported
+        elif vr in ("ST", "LT", "UT") and len(texts) > 1:
+            raise _Unsupported
+        raw = "\\".join(texts).encode(codec)
+        return raw + b" " if len(raw) % 2 else raw
+    if vr in ("IS", "DS"):
+        pattern, limit = (_IS, 12) if vr == "IS" else (_DS, 16)
+        split = [p for t in texts for p in t.split("\\")]
+        if not all(len(p) <= limit and pattern.fullmatch(p) for p in split):
+            raise _Unsupported
+    elif vr not in _PLAIN_VRS:
+        raise _Unsupported
+    raw = "\\".join(texts).encode("latin_1")
+    if len(raw) % 2:
+        raw += b"\0" if vr == "UI" else b" "
+    return raw

@@ -22,7 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Final
 
 from dicomvault.archive import Archive
-from dicomvault.dicom.identifier import decode_identifier, encode_identifier
+from dicomvault.dicom.identifier import IdentifierEncoder, decode_identifier
 from dicomvault.dimse.status import (
     CANCEL,
     OUT_OF_RESOURCES,
@@ -92,22 +92,30 @@ class ArchiveFindHandler:
             log.info("assoc=%s C-FIND refused: %s", request.association.id, exc)
             yield Response(status_for_query_error(exc))
             return
-        syntax = request.transfer_syntax_uid
+        encoder = IdentifierEncoder(
+            query,
+            request.transfer_syntax_uid,
+            retrieve_ae_title=request.association.called_ae_title,
+        )
         loop = asyncio.get_running_loop()
         # One thread for the whole query: the cursor stays on the thread that opened it.
         worker = ThreadPoolExecutor(1, thread_name_prefix="c-find")
         result: FindResult | None = None
         try:
             try:
-                result = await loop.run_in_executor(worker, self.archive.find, query)
+                # The query and its first chunk in one trip: a selective query needs one.
+                opened, first = await loop.run_in_executor(
+                    worker, _open, self.archive, query, encoder
+                )
+                result = opened
             except Exception as exc:
                 log.warning("assoc=%s C-FIND failed: %r", request.association.id, exc)
                 yield Response(status_for_query_error(exc))
                 return
+            chunk: list[bytes] | Exception = first
             while True:
-                chunk = await loop.run_in_executor(
-                    worker, _take, result, query, syntax, request.association.called_ae_title
-                )
+                if isinstance(chunk, Exception):
+                    raise chunk
                 for identifier in chunk:
                     if request.cancelled.is_set():
                         yield Response(DimseStatus(CANCEL))
@@ -115,27 +123,41 @@ class ArchiveFindHandler:
                     yield Response(DimseStatus(PENDING), identifier)
                 if len(chunk) < CHUNK:
                     break
-            if result.truncated:
+                chunk = await loop.run_in_executor(worker, _take, opened, encoder)
+            if opened.truncated:
                 yield Response(
                     DimseStatus(
                         OUT_OF_RESOURCES,
-                        f"more than {result.count} matches: first {result.count} sent; "
+                        f"more than {opened.count} matches: first {opened.count} sent; "
                         "narrow the query",
                     )
                 )
                 return
             yield Response(SUCCESS)
         finally:
-            if result is not None:
+            if result is not None and not result.closed:
                 await loop.run_in_executor(worker, result.close)
             worker.shutdown(wait=False)
 
 
-def _take(result: FindResult, query: Query, syntax: str, ae_title: str) -> list[bytes]:
+def _open(
+    archive: Archive, query: Query, encoder: IdentifierEncoder
+) -> tuple[FindResult, list[bytes] | Exception]:
+    """Run the query and encode its first chunk (in the query's worker thread); a failure
+    while reading or encoding comes back as the exception, the result then closed."""
+    result = archive.find(query)
+    try:
+        return result, _take(result, encoder)
+    except Exception as exc:
+        result.close()
+        return result, exc
+
+
+def _take(result: FindResult, encoder: IdentifierEncoder) -> list[bytes]:
     """Up to :data:`CHUNK` matches, encoded (runs in the query's worker thread)."""
     out: list[bytes] = []
     for match in result:
-        out.append(encode_identifier(match, query, syntax, retrieve_ae_title=ae_title))
+        out.append(encoder(match))
         if len(out) >= CHUNK:
             break
     return out

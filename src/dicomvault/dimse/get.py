@@ -9,14 +9,12 @@ Failed SOP Instance UID List; statuses: :mod:`dicomvault.dimse.status`.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 
 from dicomvault.archive import Archive
-from dicomvault.dimse.find import decode_request
-from dicomvault.dimse.retrieve import SubOperations, run_sub_operations
-from dicomvault.dimse.status import UNABLE_TO_PERFORM_SUB_OPERATIONS, status_for_query_error
-from dicomvault.net.handlers import SUCCESS, DimseStatus, QueryRequest, Response
+from dicomvault.dimse.retrieve import SubOperations, run_sub_operations, select_instances
+from dicomvault.dimse.status import UNABLE_TO_PERFORM_SUB_OPERATIONS
+from dicomvault.net.handlers import DimseStatus, QueryRequest, Response
 from dicomvault.net.service_user import ServiceUser
 from dicomvault.net.uids import PATIENT_ROOT_GET, STUDY_ROOT_GET
 
@@ -30,16 +28,9 @@ class ArchiveGetHandler:
         self.archive = archive
 
     async def handle(self, request: QueryRequest) -> AsyncIterator[Response]:
-        try:
-            query = decode_request(request)
-            instances = await asyncio.get_running_loop().run_in_executor(
-                None, self.archive.retrieve_instances, query
-            )
-        except Exception as exc:
-            yield Response(status_for_query_error(exc))
-            return
-        if not instances:
-            yield Response(SUCCESS, None, None, 0, 0, 0)
+        instances = await select_instances(self.archive, request)
+        if isinstance(instances, Response):
+            yield instances
             return
         channel = request.channel
         assert isinstance(channel, ServiceUser)

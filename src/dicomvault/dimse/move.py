@@ -10,22 +10,19 @@ encode (:mod:`dicomvault.dicom.transcode`). Statuses: :mod:`dicomvault.dimse.sta
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import AsyncIterator, Sequence
 
 from dicomvault.archive import Archive
 from dicomvault.config import RemoteAE
 from dicomvault.dicom.transcode import LOSSLESS_ENCODINGS
-from dicomvault.dimse.find import decode_request
-from dicomvault.dimse.retrieve import SubOperations, run_sub_operations
+from dicomvault.dimse.retrieve import SubOperations, run_sub_operations, select_instances
 from dicomvault.dimse.status import (
     MOVE_DESTINATION_UNKNOWN,
-    status_for_query_error,
 )
 from dicomvault.model.records import StoredInstance
 from dicomvault.net.errors import NetError
-from dicomvault.net.handlers import SUCCESS, DimseStatus, QueryRequest, Response
+from dicomvault.net.handlers import DimseStatus, QueryRequest, Response
 from dicomvault.net.requestor import associate
 from dicomvault.net.uids import (
     EXPLICIT_VR_LITTLE_ENDIAN,
@@ -82,16 +79,9 @@ class ArchiveMoveHandler:
                 )
             )
             return
-        try:
-            query = decode_request(request)
-            instances = await asyncio.get_running_loop().run_in_executor(
-                None, self.archive.retrieve_instances, query
-            )
-        except Exception as exc:
-            yield Response(status_for_query_error(exc))
-            return
-        if not instances:
-            yield Response(SUCCESS, None, None, 0, 0, 0)
+        instances = await select_instances(self.archive, request)
+        if isinstance(instances, Response):
+            yield instances
             return
         syntax = request.transfer_syntax_uid
         ops = SubOperations(len(instances))

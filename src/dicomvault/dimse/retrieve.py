@@ -22,11 +22,13 @@ from typing import BinaryIO
 
 from dicomvault.archive import Archive
 from dicomvault.dicom.transcode import TranscodeError, transcode
+from dicomvault.dimse.find import decode_request
 from dicomvault.dimse.status import (
     CANCEL,
     PENDING,
     SUB_OPERATIONS_WARNING,
     UNABLE_TO_PERFORM_SUB_OPERATIONS,
+    status_for_query_error,
 )
 from dicomvault.model.records import StoredInstance
 from dicomvault.net.errors import NetError, NoPresentationContext
@@ -60,6 +62,24 @@ def failed_uid_list(uids: Sequence[str], transfer_syntax_uid: str) -> bytes:
         compressor = zlib.compressobj(zlib.Z_DEFAULT_COMPRESSION, zlib.DEFLATED, -zlib.MAX_WBITS)
         encoded = compressor.compress(encoded) + compressor.flush()
     return encoded
+
+
+async def select_instances(
+    archive: Archive, request: QueryRequest
+) -> list[StoredInstance] | Response:
+    """The instances a C-MOVE / C-GET Identifier selects (PS3.4 C.4.2.2.1, C.4.3.2.1),
+    or the final response when there is nothing to send: the error status of a bad
+    Identifier, or Success with zero sub-operations."""
+    try:
+        query = decode_request(request)
+        instances = await asyncio.get_running_loop().run_in_executor(
+            None, archive.retrieve_instances, query
+        )
+    except Exception as exc:
+        return Response(status_for_query_error(exc))
+    if not instances:
+        return Response(SUCCESS, None, None, 0, 0, 0)
+    return instances
 
 
 def open_stored(archive: Archive, instance: StoredInstance) -> tuple[BinaryIO, int, str]:

@@ -244,6 +244,11 @@ class FindResult(Iterator[Match]):
         self._count += 1
         return match
 
+    @property
+    def closed(self) -> bool:
+        """Whether the result is exhausted or closed (the cursor is released)."""
+        return self._done
+
     def close(self) -> None:
         """Stop: release the cursor. Idempotent."""
         if self._done:

@@ -48,6 +48,9 @@ MCH_LAST = 0x02
 MAX_COMMAND_LENGTH = 1 << 16
 #: Outgoing PDVs when the peer sets no maximum (PS3.8 D.1: 0 means unlimited).
 DEFAULT_SEND_PDU = 1 << 20
+#: Pending C-FIND/C-MOVE/C-GET responses produced back to back are written together,
+#: up to this many bytes per transport write (see :meth:`Association._queue_pending`).
+PENDING_BATCH_BYTES = 64 * 1024
 
 #: Status values used by the engine itself (PS3.7 C, PS3.4 B.2.3).
 STATUS_UNRECOGNIZED_OPERATION = 0x0211
@@ -103,6 +106,9 @@ class Association(UpperLayer):
         self.timeout = 30.0
         self._next_message_id = 0
         self._release_pending = False
+        self._batch: list[bytes] = []
+        self._batch_bytes = 0
+        self._batch_flush: asyncio.Handle | None = None
         self.started = time.monotonic()
         self.messages = 0
 
@@ -294,6 +300,7 @@ class Association(UpperLayer):
         it themselves with their sub-operation counts."""
         field = request.command_field
         final: Response | None = None
+        commands: dict[tuple[object, ...], bytes] = {}
         responses = handler.handle(request)
         try:
             async for response in responses:
@@ -303,7 +310,7 @@ class Association(UpperLayer):
                     final = Response(DimseStatus(STATUS_CANCEL))
                     break
                 if response.pending:
-                    self.send_response(incoming, response)
+                    self.send_response(incoming, response, commands)
                     await self.drain()
                 else:
                     final = response
@@ -320,9 +327,34 @@ class Association(UpperLayer):
                 await aclose()
         self.send_response(incoming, final or Response(SUCCESS))
 
-    def send_response(self, incoming: Incoming, response: Response) -> None:
+    def send_response(
+        self,
+        incoming: Incoming,
+        response: Response,
+        commands: dict[tuple[object, ...], bytes] | None = None,
+    ) -> None:
         """Send a C-FIND/C-MOVE/C-GET response (PS3.7 9.3.2.2, 9.3.3.2, 9.3.4.2); a
-        final one completes the request."""
+        final one completes the request.
+
+        *commands* caches the encoded command sets of one request's pending responses
+        (they repeat: same message ID, status and counts); pending responses that fit in
+        one PDU each are batched into one transport write (:meth:`_queue_pending`).
+        """
+        key: tuple[object, ...] = ()
+        if commands is not None and response.pending:
+            key = (
+                response.status.status,
+                response.status.error_comment,
+                response.identifier is None,
+                response.remaining,
+                response.completed,
+                response.failed,
+                response.warning,
+            )
+            raw = commands.get(key)
+            if raw is not None:
+                self._send_pending(incoming.context_id, raw, response.identifier)
+                return
         command: c.CommandSet = {
             c.CommandField: int(incoming.command[c.CommandField]) | c.RESPONSE_BIT,
             c.MessageIDBeingRespondedTo: incoming.message_id,
@@ -344,8 +376,51 @@ class Association(UpperLayer):
             command[c.ErrorComment] = truncate_comment(response.status.error_comment)
         if not response.pending:
             self._respond(incoming, response.status, command, response.identifier)
+        elif commands is not None:
+            raw = commands[key] = c.encode_command(command)
+            self._send_pending(incoming.context_id, raw, response.identifier)
         elif self.fsm.state in ("Sta6", "Sta8"):
             self.send_message(incoming.context_id, command, response.identifier)
+
+    def _send_pending(self, ctx: int, command: bytes, data_set: bytes | None) -> None:
+        """Send a pending response whose command set is already encoded."""
+        if self.fsm.state not in ("Sta6", "Sta8"):
+            return
+        limit = self.max_send_value
+        if len(command) > limit or (data_set is not None and len(data_set) > limit):
+            self._flush_batch()
+            self._send_fragments(ctx, memoryview(command), MCH_COMMAND)
+            if data_set is not None:
+                self._send_fragments(ctx, memoryview(data_set), 0)
+            return
+        parts = [encode_pdata_header(ctx, MCH_COMMAND | MCH_LAST, len(command)), command]
+        if data_set is not None:
+            parts += [encode_pdata_header(ctx, MCH_LAST, len(data_set)), data_set]
+        self._queue_pending(b"".join(parts))
+
+    def _queue_pending(self, pdus: bytes) -> None:
+        """Queue complete P-DATA-TF PDUs of pending responses; they go out in one write
+        when the batch is full or, at the latest, on the event loop's next iteration
+        (as soon as the producer awaits), so batching adds no waiting of its own. Every
+        other message flushes the batch first (:meth:`send_message`): order is kept."""
+        self._batch.append(pdus)
+        self._batch_bytes += len(pdus)
+        if self._batch_bytes >= PENDING_BATCH_BYTES:
+            self._flush_batch()
+        elif self._batch_flush is None:
+            self._batch_flush = self._loop.call_soon(self._flush_batch)
+
+    def _flush_batch(self) -> None:
+        if self._batch_flush is not None:
+            self._batch_flush.cancel()
+            self._batch_flush = None
+        if not self._batch:
+            return
+        data = b"".join(self._batch)
+        self._batch.clear()
+        self._batch_bytes = 0
+        if self.fsm.state in ("Sta6", "Sta8"):
+            self.send(data)
 
     def _respond(
         self,
@@ -458,6 +533,8 @@ class Association(UpperLayer):
         self, ctx: int, command: c.CommandSet, data_set: bytes | memoryview | None = None
     ) -> None:
         """Encode and send a DIMSE message, fragmenting to the peer's maximum (PS3.7 8.1)."""
+        if self._batch:
+            self._flush_batch()
         raw = c.encode_command(command)
         self._send_fragments(ctx, memoryview(raw), MCH_COMMAND)
         if data_set is not None:
