@@ -15,7 +15,6 @@ import signal
 import sys
 import threading
 import zipfile
-from collections import Counter
 from collections.abc import Callable, Iterator
 from concurrent.futures import (
     FIRST_COMPLETED,
@@ -63,9 +62,6 @@ class ImportReport:
     @property
     def ok(self) -> bool:
         return not (self.rejected or self.failed or self.stopped)
-
-    def reasons(self) -> Counter[str]:
-        return Counter(reason for _, reason in self.rejected)
 
     def as_dict(self) -> dict[str, object]:
         return {

@@ -175,6 +175,7 @@ def verify_command(config: Path | None, data_dir: Path | None, repair: bool, as_
                         "corrupt": report.corrupt,
                         "orphans": report.orphans,
                         "removed_orphans": report.removed_orphans,
+                        "removed_temp": report.removed_temp,
                         "consistent": report.consistent,
                     }
                 )

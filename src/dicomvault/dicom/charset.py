@@ -38,10 +38,6 @@ class Charset:
 
     encodings: tuple[str, ...]
 
-    @property
-    def is_default(self) -> bool:
-        return self.encodings == (DEFAULT_ENCODING,)
-
 
 DEFAULT_CHARSET = Charset((DEFAULT_ENCODING,))
 

@@ -51,8 +51,6 @@ from dicomvault.model.records import (
     StoredInstance,
 )
 
-DuplicatePolicy = str  # "reject" | "keep-first" | "overwrite" (validated by config)
-
 
 class IndexOutdated(DicomVaultError):
     """The database schema is older than this version; ``dicomvault db upgrade``."""

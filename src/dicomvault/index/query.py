@@ -62,7 +62,6 @@ LEVEL_TABLE: Final = {
     Level.SERIES: series,
     Level.IMAGE: instances,
 }
-TABLE_LEVEL: Final = {table.name: level for level, table in LEVEL_TABLE.items()}
 _TM_LOW: Final = "000000.000000"
 _TM_HIGH: Final = "235959.999999"
 

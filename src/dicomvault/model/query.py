@@ -93,13 +93,6 @@ class QueryKey:
     value: str | None
     items: tuple[QueryKey, ...] | None = None
 
-    @property
-    def is_universal(self) -> bool:
-        """True when the key matches everything (PS3.4 C.2.2.2.3)."""
-        if self.vr == "SQ":
-            return not self.items
-        return self.value is None or self.value == ""
-
 
 @dataclass(frozen=True)
 class Query:
