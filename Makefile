@@ -40,11 +40,13 @@ lint: $(DEV_STAMP)
 	$(VENV)/bin/ruff check src tests bench
 	$(VENV)/bin/mypy --strict src
 
-## bench: throughput and memory figures, with ratios against peers (see docs/benchmarks.md)
+## bench: throughput, latency and memory, with ratios against peers (docs/benchmarks.md);
+##        `make bench ARGS=--quick` for smaller sets
 bench: $(DEV_STAMP) tools
 	$(PY) -m bench.bench_import $(ARGS)
 	$(PY) -m bench.bench_dimse $(ARGS)
 	$(PY) -m bench.bench_qr_orthanc $(ARGS)
+	$(PY) -m bench.bench_find --dimse $(ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache bench/.cache
