@@ -69,6 +69,23 @@ class DicomSettings(_Section):
 class HttpSettings(_Section):
     host: str = "0.0.0.0"
     port: int = Field(default=8080, ge=0, le=65535)
+    #: The URL clients reach the server by (e.g. behind a reverse proxy), used in
+    #: RetrieveURL and BulkDataURI; empty: taken from each request's Host header.
+    base_url: str = ""
+    #: Origins browser viewers may call from (CORS); ``["*"]`` allows any.
+    cors_origins: list[str] = Field(default_factory=list)
+    #: Whether DELETE on studies, series and instances is allowed (PS3.18 10.4 delete).
+    allow_delete: bool = True
+    #: STOW-RS: largest request body accepted (bytes); larger answers 413.
+    max_body_bytes: int = Field(default=4 * 1024**3, ge=1024)
+    #: STOW-RS: most parts in one request; more answers 413.
+    max_parts: int = Field(default=10000, ge=1)
+    #: QIDO-RS: results per page when the request has no ``limit`` (0 = up to
+    #: ``query.max_results``).
+    default_limit: int = Field(default=0, ge=0)
+    #: Responses at least this large are gzip-compressed for clients that ask
+    #: (``Accept-Encoding: gzip``); DICOM files, frames and images never are.
+    gzip_min_size: int = Field(default=1024, ge=0)
 
 
 class ServerSettings(_Section):

@@ -32,7 +32,9 @@ from dicomvault.index import Index, InsertOutcome, PendingInsert
 from dicomvault.model.errors import (
     DuplicateRejected,
     HierarchyConflict,
+    IndexError_,
     NotFound,
+    OutOfResources,
     UIDMismatch,
 )
 from dicomvault.model.query import FindResult, Query
@@ -474,6 +476,22 @@ class Archive:
 
     def stats(self) -> Stats:
         return self.index.stats()
+
+    def check_health(self) -> None:
+        """Raise when the archive cannot serve: the index does not answer a lookup, or
+        the blob store's spool directory is not writable (disk read-only, unmounted).
+
+        Raises
+        ------
+        IndexError_, OutOfResources
+        """
+        try:
+            self.index.has_instance("0")
+        except Exception as exc:  # any driver error means "not healthy"
+            raise IndexError_(f"the index database does not answer: {exc}") from exc
+        spool = self.store.root / ".tmp"
+        if not os.access(spool, os.W_OK):
+            raise OutOfResources(f"the blob store spool {spool} is not writable")
 
     # -- query (PS3.4 C.4.1 FIND, C.4.2.2.1 / C.4.3.2.1 retrieve selection) ------------
 

@@ -1,9 +1,11 @@
-"""``dicomvault serve``: the DIMSE listener (and, once it lands, HTTP) in one process, or
-``--workers N`` processes sharing the port through SO_REUSEPORT so every core works."""
+"""``dicomvault serve``: the DIMSE listener and the HTTP server (DICOMweb) on one event loop
+in one process, or ``--workers N`` processes sharing both ports through SO_REUSEPORT so
+every core works."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import multiprocessing
 import os
@@ -18,6 +20,7 @@ from dicomvault.archive import Archive
 from dicomvault.cli.common import config_options, load_cli_settings, run_guarded
 from dicomvault.config import Settings
 from dicomvault.dimse.server import serve_dicom
+from dicomvault.web.http import serve_http
 
 log = logging.getLogger("dicomvault.serve")
 
@@ -43,8 +46,11 @@ def _new_loop() -> asyncio.AbstractEventLoop:
     return loop
 
 
-def _run_one(settings: Settings, sock: socket.socket, worker: int) -> None:
-    """One serving process: open the archive, serve until SIGTERM/SIGINT, close."""
+def _run_one(
+    settings: Settings, sock: socket.socket, http_sock: socket.socket, worker: int
+) -> None:
+    """One serving process: open the archive, serve DIMSE and HTTP until SIGTERM/SIGINT,
+    close."""
     archive = Archive.open(settings, recover_on_start=worker == 0)
     loop = _new_loop()
     stop = asyncio.Event()
@@ -52,24 +58,45 @@ def _run_one(settings: Settings, sock: socket.socket, worker: int) -> None:
     async def main() -> None:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        ready = asyncio.Event()
-        server = asyncio.ensure_future(
-            serve_dicom(archive, settings, ready=ready, stop=stop, sock=sock)
-        )
-        await asyncio.wait(
-            [server, asyncio.ensure_future(ready.wait())], return_when=asyncio.FIRST_COMPLETED
-        )
-        if ready.is_set():
+        dimse_ready = asyncio.Event()
+        http_ready = asyncio.Event()
+        servers = [
+            asyncio.ensure_future(
+                serve_dicom(archive, settings, ready=dimse_ready, stop=stop, sock=sock)
+            ),
+            asyncio.ensure_future(
+                serve_http(archive, settings, ready=http_ready, stop=stop, sock=http_sock)
+            ),
+        ]
+        async def both() -> None:
+            await dimse_ready.wait()
+            await http_ready.wait()
+
+        both_ready = asyncio.ensure_future(both())
+        await asyncio.wait([*servers, both_ready], return_when=asyncio.FIRST_COMPLETED)
+        if both_ready.done():
             host, port = sock.getsockname()[:2]
+            http_host, http_port = http_sock.getsockname()[:2]
             log.info(
-                "worker %d: DIMSE listening on %s:%d as %s (data %s)",
+                "worker %d: DIMSE listening on %s:%d as %s, DICOMweb on http://%s:%d/dicom-web"
+                " (data %s)",
                 worker,
                 host,
                 port,
                 settings.dicom.ae_title,
+                http_host,
+                http_port,
                 settings.storage.path,
             )
-        await server
+        else:
+            both_ready.cancel()
+        # One server failing (port gone, …) stops the other: a half-up archive is worse
+        # than a clear exit.
+        await asyncio.wait(servers, return_when=asyncio.FIRST_EXCEPTION)
+        stop.set()
+        for task in servers:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
 
     try:
         loop.run_until_complete(main())
@@ -85,7 +112,8 @@ def _worker_main(settings: Settings, host: str, port: int, worker: int, level: s
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     _configure_logging(level)
     sock = _listening_socket(host, port, reuse_port=True)
-    _run_one(settings, sock, worker)
+    http_sock = _listening_socket(settings.http.host, settings.http.port, reuse_port=True)
+    _run_one(settings, sock, http_sock, worker)
 
 
 def _configure_logging(level: str) -> None:
@@ -110,8 +138,7 @@ def _configure_logging(level: str) -> None:
     "--http-port",
     type=click.IntRange(0, 65535),
     default=None,
-    help="HTTP port (setting http.port) [default: 8080]; DICOMweb is not served "
-    "by this version yet.",
+    help="HTTP port (setting http.port) [default: 8080]; DICOMweb at /dicom-web.",
 )
 @click.option("--ae-title", default=None, help="Our AE title (setting dicom.ae_title).")
 @click.option(
@@ -128,7 +155,8 @@ def serve_command(
     ae_title: str | None,
     workers: int | None,
 ) -> None:
-    """Run the archive: DIMSE Verification and Storage SCP on the DICOM port.
+    """Run the archive: DIMSE (Verification, Storage, Query/Retrieve SCP) on the DICOM
+    port and DICOMweb (QIDO-RS, WADO-RS, STOW-RS, delete) on the HTTP port.
 
     Stops gracefully on SIGTERM or Ctrl-C: no new associations, in-flight messages
     finish, then exit.
@@ -150,10 +178,14 @@ def serve_command(
         n = settings.server.workers
         host, port = settings.dicom.host, settings.dicom.port
         if n == 1:
-            _run_one(settings, _listening_socket(host, port, reuse_port=False), 0)
+            dimse_sock = _listening_socket(host, port, reuse_port=False)
+            http_sock = _listening_socket(
+                settings.http.host, settings.http.port, reuse_port=False
+            )
+            _run_one(settings, dimse_sock, http_sock, 0)
             return 0
-        if port == 0:
-            raise click.UsageError("--workers needs a fixed --dicom-port (not 0)")
+        if port == 0 or settings.http.port == 0:
+            raise click.UsageError("--workers needs a fixed --dicom-port and --http-port (not 0)")
         # Recovery once, alone, before any worker can spool.
         Archive.open(settings).close()
         ctx = multiprocessing.get_context("spawn")

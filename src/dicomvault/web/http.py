@@ -1,0 +1,74 @@
+"""``serve_http``: uvicorn serving the DICOMweb app on the caller's event loop, next to the
+DIMSE listener, with the same graceful stop."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+from collections.abc import Iterator
+
+import uvicorn
+
+from dicomvault.archive import Archive
+from dicomvault.config import Settings
+from dicomvault.web.app import create_app
+
+log = logging.getLogger("dicomvault.http")
+
+
+class _Server(uvicorn.Server):
+    # The process installs its own SIGTERM/SIGINT handlers (cli/serve.py) and stops both
+    # listeners together; uvicorn must not replace them.
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+async def serve_http(
+    archive: Archive,
+    settings: Settings,
+    *,
+    ready: asyncio.Event | None = None,
+    stop: asyncio.Event | None = None,
+    sock: socket.socket | None = None,
+) -> None:
+    """Serve the DICOMweb app for ``archive`` until ``stop`` is set.
+
+    Requests in flight get up to ``dicom.idle_timeout`` seconds (at least 5) to finish.
+    """
+    config = uvicorn.Config(
+        create_app(archive, settings),
+        host=settings.http.host,
+        port=settings.http.port,
+        log_config=None,
+        access_log=False,  # web/app.py RequestLog logs each request with its timing
+        lifespan="off",
+        server_header=False,
+        timeout_graceful_shutdown=int(max(settings.dicom.idle_timeout, 5.0)),
+        # Keep-alive connections of viewers (one per browser tab) idle between clicks.
+        timeout_keep_alive=30,
+    )
+    server = _Server(config)
+
+    async def watch() -> None:
+        while not server.started:
+            if server.should_exit:
+                return
+            await asyncio.sleep(0.01)
+        if ready is not None:
+            ready.set()
+        if stop is not None:
+            await stop.wait()
+            server.should_exit = True
+
+    watcher = asyncio.ensure_future(watch())
+    try:
+        await server.serve(sockets=[sock] if sock is not None else None)
+    finally:
+        watcher.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await watcher
+    if not server.started:
+        raise OSError(f"HTTP server could not start on {settings.http.host}:{settings.http.port}")
