@@ -43,7 +43,8 @@ def test_metrics_count_requests_per_route(web_sqlite: WebServer) -> None:
     text = web_sqlite.client.get("/metrics").text
     assert 'dicomvault_http_requests_total{route="/healthz",method="GET",status="200"}' in text
     assert 'status="404"' in text
-    assert 'dicomvault_http_request_duration_seconds_bucket{route="/healthz",method="GET",le="+Inf"}' in text
+    bucket = 'dicomvault_http_request_duration_seconds_bucket{route="/healthz",method="GET"'
+    assert bucket + ',le="+Inf"}' in text
     assert "# TYPE dicomvault_dimse_messages_total counter" in text
 
 
