@@ -129,7 +129,7 @@ DIMSE_MESSAGES = Counter(
 )
 INGEST_INSTANCES = Counter(
     "dicomvault_ingest_instances_total",
-    "Instances received, by front end (dimse, stow, import) and outcome.",
+    "Instances received, by front end (dimse, stow) and outcome.",
     ("source", "outcome"),
 )
 INGEST_BYTES = Counter(

@@ -11,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+import httpx
 import pytest
 
 from bench.datasets import ct_series
@@ -40,13 +41,19 @@ def echo(port: int) -> bool:
 class Server:
     def __init__(self, data: Path, *extra: str) -> None:
         self.port = free_port()
+        self.http_port = free_port()
         self.log = data.parent / f"serve-{self.port}.log"
         with self.log.open("w") as log:
             self.proc = subprocess.Popen(
-                [DV, "serve", "--data-dir", str(data), "--dicom-port", str(self.port), *extra],
+                [
+                    DV, "serve", "--data-dir", str(data),
+                    "--dicom-port", str(self.port), "--http-port", str(self.http_port),
+                    *extra,
+                ],
                 stdout=subprocess.DEVNULL,
                 stderr=log,
-            )
+                env={**os.environ, "DICOMVAULT_HTTP__HOST": "127.0.0.1"},
+            )  # fmt: skip
         deadline = time.monotonic() + 30
         while not echo(self.port):
             assert self.proc.poll() is None, self.log.read_text()
@@ -99,6 +106,22 @@ def test_serve_stores_and_stops_cleanly(tmp_path: Path, files: list[Path]) -> No
     assert "C-STORE" in log and "assoc=" in log and "stopped" in log
 
 
+def test_serve_answers_http_next_to_dimse(tmp_path: Path, files: list[Path]) -> None:
+    data = tmp_path / "data"
+    server = Server(data)
+    try:
+        assert storescu(server.port, files[:3]).returncode == 0
+        base = f"http://127.0.0.1:{server.http_port}"
+        assert httpx.get(base + "/healthz", timeout=10).text == "ok\n"
+        root = httpx.get(base + "/dicom-web", timeout=10).json()
+        assert root["root"] == base + "/dicom-web"
+    finally:
+        assert server.stop() == 0
+    log = server.log.read_text()
+    assert f"DICOMweb on http://127.0.0.1:{server.http_port}/dicom-web" in log
+    assert "GET /healthz -> 200" in log
+
+
 def test_workers_share_the_port(tmp_path: Path, files: list[Path]) -> None:
     data = tmp_path / "data"
     server = Server(data, "--workers", "2")
@@ -130,6 +153,11 @@ def test_workers_share_the_port(tmp_path: Path, files: list[Path]) -> None:
         if "DIMSE listening" in line
     }
     assert len(pids) == 2
+    assert log_has_http_listeners(server.log, 2)
+
+
+def log_has_http_listeners(log: Path, count: int) -> bool:
+    return log.read_text().count("DICOMweb on http://") == count
 
 
 def test_sigterm_mid_transfer_keeps_every_acknowledged_instance(

@@ -28,3 +28,10 @@ def test_net_imports_only_itself() -> None:
 @pytest.mark.parametrize("forbidden", ["dicomvault.index", "dicomvault.storage", "dicomvault.web"])
 def test_dimse_stays_an_adapter(forbidden: str) -> None:
     assert not any(m.startswith(forbidden) for m in _imports("dimse"))
+
+
+@pytest.mark.parametrize(
+    "forbidden", ["dicomvault.index", "dicomvault.storage", "dicomvault.dimse", "dicomvault.net"]
+)
+def test_web_stays_an_adapter(forbidden: str) -> None:
+    assert not any(m.startswith(forbidden) for m in _imports("web"))

@@ -127,3 +127,44 @@ def test_accept_parsing_keeps_dicom_parameters() -> None:
 def test_malformed_media_types_are_refused(bad: str) -> None:
     with pytest.raises(ValueError, match="Accept"):
         parse_accept(bad)
+
+
+def _samples(client: httpx.Client) -> dict[str, float]:
+    """The metric samples by name+labels (metrics are per process: tests compare deltas)."""
+    samples = {}
+    for line in client.get("/metrics").text.splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.rpartition(" ")
+            samples[name] = float(value)
+    return samples
+
+
+def test_metrics_count_dimse_messages_and_ingest(web_sqlite: WebServer, tmp_path: Path) -> None:
+    import os
+    import subprocess
+
+    from tests.core.dicomfiles import make_dataset, write_part10
+
+    before = _samples(web_sqlite.client)
+    env = {**os.environ, "TCP_NODELAY": "1"}
+    port = str(web_sqlite.dimse_port)
+    subprocess.run(
+        ["/usr/bin/echoscu", "-aec", "DICOMVAULT", "127.0.0.1", port],
+        check=True, env=env, timeout=30,
+    )  # fmt: skip
+    ds = make_dataset()
+    path = write_part10(ds, tmp_path / "one.dcm")
+    subprocess.run(
+        ["/usr/bin/storescu", "-aec", "DICOMVAULT", "127.0.0.1", port, str(path)],
+        check=True, env=env, timeout=30,
+    )  # fmt: skip
+    after = _samples(web_sqlite.client)
+
+    def delta(name: str) -> float:
+        return after.get(name, 0.0) - before.get(name, 0.0)
+
+    assert delta('dicomvault_dimse_messages_total{service="C-ECHO",status="0x0000"}') == 1
+    assert delta('dicomvault_dimse_messages_total{service="C-STORE",status="0x0000"}') == 1
+    assert delta('dicomvault_ingest_instances_total{source="dimse",outcome="stored"}') == 1
+    stored = web_sqlite.archive.get_instance(ds.SOPInstanceUID).size
+    assert delta('dicomvault_ingest_bytes_total{source="dimse"}') == stored

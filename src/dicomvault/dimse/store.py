@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
+from dicomvault import metrics
 from dicomvault.archive import Archive, Reception
 from dicomvault.dimse.status import status_for_error, status_for_result
 from dicomvault.model.records import StoreResult
@@ -78,6 +79,7 @@ class ArchiveSink:
         request = self._request
         if self._failed is not None:
             self.abort()
+            metrics.INGEST_INSTANCES.inc("dimse", "failed")
             return status_for_error(self._failed)
         loop = asyncio.get_running_loop()
         try:
@@ -92,7 +94,10 @@ class ArchiveSink:
                 type(exc).__name__,
                 exc,
             )
+            metrics.INGEST_INSTANCES.inc("dimse", "failed")
             return status_for_error(exc)
+        metrics.INGEST_INSTANCES.inc("dimse", result.status.value)
+        metrics.INGEST_BYTES.inc("dimse", amount=result.size)
         if result.warnings:
             log.info(
                 "assoc=%s C-STORE %s stored with warnings: %s",

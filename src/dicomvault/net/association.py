@@ -15,6 +15,7 @@ import logging
 import time
 from typing import Any
 
+from dicomvault import metrics
 from dicomvault.net import commands as c
 from dicomvault.net.dul import UpperLayer
 from dicomvault.net.errors import AssociationAborted, CommandDecodeError, DecodeError
@@ -448,6 +449,8 @@ class Association(UpperLayer):
             if status.error_comment:
                 response[c.ErrorComment] = truncate_comment(status.error_comment)
         self.messages += 1
+        if status.status not in (0xFF00, 0xFF01):  # the final response of the request
+            metrics.DIMSE_MESSAGES.inc(incoming.name, f"0x{status.status:04X}")
         if self.fsm.state in ("Sta6", "Sta8"):
             self.send_message(incoming.context_id, response, data_set)
         if self._log_messages:
