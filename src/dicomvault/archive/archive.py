@@ -14,6 +14,7 @@ import logging
 import os
 import shutil
 import tempfile
+import threading
 from collections.abc import Iterator
 from concurrent.futures import Future
 from contextlib import contextmanager
@@ -160,6 +161,9 @@ class Archive:
         self.index = index
         self.store = store
         self._writer_instance: IndexWriter | None = None
+        # Concurrent first stores (STOW parts on pool threads, DIMSE associations) must
+        # start one writer: two would race on inserting the same patient.
+        self._writer_lock = threading.Lock()
         self._lock_fd: int | None = None
 
     @classmethod
@@ -201,9 +205,15 @@ class Archive:
     @property
     def _writer(self) -> IndexWriter:
         # Started on first use: import worker processes only prepare, never index.
-        if self._writer_instance is None:
-            self._writer_instance = IndexWriter(self.index, before_commit=self._sync_blobs)
-        return self._writer_instance
+        writer = self._writer_instance
+        if writer is None:
+            with self._writer_lock:
+                if self._writer_instance is None:
+                    self._writer_instance = IndexWriter(
+                        self.index, before_commit=self._sync_blobs
+                    )
+                writer = self._writer_instance
+        return writer
 
     def _sync_blobs(self, items: list[PendingInsert]) -> None:
         # Blob directory entries become durable here, once per batch and directory,

@@ -300,8 +300,9 @@ def find(archive: Archive, query: Query) -> FindResult:
     -------
     FindResult
         Iterate it for :class:`Match` values in a stable order (storage order of the
-        level's entities); ``truncated`` is True afterwards when the cap
-        (``Query.max_results``, setting ``query.max_results``) cut the result short.
+        level's entities), after skipping ``Query.offset`` matches; ``truncated`` is True
+        afterwards when the cap (``Query.max_results``, setting ``query.max_results``) cut
+        the result short.
 
     Raises
     ------
@@ -334,17 +335,30 @@ def find(archive: Archive, query: Query) -> FindResult:
     statement = statement.order_by(table.c.pk)
     cap = _cap(archive, query)
     exact_in_sql = not p.recheck
-    if cap is not None and exact_in_sql:
-        statement = statement.limit(cap + 1)
+    # The offset (QIDO-RS paging) is applied in SQL when SQL decides every match alone;
+    # otherwise rows are rechecked in Python and the first matches are skipped there, so
+    # that the offset counts matches, not candidate rows.
+    skip = max(query.offset, 0)
+    if exact_in_sql:
+        if skip:
+            statement = statement.offset(skip)
+            skip = 0
+        if cap is not None:
+            statement = statement.limit(cap + 1)
     rows = sql.stream(index, statement)
     converter = _Rows(p)
 
     def matched() -> Iterator[Match]:
+        skipped = 0
         try:
             for row in rows:
                 match = converter.match(row)
-                if match is not None:
-                    yield match
+                if match is None:
+                    continue
+                if skipped < skip:
+                    skipped += 1
+                    continue
+                yield match
         finally:
             rows.close()
 

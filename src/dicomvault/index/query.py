@@ -94,10 +94,14 @@ def column(spec: str) -> ColumnElement[Any]:
     """``"table.column"`` → the column; ``"sum:studies.column"`` → the patient's sum."""
     if spec.startswith("sum:"):
         table_name, name = spec[4:].split(".")
-        table = _TABLES[table_name]
+        # An alias, correlated to the patient only: in a Study Root query the outer
+        # statement selects from the studies table too, and auto-correlation would then
+        # leave the subquery without a FROM.
+        table = _TABLES[table_name].alias(f"{table_name}_of_patient")
         return (
             select(func.coalesce(func.sum(table.c[name]), 0))
             .where(table.c.patient_pk == patients.c.pk)
+            .correlate(patients)
             .scalar_subquery()
         )
     table_name, name = spec.split(".")

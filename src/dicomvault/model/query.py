@@ -117,6 +117,10 @@ class Query:
         Combined date and time range matching was negotiated (PS3.4 C.2.2.2.5, Table
         C.5-2 byte 2 "Date-time matching"): a date key and its time key (Study Date and
         Study Time …) form one date-time range instead of two independent ranges.
+    offset : int
+        Skip this many matches before the first one returned (PS3.18 8.3.4.4 ``offset``
+        of QIDO-RS; C-FIND has none and leaves it 0). Matches come in a deterministic
+        order (storage order of the level's entities), so pages do not overlap.
     """
 
     model: InformationModel
@@ -125,6 +129,7 @@ class Query:
     relational: bool = False
     max_results: int | None = None
     combined_datetime: bool = False
+    offset: int = 0
 
     def key(self, keyword: str) -> QueryKey | None:
         """The key named *keyword*, or ``None`` when the Identifier does not have it."""

@@ -50,6 +50,13 @@ async def serve_http(
         # Keep-alive connections of viewers (one per browser tab) idle between clicks.
         timeout_keep_alive=30,
     )
+    if sock is None:
+        sock = config.bind_socket()
+    if sock.family in (socket.AF_INET, socket.AF_INET6):
+        # uvicorn writes headers and body separately: with Nagle on, the body waits for
+        # the client's delayed ACK, ~40 ms per response (measured 44 ms → 0.9 ms).
+        # Accepted connections inherit the option from the listening socket on Linux.
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     server = _Server(config)
 
     async def watch() -> None:
@@ -65,7 +72,7 @@ async def serve_http(
 
     watcher = asyncio.ensure_future(watch())
     try:
-        await server.serve(sockets=[sock] if sock is not None else None)
+        await server.serve(sockets=[sock])
     finally:
         watcher.cancel()
         with contextlib.suppress(asyncio.CancelledError):

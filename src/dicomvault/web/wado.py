@@ -1,9 +1,591 @@
-"""(being written)"""
+"""WADO-RS: the Retrieve transaction of the Studies Service (PS3.18 10.4).
+
+Resources (PS3.18 10.4.1, Table 10.4.1-1), all ``GET`` under ``/dicom-web``:
+
+- instances of a study, a series, one instance: ``multipart/related;
+  type="application/dicom"``, each part a Part 10 file streamed from the blob store;
+- ``…/metadata``: ``application/dicom+json`` (PS3.18 F.2), from the index, absolute
+  BulkDataURIs;
+- ``…/instances/{i}/bulkdata/{path}``: a bulk data value (PS3.18 8.7.3.3);
+- ``…/instances/{i}/frames/{list}``: frames of an image (PS3.18 10.4.1.1.6).
+
+Transfer syntax (PS3.18 8.7.3.5, 8.7.3.3): ``transfer-syntax=*`` sends what is stored; a
+UID sends that syntax, transcoding when it differs (406 when that is impossible);
+without the parameter the default is Explicit VR Little Endian (1.2.840.10008.1.2.1),
+transcoded to when stored otherwise. Every part names its ``transfer-syntax``.
+
+Frames stored compressed go out as stored when the client takes them: ``transfer-syntax=*``
+or the stored UID on ``application/octet-stream`` (what OHIF asks; parts are then
+``application/octet-stream; transfer-syntax=<stored UID>``, which OHIF decodes), or the
+compressed media type of PS3.18 Table 8.7.3-5 (``image/jpeg`` …, also for ``*/*``).
+Otherwise they are decompressed to Explicit VR Little Endian bytes. Bulk data
+``7FE00010`` of an encapsulated image is its frames, one part each (PS3.18 8.7.3.3.2:
+"compressed multi-frame image pixel data is encoded as individual frames").
+
+HTTP caching: every answer carries an ``ETag`` over the stored SHA-256 of the instances
+it holds and the representation chosen (media type, transfer syntax, base URL for
+metadata), ``If-None-Match`` gives 304, and ``Cache-Control: private, no-cache``: the
+content behind a URL changes when an instance is re-sent under the ``overwrite``
+duplicate policy or deleted, so caches must revalidate (cheap: one index query), and
+patient data must not sit in shared caches.
+"""
 
 from __future__ import annotations
 
-from starlette.routing import BaseRoute
+import asyncio
+import hashlib
+import json
+import os
+from collections.abc import AsyncIterator, Awaitable, Sequence
+from dataclasses import dataclass
+from typing import BinaryIO
+
+from starlette.requests import Request
+from starlette.responses import Response, StreamingResponse
+from starlette.routing import BaseRoute, Route
+
+from dicomvault.archive import retrieval
+from dicomvault.dicom.bulkdata import BadBulkDataPath
+from dicomvault.dicom.frames import (
+    COMPRESSED_MEDIA_TYPES,
+    FrameOutOfRange,
+    NoPixelData,
+    can_decode,
+    can_transcode,
+    check_numbers,
+)
+from dicomvault.model.errors import CannotParse
+from dicomvault.model.records import StoredInstance
+from dicomvault.model.uid import uid_problem
+from dicomvault.web.common import (
+    archive_of,
+    base_url,
+    blocking,
+    instance_url,
+    path_uid,
+)
+from dicomvault.web.errors import HTTPProblem
+from dicomvault.web.media import (
+    DICOM,
+    DICOM_JSON,
+    JSON,
+    MULTIPART_RELATED,
+    OCTET_STREAM,
+    MediaRange,
+    accepted,
+    not_acceptable,
+)
+from dicomvault.web.multipart import PART_END, closing, multipart_type, new_boundary, part_head
+
+EXPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2.1"
+#: Chunk read from a blob per thread-pool call while streaming.
+CHUNK = 1 << 20
+#: PS3.18 8.7.3.3: the default for bulk data and frames; "*" as a transfer syntax.
+ANY = "*"
+CACHE_CONTROL = "private, no-cache"
+#: Frame requests of up to this many frames are answered from memory in one write.
+IN_ONE_WRITE = 16
+_ITEMS = '"BulkDataURI":"bulkdata/'
+
+
+# -- shared helpers ---------------------------------------------------------------------
+
+
+def _uids(request: Request, *names: str) -> list[str]:
+    what = {"study": "Study Instance UID", "series": "Series Instance UID"}
+    return [path_uid(request, name, what.get(name, "SOP Instance UID")) for name in names]
+
+
+def _etag(instances: Sequence[StoredInstance], representation: str) -> str:
+    digest = hashlib.sha256()
+    for instance in instances:
+        digest.update(instance.sha256.encode("ascii"))
+    digest.update(b"\n" + representation.encode("utf-8", "replace"))
+    return f'"{digest.hexdigest()[:40]}"'
+
+
+def _not_modified(request: Request, etag: str) -> Response | None:
+    """RFC 9110 13.1.2: 304 when ``If-None-Match`` names the current tag (weak compare)."""
+    header = request.headers.get("if-none-match")
+    if header is None:
+        return None
+    tags = [t.strip().removeprefix("W/") for t in header.split(",")]
+    if "*" in tags or etag in tags:
+        return Response(status_code=304, headers=_cache_headers(etag))
+    return None
+
+
+def _cache_headers(etag: str) -> dict[str, str]:
+    return {"ETag": etag, "Cache-Control": CACHE_CONTROL}
+
+
+async def _file_chunks(
+    fp: BinaryIO, start: int = 0, length: int | None = None
+) -> AsyncIterator[bytes]:
+    """The bytes of ``fp`` from ``start`` (``length`` of them, or to the end), read in the
+    thread pool one chunk ahead of the one being sent, so disk and socket overlap."""
+    left = length
+
+    def read() -> bytes:
+        want = CHUNK if left is None else min(CHUNK, left)
+        return fp.read(want) if want else b""
+
+    await blocking(fp.seek, start)
+    pending = asyncio.ensure_future(blocking(read))
+    try:
+        while True:
+            chunk = await pending
+            if not chunk:
+                return
+            if left is not None:
+                left -= len(chunk)
+            pending = asyncio.ensure_future(blocking(read))
+            yield chunk
+    finally:
+        if not pending.done():
+            # Never close the file under a read still running in the pool.
+            await asyncio.wait([pending])
+        if pending.done() and not pending.cancelled():
+            pending.exception()  # retrieved: no "never retrieved" warning
+
+
+# -- instances (PS3.18 10.4.1.1.1-3) ----------------------------------------------------
+
+
+def _dicom_syntax(ranges: list[MediaRange]) -> str:
+    """The transfer syntax asked for ``multipart/related; type="application/dicom"``
+    (PS3.18 8.7.3.5.2): a UID, or ``*``; Explicit VR Little Endian by default."""
+    for media in ranges:
+        if media.type == MULTIPART_RELATED:
+            related = media.related_type
+            if related not in (None, DICOM, "application/*", "*/*"):
+                continue
+        elif media.type not in ("*/*", "multipart/*"):
+            continue
+        syntax = (media.transfer_syntax or EXPLICIT_VR_LITTLE_ENDIAN).strip()
+        if syntax != ANY and uid_problem(syntax) is not None:
+            continue
+        return syntax
+    raise not_acceptable(ranges, [f'{MULTIPART_RELATED}; type="{DICOM}"'])
+
+
+async def retrieve_instances(request: Request) -> Response:
+    """Retrieve Study / Series / Instance (PS3.18 10.4.1.1.1-3)."""
+    names = [n for n in ("study", "series", "instance") if n in request.path_params]
+    uids = _uids(request, *names)
+    syntax = _dicom_syntax(accepted(request))
+    archive = archive_of(request)
+    found = await blocking(retrieval.instances_of, archive, *uids)
+    instances = [instance for instance, _ in found]
+    if syntax != ANY:
+        for instance in instances:
+            if not can_transcode(instance.transfer_syntax_uid, syntax):
+                raise HTTPProblem(
+                    406,
+                    f"instance {instance.sop_instance_uid} is stored in "
+                    f"{instance.transfer_syntax_uid} and cannot be sent in {syntax}",
+                    available=[f'{MULTIPART_RELATED}; type="{DICOM}"; transfer-syntax=*'],
+                )
+    etag = _etag(instances, f"{DICOM};{syntax}")
+    cached = _not_modified(request, etag)
+    if cached is not None:
+        return cached
+    boundary = new_boundary()
+    params = {} if syntax == ANY else {"transfer_syntax": syntax}
+
+    async def body() -> AsyncIterator[bytes]:
+        # Each write is one chunk with the part's head (and the previous part's end)
+        # glued on: separate small writes meet delayed ACKs and stall ~40 ms each.
+        lead = b""
+        for instance in instances:
+            stored = instance.transfer_syntax_uid
+            if syntax in (ANY, stored):
+                fp = await blocking(retrieval.open_blob, archive, instance)
+                try:
+                    size = os.fstat(fp.fileno()).st_size
+                    lead += part_head(
+                        boundary,
+                        f"{DICOM}; transfer-syntax={stored}",
+                        {"Content-Length": str(size)},
+                    )
+                    async for chunk in _file_chunks(fp):
+                        yield lead + chunk
+                        lead = b""
+                finally:
+                    fp.close()
+            else:
+                data = await blocking(retrieval.transcoded_file, archive, instance, syntax)
+                yield (
+                    lead
+                    + part_head(
+                        boundary,
+                        f"{DICOM}; transfer-syntax={syntax}",
+                        {"Content-Length": str(len(data))},
+                    )
+                    + data
+                )
+                lead = b""
+            lead += PART_END
+        yield lead + closing(boundary)
+
+    return StreamingResponse(
+        body(),
+        media_type=multipart_type(DICOM, boundary, **params),
+        headers=_cache_headers(etag),
+    )
+
+
+# -- metadata (PS3.18 10.4.1.1.2) -------------------------------------------------------
+
+
+async def retrieve_metadata(request: Request) -> Response:
+    """Retrieve Study / Series / Instance Metadata (PS3.18 10.4.1.1.2): the DICOM JSON
+    of each instance (PS3.18 F.2) as stored in the index, BulkDataURIs made absolute."""
+    names = [n for n in ("study", "series", "instance") if n in request.path_params]
+    uids = _uids(request, *names)
+    ranges = accepted(request)
+    media_type = _json_type(ranges)
+    archive = archive_of(request)
+    found = await blocking(retrieval.instances_of, archive, *uids, with_metadata=True)
+    base = base_url(request)
+    etag = _etag([i for i, _ in found], f"{media_type};{base}")
+    cached = _not_modified(request, etag)
+    if cached is not None:
+        return cached
+    escaped = json.dumps(base)[1:-1]
+    parts = []
+    for instance, text in found:
+        assert text is not None
+        if _ITEMS in text:
+            url = instance_url(
+                escaped,
+                instance.study_instance_uid,
+                instance.series_instance_uid,
+                instance.sop_instance_uid,
+            )
+            text = text.replace(_ITEMS, f'"BulkDataURI":"{url}/bulkdata/')
+        parts.append(text)
+    body = ("[" + ",".join(parts) + "]").encode("utf-8")
+    return Response(body, media_type=media_type, headers=_cache_headers(etag))
+
+
+def _json_type(ranges: list[MediaRange]) -> str:
+    for media in ranges:
+        if media.type == MULTIPART_RELATED:
+            continue  # DICOM XML in multipart is not offered
+        if media.matches(DICOM_JSON):
+            return DICOM_JSON
+        if media.matches(JSON):
+            return JSON
+    raise not_acceptable(ranges, [DICOM_JSON, JSON])
+
+
+# -- frames and bulk data (PS3.18 10.4.1.1.5-6, 8.7.3.3) ----------------------------------
+
+
+@dataclass(frozen=True)
+class _FrameAnswer:
+    """How frames go out: decompressed or as stored, under which media type."""
+
+    decode: bool
+    media_type: str
+    syntax: str
+    multipart: bool
+
+
+def _related(media: MediaRange) -> tuple[MediaRange, bool] | None:
+    """The range for the parts and whether it asks for multipart; ``None`` when the
+    range cannot hold frames."""
+    if media.type == MULTIPART_RELATED:
+        related = media.related_type or OCTET_STREAM
+        return MediaRange(related, {k: v for k, v in media.params.items() if k != "type"}), True
+    if media.type in ("*/*", "multipart/*"):
+        return MediaRange("*/*", dict(media.params)), True
+    return media, False
+
+
+def _frame_answer(
+    ranges: list[MediaRange], stored: str, encapsulated: bool, single: bool
+) -> _FrameAnswer:
+    """Negotiate frames (PS3.18 8.7.3.3, Tables 8.7.3-4 and -5); see the module
+    docstring. ``single``: one frame asked, so a single-part answer is possible."""
+    compressed_types = COMPRESSED_MEDIA_TYPES.get(stored, ())
+    for media in ranges:
+        found = _related(media)
+        if found is None:
+            continue
+        part, multipart = found
+        if not multipart and not single:
+            continue
+        wanted = part.transfer_syntax
+        if not encapsulated:
+            if part.matches(OCTET_STREAM) and wanted in (None, ANY, EXPLICIT_VR_LITTLE_ENDIAN):
+                return _FrameAnswer(False, OCTET_STREAM, EXPLICIT_VR_LITTLE_ENDIAN, multipart)
+            continue
+        for compressed in compressed_types:
+            if part.matches(compressed) and wanted in (None, ANY, stored):
+                named = part.type if part.type in compressed_types else compressed
+                return _FrameAnswer(False, named, stored, multipart)
+        if part.type == OCTET_STREAM and wanted in (ANY, stored):
+            return _FrameAnswer(False, OCTET_STREAM, stored, multipart)
+        decodable = wanted in (None, EXPLICIT_VR_LITTLE_ENDIAN) and can_decode(stored)
+        if part.matches(OCTET_STREAM) and decodable:
+            return _FrameAnswer(True, OCTET_STREAM, EXPLICIT_VR_LITTLE_ENDIAN, multipart)
+    offered = [f'{MULTIPART_RELATED}; type="{OCTET_STREAM}"']
+    offered += [f'{MULTIPART_RELATED}; type="{t}"' for t in compressed_types[:1]]
+    raise not_acceptable(ranges, offered)
+
+
+def _frame_numbers(text: str) -> list[int]:
+    """``"1,3,5"`` → ``[1, 3, 5]`` (PS3.18 10.4.1.1.6: a comma-separated list of
+    1-based frame numbers).
+
+    Raises
+    ------
+    HTTPProblem
+        400 naming the first item that is not a positive integer.
+    """
+    numbers: list[int] = []
+    for item in text.split(","):
+        item = item.strip()
+        if not item.isdigit() or len(item) > 9 or int(item) < 1:
+            raise HTTPProblem(
+                400,
+                f"frame list {text[:80]!r}: {item[:20]!r} is not a frame number (1 or more)",
+                parameter="frames",
+            )
+        numbers.append(int(item))
+    return numbers
+
+
+async def retrieve_frames(request: Request) -> Response:
+    """Retrieve Frames (PS3.18 10.4.1.1.6)."""
+    uids = _uids(request, "study", "series", "instance")
+    numbers = _frame_numbers(request.path_params["frames"])
+    return await _frames_response(request, uids, numbers, f"frames/{numbers}")
+
+
+async def _frames_response(
+    request: Request, uids: list[str], numbers: list[int] | None, what: str
+) -> Response:
+    """Frames ``numbers`` (``None``: all) of the instance named by ``uids``."""
+    ranges = accepted(request)
+    archive = archive_of(request)
+    found = await blocking(retrieval.instances_of, archive, *uids)
+    instance = found[0][0]
+    try:
+        layout = await blocking(retrieval.frames_of, archive, instance)
+        if numbers is None:
+            numbers = list(range(1, layout.frames + 1))
+        check_numbers(layout, numbers)
+    except NoPixelData as exc:
+        raise HTTPProblem(404, f"instance {instance.sop_instance_uid}: {exc}") from None
+    except FrameOutOfRange as exc:
+        raise HTTPProblem(404, str(exc), frame=exc.number, frames=exc.frames) from None
+    except CannotParse as exc:
+        raise HTTPProblem(500, f"stored instance {instance.sop_instance_uid}: {exc}") from None
+    answer = _frame_answer(
+        ranges, layout.transfer_syntax_uid, layout.encapsulated, len(numbers) == 1
+    )
+    part_type = f"{answer.media_type}; transfer-syntax={answer.syntax}"
+    etag = _etag([instance], f"{what};{part_type};{answer.multipart}")
+    cached = _not_modified(request, etag)
+    if cached is not None:
+        return cached
+
+    async def frame(number: int) -> bytes:
+        if answer.decode:
+            return await blocking(retrieval.read_decoded_frame, archive, instance, number)
+        return await blocking(retrieval.read_stored_frame, archive, instance, layout, number)
+
+    if not answer.multipart:
+        data = await _checked(frame(numbers[0]), instance)
+        return Response(data, media_type=part_type, headers=_cache_headers(etag))
+    boundary = new_boundary()
+    # Decoding may fail on damaged data: do the first frame before answering 200.
+    first = await _checked(frame(numbers[0]), instance)
+    media_type = multipart_type(answer.media_type, boundary)
+    if len(numbers) <= IN_ONE_WRITE:
+        # A viewer asks one frame per request: one write for headers and body (a
+        # response head then a small body write waits ~40 ms on Nagle + delayed ACK).
+        pieces = []
+        for position, number in enumerate(numbers):
+            data = first if position == 0 else await frame(number)
+            pieces += [part_head(boundary, part_type, {"Content-Length": str(len(data))}), data]
+            pieces.append(PART_END)
+        pieces.append(closing(boundary))
+        return Response(b"".join(pieces), media_type=media_type, headers=_cache_headers(etag))
+
+    async def body() -> AsyncIterator[bytes]:
+        # One write per frame (see retrieve_instances: small writes stall on delayed ACK).
+        last = len(numbers) - 1
+        for position, number in enumerate(numbers):
+            data = first if position == 0 else await frame(number)
+            head = part_head(boundary, part_type, {"Content-Length": str(len(data))})
+            tail = PART_END + (closing(boundary) if position == last else b"")
+            yield b"".join((head, data, tail))
+
+    return StreamingResponse(
+        body(),
+        media_type=media_type,
+        headers=_cache_headers(etag),
+    )
+
+
+async def _checked(pending: Awaitable[bytes], instance: StoredInstance) -> bytes:
+    try:
+        data = await pending
+    except CannotParse as exc:
+        raise HTTPProblem(500, f"stored instance {instance.sop_instance_uid}: {exc}") from None
+    except (ValueError, RuntimeError, NotImplementedError) as exc:
+        raise HTTPProblem(
+            406,
+            f"frames of instance {instance.sop_instance_uid} cannot be decompressed: {exc}",
+            available=[f'{MULTIPART_RELATED}; type="{OCTET_STREAM}"; transfer-syntax=*'],
+        ) from None
+    return data
+
+
+def _bulk_mode(ranges: list[MediaRange], ranged: bool) -> bool:
+    """Whether uncompressed bulk data goes out multipart (PS3.18 8.7.3.3.1: the default)
+    or as a single ``application/octet-stream`` body (which takes ``Range``)."""
+    for media in ranges:
+        wanted = media.transfer_syntax
+        if wanted not in (None, ANY, EXPLICIT_VR_LITTLE_ENDIAN):
+            continue
+        if media.type == MULTIPART_RELATED:
+            if MediaRange(media.related_type or OCTET_STREAM).matches(OCTET_STREAM):
+                return True
+        elif media.type == OCTET_STREAM:
+            return False
+        elif media.type in ("*/*", "application/*"):
+            return not ranged
+    raise not_acceptable(ranges, [f'{MULTIPART_RELATED}; type="{OCTET_STREAM}"', OCTET_STREAM])
+
+
+def _byte_range(header: str | None, size: int) -> tuple[int, int] | None:
+    """RFC 9110 14.1.2: one ``bytes=`` range → ``(start, end exclusive)``; ``None`` to
+    send the whole value (no header, several ranges, or a unit we do not serve).
+
+    Raises
+    ------
+    HTTPProblem
+        416 when the range cannot be satisfied.
+    """
+    if header is None:
+        return None
+    unit, _, spec = header.partition("=")
+    if unit.strip().lower() != "bytes" or "," in spec:
+        return None
+    first, dash, last = spec.strip().partition("-")
+    try:
+        if not dash:
+            raise ValueError
+        if first:
+            start = int(first)
+            end = int(last) + 1 if last else size
+        else:
+            start, end = max(size - int(last), 0), size
+    except ValueError:
+        return None  # RFC 9110 14.2: an invalid Range is ignored
+    end = min(end, size)
+    if start >= size or start >= end or (not first and int(last) == 0):
+        raise HTTPProblem(
+            416,
+            f"Range {header.strip()!r} is outside the value of {size} bytes",
+            headers={"Content-Range": f"bytes */{size}"},
+            size=size,
+        )
+    return start, end
+
+
+async def retrieve_bulkdata(request: Request) -> Response:
+    """Retrieve Bulkdata (PS3.18 10.4.1.1.5, 8.7.3.3): one value, raw little endian bytes;
+    the frames of encapsulated Pixel Data."""
+    uids = _uids(request, "study", "series", "instance")
+    path: str = request.path_params["path"]
+    archive = archive_of(request)
+    found = await blocking(retrieval.instances_of, archive, *uids)
+    instance = found[0][0]
+    try:
+        header, value = await blocking(retrieval.bulk_value, archive, instance, path)
+    except BadBulkDataPath as exc:
+        raise HTTPProblem(400, str(exc), parameter="path") from None
+    except CannotParse as exc:
+        raise HTTPProblem(500, f"stored instance {instance.sop_instance_uid}: {exc}") from None
+    if value.encapsulated:
+        return await _frames_response(request, uids, None, f"bulkdata/{path}")
+    ranges = accepted(request)
+    ranged_header = request.headers.get("range")
+    multipart = _bulk_mode(ranges, ranged_header is not None)
+    representation = f"bulkdata/{path};{multipart}"
+    etag = _etag([instance], representation)
+    cached = _not_modified(request, etag)
+    if cached is not None:
+        return cached
+    headers = _cache_headers(etag)
+    part_type = f"{OCTET_STREAM}; transfer-syntax={EXPLICIT_VR_LITTLE_ENDIAN}"
+    direct = not value.deflated and not value.swap
+    if multipart:
+        data = (
+            b"" if direct else await blocking(retrieval.read_bulk, archive, instance, header, value)
+        )
+        boundary = new_boundary()
+
+        async def parts() -> AsyncIterator[bytes]:
+            head = part_head(boundary, part_type, {"Content-Length": str(value.length)})
+            if direct:
+                fp = await blocking(retrieval.open_blob, archive, instance)
+                try:
+                    async for chunk in _file_chunks(fp, value.offset, value.length):
+                        yield head + chunk
+                        head = b""
+                finally:
+                    fp.close()
+            else:
+                head += data
+            yield head + PART_END + closing(boundary)
+
+        return StreamingResponse(
+            parts(), media_type=multipart_type(OCTET_STREAM, boundary), headers=headers
+        )
+    headers["Accept-Ranges"] = "bytes"
+    span = _byte_range(ranged_header, value.length)
+    start, end = span if span is not None else (0, value.length)
+    status = 200
+    if span is not None:
+        status = 206
+        headers["Content-Range"] = f"bytes {start}-{end - 1}/{value.length}"
+    headers["Content-Length"] = str(end - start)
+    if not direct:
+        data = await blocking(retrieval.read_bulk, archive, instance, header, value)
+        return Response(data[start:end], status_code=status, media_type=part_type, headers=headers)
+    fp = await blocking(retrieval.open_blob, archive, instance)
+
+    async def single() -> AsyncIterator[bytes]:
+        try:
+            async for chunk in _file_chunks(fp, value.offset + start, end - start):
+                yield chunk
+        finally:
+            fp.close()
+
+    return StreamingResponse(single(), status_code=status, media_type=part_type, headers=headers)
+
+
+STUDY = "/studies/{study}"
+SERIES = STUDY + "/series/{series}"
+INSTANCE = SERIES + "/instances/{instance}"
 
 
 def routes() -> list[BaseRoute]:
-    return []
+    """The WADO-RS routes (PS3.18 Table 10.4.1-1)."""
+    return [
+        Route(STUDY, retrieve_instances, methods=["GET"]),
+        Route(SERIES, retrieve_instances, methods=["GET"]),
+        Route(INSTANCE, retrieve_instances, methods=["GET"]),
+        Route(STUDY + "/metadata", retrieve_metadata, methods=["GET"]),
+        Route(SERIES + "/metadata", retrieve_metadata, methods=["GET"]),
+        Route(INSTANCE + "/metadata", retrieve_metadata, methods=["GET"]),
+        Route(INSTANCE + "/frames/{frames}", retrieve_frames, methods=["GET"]),
+        Route(INSTANCE + "/bulkdata/{path:path}", retrieve_bulkdata, methods=["GET"]),
+    ]

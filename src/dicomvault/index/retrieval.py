@@ -1,0 +1,95 @@
+"""The instances a WADO-RS retrieve names (PS3.18 10.4.1: a study, a series or one
+instance), in one query, with their stored DICOM JSON when the metadata is asked for.
+
+Order: series by Series Number, instances by Instance Number, then storage order (rows
+without a number last on both backends), so a viewer gets a series in slice order
+without sorting.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import ColumnElement, Select, select
+
+from dicomvault.index.db import Index, stored_instance, stored_instances
+from dicomvault.index.schema import instances, series, studies
+from dicomvault.model.records import StoredInstance
+
+#: (instance, its DICOM JSON text or ``None`` when not asked for)
+Selected = tuple[StoredInstance, str | None]
+
+
+def _statement(
+    study_instance_uid: str,
+    series_instance_uid: str | None,
+    sop_instance_uid: str | None,
+    with_metadata: bool,
+) -> Select[tuple[object, ...]]:
+    statement = stored_instances()
+    if with_metadata:
+        statement = statement.add_columns(instances.c.metadata_json)
+    where: list[ColumnElement[bool]] = [studies.c.study_instance_uid == study_instance_uid]
+    if series_instance_uid is not None:
+        where.append(series.c.series_instance_uid == series_instance_uid)
+    if sop_instance_uid is not None:
+        where.append(instances.c.sop_instance_uid == sop_instance_uid)
+    return statement.where(*where).order_by(
+        series.c.series_number.asc().nulls_last(),
+        series.c.pk,
+        instances.c.instance_number.asc().nulls_last(),
+        instances.c.pk,
+    )
+
+
+def select_instances(
+    index: Index,
+    study_instance_uid: str,
+    series_instance_uid: str | None = None,
+    sop_instance_uid: str | None = None,
+    *,
+    with_metadata: bool = False,
+) -> list[Selected]:
+    """The stored instances of a study, of a series of it, or one instance of that series.
+
+    Parameters
+    ----------
+    index : Index
+    study_instance_uid : str
+    series_instance_uid, sop_instance_uid : str, optional
+        Narrow to one series of the study, and to one instance of that series.
+    with_metadata : bool
+        Also read each instance's ``metadata_json`` (PS3.18 F.2 text, relative
+        BulkDataURIs).
+
+    Returns
+    -------
+    list of (StoredInstance, str or None)
+        Empty when nothing matches (unknown UIDs, or a series/instance under another
+        parent); the caller finds out which with :func:`hierarchy_of`.
+    """
+    statement = _statement(study_instance_uid, series_instance_uid, sop_instance_uid, with_metadata)
+    out: list[Selected] = []
+    with index._read.connect() as conn:
+        for row in conn.execute(statement):
+            values = row._asdict()
+            text = values.pop("metadata_json", None)
+            out.append((stored_instance(values), None if text is None else str(text)))
+    return out
+
+
+def series_study(index: Index, series_instance_uid: str) -> str | None:
+    """The Study Instance UID of the study a series belongs to, ``None`` when unknown."""
+    with index._read.connect() as conn:
+        found = conn.execute(
+            select(studies.c.study_instance_uid)
+            .join(series, series.c.study_pk == studies.c.pk)
+            .where(series.c.series_instance_uid == series_instance_uid)
+        ).scalar()
+    return None if found is None else str(found)
+
+
+def study_exists(index: Index, study_instance_uid: str) -> bool:
+    with index._read.connect() as conn:
+        found = conn.execute(
+            select(studies.c.pk).where(studies.c.study_instance_uid == study_instance_uid)
+        ).first()
+    return found is not None
