@@ -567,6 +567,10 @@ def _order(servers: list[Server], index: int) -> list[Server]:
     return servers if index % 2 == 0 else servers[::-1]
 
 
+#: WADO-RS retrievals of the round's study per server and round.
+WADO_GETS_PER_ROUND = 5
+
+
 def measure_transfer(servers: list[Server], maker: StudyMaker, rounds: int) -> None:
     """STOW-RS a new study into each server, then WADO-RS it back, *rounds* times."""
     for round_number in range(rounds):
@@ -585,7 +589,9 @@ def measure_transfer(servers: list[Server], maker: StudyMaker, rounds: int) -> N
             os.sync()  # earlier writes must not land in this measurement
             server.attempt("stow", post)
         for server in order:
-            server.attempt("wado", get)
+            # Several GETs per round: a single one is at the mercy of one scheduling hiccup.
+            for _ in range(WADO_GETS_PER_ROUND):
+                server.attempt("wado", get)
         done = [
             f"{s.name} {m} {s.samples[m][-1]['seconds']:.3f} s"
             for s in servers

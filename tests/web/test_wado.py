@@ -110,6 +110,43 @@ def test_instances_as_stored_are_the_files_dcmtk_sent(web_sqlite: WebServer) -> 
                 assert got[element.tag] == element
 
 
+def test_study_answer_has_a_content_length_and_large_files_stream(
+    web_sqlite: WebServer, tmp_path: Path
+) -> None:
+    """As stored, the sizes are known: the answer declares its length (no chunked
+    encoding); a file above the whole-file limit is streamed in pieces."""
+    from bench.datasets import large_multiframe
+    from dicomvault.web import wado
+
+    big = large_multiframe(tmp_path / "big.dcm", size_bytes=wado.WHOLE_FILE + (3 << 20))
+    small = store(web_sqlite, "CT_small.dcm")
+    web_sqlite.archive.store_file(big)
+    big_ds = pydicom.dcmread(big, stop_before_pixels=True)
+    for ds in (small, big_ds):
+        url = f"/dicom-web/studies/{ds.StudyInstanceUID}"
+        response = web_sqlite.client.get(url, headers={"Accept": MULTIPART_DICOM_ANY})
+        assert response.status_code == 200
+        assert int(response.headers["content-length"]) == len(response.content)
+        ((headers, payload),) = parts(response)
+        assert payload == stored_file(web_sqlite, ds.SOPInstanceUID)
+        assert headers["Content-Length"] == str(len(payload))
+
+
+def test_a_blob_that_no_longer_matches_the_index_cuts_the_answer(
+    web_sqlite: WebServer,
+) -> None:
+    """The declared length came from the index: a blob truncated on disk must not be
+    sent as if whole — the connection is cut and the client sees an incomplete body."""
+    ds = store(web_sqlite, "CT_small.dcm")
+    blob = web_sqlite.archive.get_instance(ds.SOPInstanceUID).blob_name
+    path = web_sqlite.settings.storage.path / "blobs" / blob
+    path.write_bytes(path.read_bytes()[:1000])
+    with pytest.raises(httpx.RemoteProtocolError):
+        web_sqlite.client.get(
+            f"/dicom-web/studies/{ds.StudyInstanceUID}", headers={"Accept": MULTIPART_DICOM_ANY}
+        )
+
+
 def test_dicomweb_client_retrieves_study_series_instance(web_sqlite: WebServer) -> None:
     ds = store(web_sqlite, "CT_small.dcm")
     client = DICOMwebClient(url=web_sqlite.dicomweb)

@@ -96,6 +96,11 @@ class StreamedInstance:
         except Exception as exc:
             self._fail(exc)
 
+    def write_all(self, chunks: list[bytes | memoryview]) -> None:
+        """:meth:`write` each of ``chunks``, in order."""
+        for chunk in chunks:
+            self.write(chunk)
+
     def _start(self) -> None:
         head, self._head = bytes(self._head), bytearray()
         layout, offset = read_preamble_layout(head)

@@ -30,6 +30,7 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
+from sqlalchemy.pool import NullPool
 
 from dicomvault.index import migrate
 from dicomvault.index.ingest import (
@@ -70,14 +71,27 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cur.close()
 
 
-def _make_engine(url: str, *, writer: bool) -> Engine:
+#: Pooled connections per engine. The serving process runs blocking index calls on up
+#: to 16 HTTP pool threads plus the event loop's default executor (DIMSE stores,
+#: queries); SQLAlchemy's default of 5 + 10 overflow made a busy STOW-RS wait 30 s
+#: for a connection.
+POOL_SIZE = 8
+POOL_OVERFLOW = 32
+
+
+def _make_engine(url: str, *, writer: bool, pooled: bool = True) -> Engine:
+    pool: dict[str, Any] = (
+        {"pool_size": POOL_SIZE, "max_overflow": POOL_OVERFLOW}
+        if pooled
+        else {"poolclass": NullPool}
+    )
     if url.startswith("sqlite"):
-        engine = create_engine(url, connect_args={"check_same_thread": False})
+        engine = create_engine(url, connect_args={"check_same_thread": False}, **pool)
         event.listen(engine, "connect", _sqlite_pragmas)
         begin = "BEGIN IMMEDIATE" if writer else "BEGIN"
         event.listen(engine, "begin", lambda conn: conn.exec_driver_sql(begin))
         return engine
-    return create_engine(url, pool_pre_ping=True)
+    return create_engine(url, pool_pre_ping=pooled, **pool)
 
 
 def stored_instance(values: dict[str, Any]) -> StoredInstance:
@@ -114,6 +128,9 @@ class Index:
         self.is_sqlite = url.startswith("sqlite")
         self._write = _make_engine(url, writer=True)
         self._read = _make_engine(url, writer=False) if self.is_sqlite else self._write
+        # Probe connections live as long as their thread: outside the pool, which they
+        # would otherwise drain one thread at a time.
+        self._probe_engine = _make_engine(url, writer=False, pooled=False)
         self._probe = threading.local()
         self._probe_connections: list[Any] = []
         self._write_lock: int | None = None
@@ -175,6 +192,7 @@ class Index:
         self._write.dispose()
         if self._read is not self._write:
             self._read.dispose()
+        self._probe_engine.dispose()
 
     # -- writes ---------------------------------------------------------------------
 
@@ -308,7 +326,7 @@ class Index:
         own DBAPI connection (a pool checkout per probe cost more than the probe)."""
         sql: Sql | None = getattr(self._probe, "sql", None)
         if sql is None:
-            raw = self._read.raw_connection()
+            raw = self._probe_engine.raw_connection()
             if not self.is_sqlite:  # a probe must not hold a transaction open
                 raw.dbapi_connection.autocommit = True  # type: ignore[union-attr]
             sql = self._probe.sql = Sql(raw, sqlite=self.is_sqlite)

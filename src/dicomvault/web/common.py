@@ -4,10 +4,13 @@ BulkDataURI (PS3.18 8.2)."""
 
 from __future__ import annotations
 
+import asyncio
+import functools
+import threading
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import ParamSpec, TypeVar
 
-from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 
 from dicomvault.archive import Archive
@@ -32,10 +35,33 @@ def settings_of(request: Request) -> Settings:
     return settings
 
 
+_POOL: ThreadPoolExecutor | None = None
+_POOL_LOCK = threading.Lock()
+
+#: Threads for blocking work of HTTP requests. Its own pool: DIMSE stores use the loop's
+#: default executor, and a burst of slow HTTP work must not queue them behind it.
+HTTP_THREADS = 16
+
+
+def _pool() -> ThreadPoolExecutor:
+    global _POOL
+    if _POOL is None:
+        with _POOL_LOCK:
+            if _POOL is None:
+                _POOL = ThreadPoolExecutor(HTTP_THREADS, thread_name_prefix="dicomvault-http")
+    return _POOL
+
+
 async def blocking(func: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
     """Run a blocking archive call (SQL, file I/O, fsync) in the thread pool so the event
-    loop keeps serving DIMSE and other requests meanwhile."""
-    return await run_in_threadpool(func, *args, **kwargs)
+    loop keeps serving DIMSE and other requests meanwhile.
+
+    A plain executor rather than anyio's ``to_thread``: measured on WADO-RS of 50
+    instances, anyio's capacity limiter and checkpoints were 40 % of the event loop's
+    busy time.
+    """
+    loop = asyncio.get_running_loop()
+    return await loop.run_in_executor(_pool(), functools.partial(func, *args, **kwargs))
 
 
 def path_uid(request: Request, name: str, what: str) -> str:

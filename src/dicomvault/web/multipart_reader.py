@@ -112,18 +112,11 @@ class MultipartReader:
 
     async def _fill(self) -> bool:
         """Read one more chunk into the buffer; False at the end of the body."""
-        if self._eof:
+        chunk = await self._next_chunk()
+        if chunk is None:
             return False
-        while True:
-            try:
-                chunk = await self._chunks.__anext__()
-            except StopAsyncIteration:
-                self._eof = True
-                return False
-            if chunk:
-                self.bytes_read += len(chunk)
-                self._buffer += chunk
-                return True
+        self._buffer += chunk
+        return True
 
     async def next_part(self) -> PartHeaders | None:
         """Advance to the next part and return its headers; None after the close
@@ -230,9 +223,13 @@ class MultipartReader:
             headers[name] = value.strip()
         return headers
 
-    async def payload(self) -> AsyncIterator[bytes]:
+    async def payload(self) -> AsyncIterator[bytes | memoryview]:
         """The current part's payload in chunks, as they arrive (none when there is no
         current part). Ends at the next delimiter, which is consumed.
+
+        Chunks may be memoryviews of the incoming body chunks: the payload is not copied
+        on its way through (measured: the copies were a third of the event loop's time
+        on a 26 MB STOW-RS request). A consumer that keeps a chunk keeps its memory.
 
         Raises
         ------
@@ -243,24 +240,72 @@ class MultipartReader:
             return
         delimiter = self._delimiter
         keep = len(delimiter) - 1
+        # What is buffered already (the rest of the chunk the headers ended in).
+        at = self._buffer.find(delimiter)
+        if at >= 0:
+            if at:
+                yield self._take(at)
+            del self._buffer[: len(delimiter)]
+            self._in_payload = False
+            return
+        safe = len(self._buffer) - keep
+        if safe > 0:
+            yield self._take(safe)
+        # From here on ``tail`` (< len(delimiter) bytes) may begin a delimiter; each new
+        # chunk is searched where it joins the tail, then on its own, without copying.
+        tail = bytes(self._buffer)
+        self._buffer.clear()
         while True:
-            at = self._buffer.find(delimiter)
-            if at >= 0:
-                if at:
-                    yield self._take(at)
-                del self._buffer[: len(delimiter)]
-                self._in_payload = False
-                return
-            # Everything but a tail that may begin a delimiter is payload.
-            safe = len(self._buffer) - keep
-            if safe > 0:
-                yield self._take(safe)
-            if not await self._fill():
+            chunk = await self._next_chunk()
+            if chunk is None:
                 self._in_payload = False
                 raise MultipartError(
                     f"the body ends inside part {self._parts} (no closing "
                     f"'--{self._boundary.decode()}--'): it is truncated"
                 )
+            joint = tail + chunk[:keep]
+            at = joint.find(delimiter)
+            if 0 <= at < len(tail):  # the delimiter straddles the tail and the chunk
+                if at:
+                    yield tail[:at]
+                self._buffer = bytearray(joint[at + len(delimiter) :])
+                self._buffer += chunk[keep:]
+                self._in_payload = False
+                return
+            at = chunk.find(delimiter)
+            if at >= 0:
+                if tail:
+                    yield tail
+                if at:
+                    yield memoryview(chunk)[:at]
+                self._buffer = bytearray(chunk[at + len(delimiter) :])
+                self._in_payload = False
+                return
+            if len(chunk) >= keep:
+                if tail:
+                    yield tail
+                yield memoryview(chunk)[: len(chunk) - keep]
+                tail = chunk[len(chunk) - keep :]
+            else:
+                joint = tail + chunk
+                cut = max(len(joint) - keep, 0)
+                if cut:
+                    yield joint[:cut]
+                tail = joint[cut:]
+
+    async def _next_chunk(self) -> bytes | None:
+        """The next non-empty body chunk, or None at the end of the body."""
+        if self._eof:
+            return None
+        while True:
+            try:
+                chunk = await self._chunks.__anext__()
+            except StopAsyncIteration:
+                self._eof = True
+                return None
+            if chunk:
+                self.bytes_read += len(chunk)
+                return chunk
 
     def _take(self, n: int) -> bytes:
         # One copy out of the buffer; the view is released before the buffer shrinks.

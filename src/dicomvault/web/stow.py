@@ -196,29 +196,33 @@ async def _body(request: Request, encoding: str | None, limit: int) -> AsyncIter
 # -- parts -------------------------------------------------------------------------------
 
 
-async def _spool_part(reader: MultipartReader, instance: StreamedInstance) -> bytearray:
-    """Read the current part into ``instance``; the last (up to WRITE_BATCH) bytes are
-    returned, for the caller to write together with ``finish`` in one thread hop."""
-    buffer = bytearray()
+async def _spool_part(
+    reader: MultipartReader, instance: StreamedInstance
+) -> list[bytes | memoryview]:
+    """Read the current part into ``instance`` in batches of WRITE_BATCH bytes, written in
+    the pool; the last batch is returned for the caller to write together with
+    ``finish`` in one thread hop. Chunks are passed on as they came (no copy here)."""
+    batch: list[bytes | memoryview] = []
+    size = 0
     async for chunk in reader.payload():
-        buffer += chunk
-        if len(buffer) >= WRITE_BATCH:
-            data, buffer = buffer, bytearray()
-            await blocking(instance.write, data)
-    return buffer
+        batch.append(chunk)
+        size += len(chunk)
+        if size >= WRITE_BATCH:
+            await blocking(instance.write_all, batch)
+            batch, size = [], 0
+    return batch
 
 
 async def _complete(
     number: int,
     instance: StreamedInstance,
-    rest: bytearray,
+    rest: list[bytes | memoryview],
     slots: asyncio.Semaphore,
 ) -> Outcome:
     """Write the tail, parse, make durable, then wait for the index commit."""
 
     def finish() -> Future[StoreResult]:
-        if rest:
-            instance.write(rest)
+        instance.write_all(rest)
         return instance.finish()
 
     try:
