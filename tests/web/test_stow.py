@@ -97,6 +97,34 @@ def test_dicomweb_client_stores_instances_byte_for_byte(web: WebServer, tmp_path
         assert web.archive.get_instance(ds.SOPInstanceUID).study_instance_uid == STUDY
 
 
+def test_concurrent_requests_with_many_parts_all_store(web: WebServer, tmp_path: Path) -> None:
+    """Three requests of 40 parts at once keep every HTTP pool thread busy: each thread's
+    index probe once held a pooled connection for good, and the pool ran dry (a part
+    failed with 0110 after a 30 s wait)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import httpx
+
+    bodies = [
+        _body(*(_file(tmp_path, study=f"{STUDY}.{r}") for _ in range(40))) for r in range(3)
+    ]
+
+    def post(body: bytes) -> httpx.Response:
+        return httpx.post(
+            web.dicomweb + "/studies",
+            content=body,
+            headers={"Content-Type": CONTENT_TYPE},
+            timeout=60,
+        )
+
+    with ThreadPoolExecutor(3) as pool:
+        answers = list(pool.map(post, bodies))
+    for answer in answers:
+        assert answer.status_code == 200, answer.text[:500]
+        assert len(_seq(answer.json(), "00081199")) == 40
+    assert web.archive.stats().instances == 120
+
+
 def test_dicomweb_client_stores_into_a_study(web_sqlite: WebServer, tmp_path: Path) -> None:
     ds = make_dataset(study=OTHER_STUDY, series=OTHER_STUDY + ".1")
     write_part10(ds, tmp_path / "a.dcm")
