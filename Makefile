@@ -47,6 +47,7 @@ bench: $(DEV_STAMP) tools
 	$(PY) -m bench.bench_dimse $(ARGS)
 	$(PY) -m bench.bench_qr_orthanc $(ARGS)
 	$(PY) -m bench.bench_find --dimse $(ARGS)
+	$(PY) -m bench.bench_dicomweb $(ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache bench/.cache

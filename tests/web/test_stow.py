@@ -105,9 +105,7 @@ def test_concurrent_requests_with_many_parts_all_store(web: WebServer, tmp_path:
 
     import httpx
 
-    bodies = [
-        _body(*(_file(tmp_path, study=f"{STUDY}.{r}") for _ in range(40))) for r in range(3)
-    ]
+    bodies = [_body(*(_file(tmp_path, study=f"{STUDY}.{r}") for _ in range(40))) for r in range(3)]
 
     def post(body: bytes) -> httpx.Response:
         return httpx.post(
@@ -185,6 +183,27 @@ def test_partly_bad_request_is_202_with_what_failed(web_sqlite: WebServer, tmp_p
     assert metrics.INGEST_INSTANCES.value("stow", "failed") == before + 2
 
 
+def test_response_as_dicom_xml(web_sqlite: WebServer, tmp_path: Path) -> None:
+    """PS3.18 10.5.3: the store response module as a Native DICOM Model document."""
+    import xml.etree.ElementTree as ET
+
+    NS = {"n": "http://dicom.nema.org/PS3.19/models/NativeDICOM"}
+
+    part = _file(tmp_path)
+    response = web_sqlite.client.post(
+        "/dicom-web/studies",
+        content=_body(part),
+        headers={"Content-Type": CONTENT_TYPE, "Accept": "application/dicom+xml"},
+    )
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("application/dicom+xml")
+    root = ET.fromstring(response.content)
+    referenced = root.find("./n:DicomAttribute[@tag='00081199']", NS)
+    assert referenced is not None
+    uids = [v.text for v in referenced.iterfind(".//n:DicomAttribute[@tag='00081155']/n:Value", NS)]
+    assert uids == [_uid(part)]
+
+
 def test_nothing_stored_is_409(web_sqlite: WebServer, tmp_path: Path) -> None:
     stranger = _file(tmp_path, study=OTHER_STUDY)
     response = web_sqlite.client.post(
@@ -231,7 +250,7 @@ def test_part_layouts_type_parameter_and_duplicates(web_sqlite: WebServer, tmp_p
          415, "application/xml"),
         ({"Content-Type": 'multipart/related; type="application/dicom"'}, 400, "boundary"),
         ({"Content-Type": CONTENT_TYPE, "Content-Encoding": "br"}, 415, "Content-Encoding"),
-        ({"Content-Type": CONTENT_TYPE, "Accept": "application/dicom+xml"}, 406, "accepted"),
+        ({"Content-Type": CONTENT_TYPE, "Accept": "text/html"}, 406, "accepted"),
     ],
 )  # fmt: skip
 def test_refused_requests(

@@ -251,6 +251,28 @@ def test_not_acceptable(web_sqlite: WebServer) -> None:
     assert response.status_code == 406
 
 
+def test_metadata_as_multipart_dicom_xml(web_sqlite: WebServer) -> None:
+    """PS3.18 8.7.2: metadata as one Native DICOM Model document per instance."""
+    import xml.etree.ElementTree as ET
+
+    NS = {"n": "http://dicom.nema.org/PS3.19/models/NativeDICOM"}
+
+    ds = store(web_sqlite, "CT_small.dcm")
+    response = web_sqlite.client.get(
+        instance_path(ds) + "/metadata",
+        headers={"Accept": 'multipart/related; type="application/dicom+xml"'},
+    )
+    assert response.status_code == 200
+    ((headers, payload),) = parts(response)
+    assert headers["Content-Type"] == "application/dicom+xml"
+    root = ET.fromstring(payload)
+    uid = root.find("./n:DicomAttribute[@tag='00080018']/n:Value", NS)
+    assert uid is not None and uid.text == ds.SOPInstanceUID
+    pixels = root.find("./n:DicomAttribute[@tag='7FE00010']/n:BulkData", NS)
+    assert pixels is not None
+    assert pixels.get("uri", "").endswith(instance_path(ds) + "/bulkdata/7FE00010")
+
+
 def test_etag_and_if_none_match(web_sqlite: WebServer) -> None:
     ds = store(web_sqlite, "CT_small.dcm")
     client = web_sqlite.client

@@ -50,6 +50,7 @@ from dicomvault.archive.stow import (
     json_uids,
     store_json_instance,
 )
+from dicomvault.dicom.dicomxml import native_xml
 from dicomvault.dicom.fromjson import BulkData, load_metadata
 from dicomvault.model.errors import (
     CannotParse,
@@ -75,6 +76,7 @@ from dicomvault.web.errors import HTTPProblem
 from dicomvault.web.media import (
     DICOM,
     DICOM_JSON,
+    DICOM_XML,
     JSON,
     MULTIPART_RELATED,
     MediaRange,
@@ -504,14 +506,15 @@ async def store_instances(request: Request) -> Response:
     """Store instances (STOW-RS, PS3.18 10.5): a multipart/related body of DICOM files
     or of DICOM JSON metadata plus bulk data.
 
-    Answers the Store Instances Response Module (PS3.18 10.5.3) as DICOM JSON: 200 when
+    Answers the Store Instances Response Module (PS3.18 10.5.3) as DICOM JSON (or DICOM
+    XML when asked for ``application/dicom+xml``): 200 when
     every instance was stored, 202 when some failed, 409 when none was stored. With
     ``/studies/{study}``, instances of other studies fail (Failure Reason C409).
     """
     study = (
         path_uid(request, "study", "Study Instance UID") if "study" in request.path_params else None
     )
-    response_type = choose(accepted(request), [DICOM_JSON, JSON])
+    response_type = choose(accepted(request), [DICOM_JSON, JSON, DICOM_XML])
     related, boundary, encoding = _checked_request(request)
     limit = settings_of(request).http.max_body_bytes
     reader = MultipartReader(_body(request, encoding, limit), boundary)
@@ -556,6 +559,9 @@ async def store_instances(request: Request) -> Response:
         raise HTTPProblem(400, "the multipart/related body has no parts")
     stored = sum(o.result is not None for o in outcomes)
     status = 200 if stored == len(outcomes) else 202 if stored else 409
+    if response_type == DICOM_XML:
+        # PS3.18 10.5.3: the response module as one Native DICOM Model document.
+        return Response(native_xml(body), status_code=status, media_type=DICOM_XML)
     return JSONResponse(body, status_code=status, media_type=response_type)
 
 

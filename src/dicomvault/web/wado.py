@@ -47,6 +47,7 @@ from starlette.routing import BaseRoute, Route
 
 from dicomvault.archive import retrieval
 from dicomvault.dicom.bulkdata import BadBulkDataPath
+from dicomvault.dicom.dicomxml import native_xml_many
 from dicomvault.dicom.frames import (
     COMPRESSED_MEDIA_TYPES,
     FrameOutOfRange,
@@ -69,6 +70,7 @@ from dicomvault.web.errors import HTTPProblem
 from dicomvault.web.media import (
     DICOM,
     DICOM_JSON,
+    DICOM_XML,
     JSON,
     MULTIPART_RELATED,
     OCTET_STREAM,
@@ -334,19 +336,33 @@ async def retrieve_metadata(request: Request) -> Response:
             )
             text = text.replace(_ITEMS, f'"BulkDataURI":"{url}/bulkdata/')
         parts.append(text)
+    if media_type == DICOM_XML:
+        # PS3.18 8.7.2 / PS3.19 A.1: one Native DICOM Model document per instance.
+        boundary = new_boundary()
+        documents = await blocking(native_xml_many, [json.loads(text) for text in parts])
+        xml = b"".join(part_head(boundary, DICOM_XML) + d + PART_END for d in documents)
+        return Response(
+            xml + closing(boundary),
+            media_type=multipart_type(DICOM_XML, boundary),
+            headers=_cache_headers(etag),
+        )
     body = ("[" + ",".join(parts) + "]").encode("utf-8")
     return Response(body, media_type=media_type, headers=_cache_headers(etag))
 
 
 def _json_type(ranges: list[MediaRange]) -> str:
+    """The metadata representation: DICOM JSON (also as ``application/json``) or
+    ``multipart/related; type="application/dicom+xml"`` (PS3.18 8.7.2)."""
     for media in ranges:
         if media.type == MULTIPART_RELATED:
-            continue  # DICOM XML in multipart is not offered
+            if media.related_type == DICOM_XML:
+                return DICOM_XML
+            continue
         if media.matches(DICOM_JSON):
             return DICOM_JSON
         if media.matches(JSON):
             return JSON
-    raise not_acceptable(ranges, [DICOM_JSON, JSON])
+    raise not_acceptable(ranges, [DICOM_JSON, JSON, f'{MULTIPART_RELATED}; type="{DICOM_XML}"'])
 
 
 # -- frames and bulk data (PS3.18 10.4.1.1.5-6, 8.7.3.3) ----------------------------------
