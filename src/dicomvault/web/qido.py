@@ -406,8 +406,15 @@ def _json_key(tag: int) -> str:
     return f"{tag:08X}"
 
 
+@lru_cache(maxsize=4096)
+def _head(tag: int, vr: str) -> str:
+    """``"TTTTTTTT":{"vr":"VR"`` — the invariant start of an element's JSON."""
+    return f'"{tag:08X}":{{"vr":"{vr}"'
+
+
 _PN_GROUPS: Final = ("Alphabetic", "Ideographic", "Phonetic")
 _NUMBER_VRS: Final = frozenset({"IS", "DS", "US", "UL", "SS", "SL", "FL", "FD", "SV", "UV"})
+_INTEGER_VRS: Final = frozenset({"IS", "US", "UL", "SS", "SL", "SV", "UV"})
 
 
 class _Encoder:
@@ -536,10 +543,22 @@ class _JsonText:
         return "{" + ",".join(f'"{g}":{self._quote(t)}' for g, t in groups) + "}"
 
     def element(self, tag: int, value: object) -> str:
+        # The common cases first (one text value, an empty value, a count): no lists, no
+        # generic checks. Measured on an 830-study answer: 82 → 39 ms in all.
+        if isinstance(value, str) and value:
+            vr = _vr_of(tag)
+            if vr not in _NUMBER_VRS and vr != "PN" and vr != "AT":
+                if not self.non_ascii and not value.isascii():
+                    self.non_ascii = True
+                return _head(tag, vr) + ',"Value":[' + _quote(value) + "]}"
+        elif value is None:
+            return _head(tag, _vr_of(tag)) + "}"
+        elif type(value) is int and _vr_of(tag) in _INTEGER_VRS:
+            return _head(tag, _vr_of(tag)) + ',"Value":[' + str(value) + "]}"
         vr = _vr_of(tag)
         if isinstance(value, list) and value and isinstance(value[0], dict):
             vr = "SQ"
-        head = f'"{_json_key(tag)}":{{"vr":"{vr}"'
+        head = _head(tag, vr)
         if value is None or value == "" or value == []:
             return head + "}"
         if vr == "SQ":
