@@ -416,8 +416,9 @@ def stream(index: Index, statement: Select[Any]) -> Generator[dict[str, Any], No
             conn.exec_driver_sql("SET LOCAL cursor_tuple_fraction = 1.0")
         result = conn.execution_options(stream_results=True, yield_per=PAGE).execute(statement)
         try:
+            keys = list(result.keys())
             for row in result:
-                yield dict(row._mapping)
+                yield dict(zip(keys, row, strict=True))
         finally:
             result.close()
 
