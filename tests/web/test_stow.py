@@ -455,3 +455,32 @@ def test_json_and_bulk_data_form(web_sqlite: WebServer) -> None:
     assert response.status_code == 409
     failed = _seq(response.json(), "00081198")
     assert failed[0]["00081155"]["Value"] == metadata["00080018"]["Value"]
+
+
+def test_a_5_gb_content_length_is_refused_before_any_byte_is_read(
+    web_sqlite: WebServer,
+) -> None:
+    """With the default limit (4 GiB), a request declaring 5 GB gets 413 at once: the
+    server answers from the headers alone, while the client has sent no body yet."""
+    import socket
+
+    host, port = web_sqlite.url.removeprefix("http://").split(":")
+    head = (
+        "POST /dicom-web/studies HTTP/1.1\r\n"
+        f"Host: {host}:{port}\r\n"
+        f"Content-Type: {CONTENT_TYPE}\r\n"
+        "Content-Length: 5000000000\r\n\r\n"
+    ).encode()
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        sock.sendall(head)
+        answer = b""
+        while b"\r\n\r\n" not in answer or not answer.rstrip().endswith(b"}"):
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            answer += chunk
+    status_line, _, rest = answer.partition(b"\r\n")
+    assert b" 413 " in status_line
+    body = json.loads(rest.partition(b"\r\n\r\n")[2])
+    assert "http.max_body_bytes" in body["message"]
+    assert web_sqlite.archive.stats().instances == 0
