@@ -67,7 +67,9 @@ class DicomSettings(_Section):
 
 
 class HttpSettings(_Section):
-    host: str = "0.0.0.0"
+    #: Loopback by default: this version has no HTTP users yet, and an archive answering
+    #: anyone on the network (with DELETE) is what Orthanc's CVE-2025-0896 was about.
+    host: str = "127.0.0.1"
     port: int = Field(default=8080, ge=0, le=65535)
     #: The URL clients reach the server by (e.g. behind a reverse proxy), used in
     #: RetrieveURL and BulkDataURI; empty: taken from each request's Host header.

@@ -170,3 +170,18 @@ def test_metrics_count_dimse_messages_and_ingest(web_sqlite: WebServer, tmp_path
     # meta's padding.
     stored = web_sqlite.archive.get_instance(ds.SOPInstanceUID).size
     assert abs(delta('dicomvault_ingest_bytes_total{source="dimse"}') - stored) <= 16
+
+
+def test_http_listens_on_loopback_by_default_and_warns_when_exposed(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from dicomvault.config import load_settings
+    from dicomvault.web.http import warn_if_exposed
+
+    assert load_settings(None, {}).http.host == "127.0.0.1"
+    with caplog.at_level("WARNING", logger="dicomvault.http"):
+        assert not warn_if_exposed("127.0.0.1")
+        assert not warn_if_exposed("::1")
+        assert not caplog.records
+        assert warn_if_exposed("0.0.0.0")
+    assert "answers anyone" in caplog.text and "reverse proxy" in caplog.text

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import logging
 import socket
 from collections.abc import Iterator
@@ -24,6 +25,25 @@ class _Server(uvicorn.Server):
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
         yield
+
+
+def warn_if_exposed(host: str) -> bool:
+    """Log a warning when the HTTP listener is reachable from other hosts: DICOMweb has
+    no authentication in this version (users, roles and tokens come with the security
+    work), so anyone who reaches the port can read, store and delete. Returns whether
+    it warned."""
+    try:
+        loopback = ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = host == "localhost"
+    if not loopback:
+        log.warning(
+            "DICOMweb listens on %s and answers anyone who reaches it: this version has no "
+            "HTTP users or roles. Bind http.host = \"127.0.0.1\" (the default) or put an "
+            "authenticating reverse proxy in front.",
+            host,
+        )
+    return not loopback
 
 
 async def serve_http(
@@ -52,6 +72,7 @@ async def serve_http(
     )
     if sock is None:
         sock = config.bind_socket()
+    warn_if_exposed(sock.getsockname()[0])
     if sock.family in (socket.AF_INET, socket.AF_INET6):
         # uvicorn writes headers and body separately: with Nagle on, the body waits for
         # the client's delayed ACK, ~40 ms per response (measured 44 ms → 0.9 ms).
