@@ -104,10 +104,55 @@ class QuerySettings(_Section):
     max_results: int = Field(default=10000, ge=0)
 
 
+#: DICOM services a remote AE may be allowed to use (issue "Security", part 2).
+Permission = Literal["echo", "store", "find", "move", "get", "commit", "worklist", "mpps"]
+ALL_PERMISSIONS: tuple[Permission, ...] = (
+    "echo", "store", "find", "move", "get", "commit", "worklist", "mpps"
+)  # fmt: skip
+
+
+_ECHO_STORE: list[Permission] = ["echo", "store"]
+
+
 class RemoteAE(_Section):
     ae_title: str
     host: str
     port: int = Field(ge=1, le=65535)
+    #: Associate with this AE over TLS (PS3.15 B.12) as an SCU, and expect it to.
+    tls: bool = False
+    #: The services this AE may use when it calls us.
+    permissions: list[Permission] = Field(default_factory=lambda: list(ALL_PERMISSIONS))
+    #: Accept this AE's associations only from ``host`` (or from ``hosts``).
+    check_host: bool = False
+    #: More addresses or names this AE may call from (with ``check_host``).
+    hosts: list[str] = Field(default_factory=list)
+
+
+class TlsSettings(_Section):
+    """DIMSE over TLS and HTTPS (PS3.15 B.12, BCP 195: TLS 1.2 and 1.3 only)."""
+
+    #: Listen for DIMSE over TLS on ``tls.dicom_port`` (in addition to the plain port).
+    enabled: bool = False
+    dicom_port: int = Field(default=2762, ge=0, le=65535)
+    #: Serve HTTP over TLS on ``http.port``.
+    https: bool = False
+    #: PEM files: our certificate (chain) and its private key.
+    certificate: Path | None = None
+    private_key: Path | None = None
+    #: PEM bundle of the CAs we trust for client certificates and for remotes.
+    ca_certificates: Path | None = None
+    #: Whether peers must present a certificate signed by ``ca_certificates``.
+    client_certificates: Literal["none", "optional", "required"] = "optional"
+
+
+class SecuritySettings(_Section):
+    """Who may do what over DIMSE (issue "Security", part 2)."""
+
+    #: Services a calling AE that no ``[remotes.NAME]`` entry names may use; an empty
+    #: list rejects its association (A-ASSOCIATE-RJ reason 3, calling AE not recognized).
+    unknown_ae_permissions: list[Permission] = Field(default_factory=lambda: _ECHO_STORE.copy())
+    #: Peers on a loopback address may use every service.
+    trust_loopback: bool = True
 
 
 class Settings(BaseSettings):
@@ -124,6 +169,8 @@ class Settings(BaseSettings):
     server: ServerSettings = Field(default_factory=ServerSettings)
     query: QuerySettings = Field(default_factory=QuerySettings)
     remotes: dict[str, RemoteAE] = Field(default_factory=dict)
+    tls: TlsSettings = Field(default_factory=TlsSettings)
+    security: SecuritySettings = Field(default_factory=SecuritySettings)
 
     @classmethod
     def settings_customise_sources(
