@@ -15,6 +15,7 @@ from dicomvault.cli.archive_commands import (
 from dicomvault.cli.net_commands import echo_command, store_command
 from dicomvault.cli.qr_commands import find_command, get_command, move_command
 from dicomvault.cli.serve import serve_command
+from dicomvault.cli.tls_commands import tls_group
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -38,6 +39,7 @@ for command in (
     find_command,
     move_command,
     get_command,
+    tls_group,
 ):
     cli.add_command(command)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import ssl
 import sys
 import time
 from pathlib import Path
@@ -15,9 +16,11 @@ from rich.table import Table
 
 from dicomvault.cli.common import load_cli_settings
 from dicomvault.config import Settings
+from dicomvault.model.errors import ConfigError
 from dicomvault.net import AssociationAborted, AssociationRejected, NetError, associate
 from dicomvault.net.sender import SendResult, collect_files, send_files
 from dicomvault.net.uids import VERIFICATION
+from dicomvault.security.tls import client_context, describe_tls_error
 
 _TARGET = re.compile(r"^(?P<aet>[^@]{1,16})@(?P<host>\[[^\]]+\]|[^:]+):(?P<port>\d{1,5})$")
 
@@ -44,6 +47,33 @@ def resolve_target(target: str, settings: Settings) -> tuple[str, str, int]:
     return remote.ae_title, remote.host, remote.port
 
 
+def target_tls(target: str, settings: Settings, tls: bool) -> ssl.SSLContext | None:
+    """The TLS client context for TARGET (PS3.15 B.12), or ``None`` for plain TCP.
+
+    TLS is used when TARGET names a ``[remotes.NAME]`` entry with ``tls = true``, or when
+    ``--tls`` is given (for ``AET@HOST:PORT``); the remote is verified against
+    ``tls.ca_certificates`` and we present ``tls.certificate`` / ``tls.private_key``.
+    A TLS file that cannot be used is a message naming it and exit 2.
+    """
+    remote = None if _TARGET.match(target) else settings.remotes.get(target)
+    if not tls and (remote is None or not remote.tls):
+        return None
+    try:
+        return client_context(settings.tls)
+    except ConfigError as exc:
+        _err.print(f"[bold red]error:[/] {exc}", highlight=False)
+        sys.exit(2)
+
+
+tls_option = click.option(
+    "--tls",
+    "use_tls",
+    is_flag=True,
+    help="Associate over TLS (PS3.15 B.12) using tls.ca_certificates, tls.certificate and "
+    "tls.private_key; automatic for a remote configured with tls = true.",
+)
+
+
 def _settings(config: Path | None) -> Settings:
     try:
         return load_cli_settings(config, None)
@@ -53,6 +83,8 @@ def _settings(config: Path | None) -> Settings:
 
 
 def _describe(exc: BaseException) -> str:
+    if isinstance(exc, ssl.SSLError):
+        return f"TLS handshake failed: {describe_tls_error(exc)}"
     if isinstance(exc, AssociationRejected):
         return (
             f"association rejected (result {exc.result}, source {exc.source}, reason {exc.reason})"
@@ -77,16 +109,26 @@ _config_option = click.option(
 @click.option("--calling-ae", default=None, help="Our AE title [default: setting dicom.ae_title].")
 @click.option("--timeout", type=float, default=30.0, show_default=True, help="Seconds.")
 @_config_option
-def echo_command(target: str, calling_ae: str | None, timeout: float, config: Path | None) -> None:
+@tls_option
+def echo_command(
+    target: str, calling_ae: str | None, timeout: float, config: Path | None, use_tls: bool
+) -> None:
     """C-ECHO (Verification) to TARGET: AET@HOST:PORT or a remote's name."""
     settings = _settings(config)
     aet, host, port = resolve_target(target, settings)
+    tls = target_tls(target, settings, use_tls)
     calling = calling_ae or settings.dicom.ae_title
 
     async def run() -> tuple[int, float]:
         started = time.perf_counter()
         async with associate(
-            host, port, called_ae=aet, calling_ae=calling, contexts=[VERIFICATION], timeout=timeout
+            host,
+            port,
+            called_ae=aet,
+            calling_ae=calling,
+            contexts=[VERIFICATION],
+            timeout=timeout,
+            ssl=tls,
         ) as assoc:
             status = await assoc.echo()
         return status.status, time.perf_counter() - started
@@ -101,7 +143,10 @@ def echo_command(target: str, calling_ae: str | None, timeout: float, config: Pa
     if code != 0:
         _err.print(f"[bold red]echo failed:[/] status 0x{code:04X}", highlight=False)
         sys.exit(1)
-    _out.print(f"C-ECHO {aet}@{host}:{port}: success ({seconds * 1000:.1f} ms)", highlight=False)
+    over = " over TLS" if tls is not None else ""
+    _out.print(
+        f"C-ECHO {aet}@{host}:{port}{over}: success ({seconds * 1000:.1f} ms)", highlight=False
+    )
 
 
 @click.command("store")
@@ -117,6 +162,7 @@ def echo_command(target: str, calling_ae: str | None, timeout: float, config: Pa
 )
 @click.option("--timeout", type=float, default=30.0, show_default=True, help="Seconds.")
 @_config_option
+@tls_option
 def store_command(
     paths: tuple[Path, ...],
     target: str,
@@ -124,10 +170,12 @@ def store_command(
     associations: int,
     timeout: float,
     config: Path | None,
+    use_tls: bool,
 ) -> None:
     """C-STORE files and folders (recursively) to a Storage SCP, each file as stored."""
     settings = _settings(config)
     aet, host, port = resolve_target(target, settings)
+    tls = target_tls(target, settings, use_tls)
     calling = calling_ae or settings.dicom.ae_title
     total = len(collect_files(paths))
     progress = Progress(
@@ -157,6 +205,7 @@ def store_command(
                     associations=associations,
                     timeout=timeout,
                     on_result=advance,
+                    ssl=tls,
                 )
             )
         except (AssociationAborted, NetError, OSError) as exc:

@@ -30,7 +30,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from dicomvault.cli.common import config_options, console, load_cli_settings, out
-from dicomvault.cli.net_commands import resolve_target
+from dicomvault.cli.net_commands import resolve_target, target_tls, tls_option
 from dicomvault.config import Settings
 from dicomvault.net import (
     DEFAULT_TRANSFER_SYNTAXES,
@@ -152,6 +152,7 @@ _common = [
     click.option("--calling-ae", default=None, help="Our AE title [default: dicom.ae_title]."),
     click.option("--timeout", type=float, default=30.0, show_default=True, help="Seconds."),
     config_options,
+    tls_option,
 ]
 
 
@@ -175,6 +176,7 @@ def find_command(
     timeout: float,
     config: Path | None,
     data_dir: Path | None,
+    use_tls: bool,
     as_json: bool,
     as_csv: bool,
     relational: bool,
@@ -182,6 +184,7 @@ def find_command(
     """C-FIND at TARGET (AET@HOST:PORT or a remote's name) and print the matches."""
     settings = _settings(config, data_dir)
     aet, host, port = resolve_target(target, settings)
+    tls = target_tls(target, settings, use_tls)
     sop_class = SOP_CLASS[(model, "find")]
     query = build_identifier(keys, level.upper())
 
@@ -196,6 +199,7 @@ def find_command(
             contexts=[(sop_class, _SYNTAXES)],
             extended_negotiation={sop_class: b"\x01"} if relational else None,
             timeout=timeout,
+            ssl=tls,
         ) as assoc:
             ctx = assoc.find_context(sop_class)
             if ctx is None:
@@ -348,11 +352,13 @@ def move_command(
     timeout: float,
     config: Path | None,
     data_dir: Path | None,
+    use_tls: bool,
     dest: str,
 ) -> None:
     """C-MOVE from TARGET to the AE titled --dest (known to TARGET)."""
     settings = _settings(config, data_dir)
     aet, host, port = resolve_target(target, settings)
+    tls = target_tls(target, settings, use_tls)
     sop_class = SOP_CLASS[(model, "move")]
     query = build_identifier(keys, level.upper())
 
@@ -367,6 +373,7 @@ def move_command(
             calling_ae=calling_ae or settings.dicom.ae_title,
             contexts=[(sop_class, _SYNTAXES)],
             timeout=timeout,
+            ssl=tls,
         ) as assoc:
             return await _retrieve(move, assoc, sop_class, query)
 
@@ -398,11 +405,13 @@ def get_command(
     timeout: float,
     config: Path | None,
     data_dir: Path | None,
+    use_tls: bool,
     out_dir: Path | None,
 ) -> None:
     """C-GET from TARGET: the instances arrive on the same association."""
     settings = _settings(config, data_dir)
     aet, host, port = resolve_target(target, settings)
+    tls = target_tls(target, settings, use_tls)
     sop_class = SOP_CLASS[(model, "get")]
     query = build_identifier(keys, level.upper())
     storage = storage_contexts()
@@ -433,6 +442,7 @@ def get_command(
             roles=[RoleSelection(uid, False, True) for uid, _ in storage],
             registry=registry,
             timeout=timeout,
+            ssl=tls,
         ) as assoc:
             return await _retrieve(get, assoc, sop_class, query)
 

@@ -1,6 +1,10 @@
 """``dicomvault serve``: the DIMSE listener and the HTTP server (DICOMweb) on one event loop
 in one process, or ``--workers N`` processes sharing both ports through SO_REUSEPORT so
-every core works."""
+every core works.
+
+With ``tls.enabled`` a second DIMSE listener serves DICOM over TLS (PS3.15 B.12) on
+``tls.dicom_port`` with the same services and policy; with ``tls.https`` the HTTP server
+speaks HTTPS. The TLS files are checked before anything listens."""
 
 from __future__ import annotations
 
@@ -20,6 +24,7 @@ from dicomvault.archive import Archive
 from dicomvault.cli.common import config_options, load_cli_settings, run_guarded
 from dicomvault.config import Settings
 from dicomvault.dimse.server import serve_dicom
+from dicomvault.security.tls import server_context
 from dicomvault.web.http import serve_http
 
 log = logging.getLogger("dicomvault.serve")
@@ -47,7 +52,11 @@ def _new_loop() -> asyncio.AbstractEventLoop:
 
 
 def _run_one(
-    settings: Settings, sock: socket.socket, http_sock: socket.socket, worker: int
+    settings: Settings,
+    sock: socket.socket,
+    http_sock: socket.socket,
+    worker: int,
+    tls_sock: socket.socket | None = None,
 ) -> None:
     """One serving process: open the archive, serve DIMSE and HTTP until SIGTERM/SIGINT,
     close."""
@@ -60,6 +69,7 @@ def _run_one(
             loop.add_signal_handler(sig, stop.set)
         dimse_ready = asyncio.Event()
         http_ready = asyncio.Event()
+        tls_ready = asyncio.Event()
         servers = [
             asyncio.ensure_future(
                 serve_dicom(archive, settings, ready=dimse_ready, stop=stop, sock=sock)
@@ -68,9 +78,22 @@ def _run_one(
                 serve_http(archive, settings, ready=http_ready, stop=stop, sock=http_sock)
             ),
         ]
+        if tls_sock is not None:
+            # DICOM over TLS (PS3.15 B.12) on its own port, same registry and policy.
+            tls = server_context(settings.tls)
+            servers.append(
+                asyncio.ensure_future(
+                    serve_dicom(
+                        archive, settings, ready=tls_ready, stop=stop, sock=tls_sock, ssl=tls
+                    )
+                )
+            )
+        else:
+            tls_ready.set()
         async def both() -> None:
             await dimse_ready.wait()
             await http_ready.wait()
+            await tls_ready.wait()
 
         both_ready = asyncio.ensure_future(both())
         await asyncio.wait([*servers, both_ready], return_when=asyncio.FIRST_COMPLETED)
@@ -88,6 +111,14 @@ def _run_one(
                 http_port,
                 settings.storage.path,
             )
+            if tls_sock is not None:
+                log.info(
+                    "worker %d: DICOM over TLS listening on %s:%d",
+                    worker,
+                    *tls_sock.getsockname()[:2],
+                )
+            if settings.tls.https:
+                log.info("worker %d: HTTPS (DICOMweb at https://…/dicom-web)", worker)
         else:
             both_ready.cancel()
         # One server failing (port gone, …) stops the other: a half-up archive is worse
@@ -113,7 +144,12 @@ def _worker_main(settings: Settings, host: str, port: int, worker: int, level: s
     _configure_logging(level)
     sock = _listening_socket(host, port, reuse_port=True)
     http_sock = _listening_socket(settings.http.host, settings.http.port, reuse_port=True)
-    _run_one(settings, sock, http_sock, worker)
+    tls_sock = (
+        _listening_socket(host, settings.tls.dicom_port, reuse_port=True)
+        if settings.tls.enabled
+        else None
+    )
+    _run_one(settings, sock, http_sock, worker, tls_sock)
 
 
 def _configure_logging(level: str) -> None:
@@ -175,6 +211,8 @@ def serve_command(
             overrides["server"] = {"workers": workers}
         settings = load_cli_settings(config, data_dir, **overrides)
         _configure_logging(settings.server.log_level)
+        if settings.tls.enabled or settings.tls.https:
+            server_context(settings.tls)  # ConfigError naming the key or file: exit 2
         n = settings.server.workers
         host, port = settings.dicom.host, settings.dicom.port
         if n == 1:
@@ -182,10 +220,17 @@ def serve_command(
             http_sock = _listening_socket(
                 settings.http.host, settings.http.port, reuse_port=False
             )
-            _run_one(settings, dimse_sock, http_sock, 0)
+            tls_sock = (
+                _listening_socket(host, settings.tls.dicom_port, reuse_port=False)
+                if settings.tls.enabled
+                else None
+            )
+            _run_one(settings, dimse_sock, http_sock, 0, tls_sock)
             return 0
         if port == 0 or settings.http.port == 0:
             raise click.UsageError("--workers needs a fixed --dicom-port and --http-port (not 0)")
+        if settings.tls.enabled and settings.tls.dicom_port == 0:
+            raise click.UsageError("--workers needs a fixed tls.dicom_port (not 0)")
         # Recovery once, alone, before any worker can spool.
         Archive.open(settings).close()
         ctx = multiprocessing.get_context("spawn")

@@ -20,6 +20,7 @@ from dicomvault.dimse.retrieve import SubOperations, run_sub_operations, select_
 from dicomvault.dimse.status import (
     MOVE_DESTINATION_UNKNOWN,
 )
+from dicomvault.model.errors import ConfigError
 from dicomvault.model.records import StoredInstance
 from dicomvault.net.errors import NetError
 from dicomvault.net.handlers import DimseStatus, QueryRequest, Response
@@ -30,6 +31,7 @@ from dicomvault.net.uids import (
     PATIENT_ROOT_MOVE,
     STUDY_ROOT_MOVE,
 )
+from dicomvault.security.tls import client_context
 
 log = logging.getLogger("dicomvault.dimse")
 
@@ -86,6 +88,9 @@ class ArchiveMoveHandler:
         syntax = request.transfer_syntax_uid
         ops = SubOperations(len(instances))
         try:
+            # PS3.15 B.12: a destination configured with tls = true gets its instances
+            # over TLS, verified against tls.ca_certificates, with our certificate.
+            tls = client_context(settings.tls) if remote.tls else None
             async with associate(
                 remote.host,
                 remote.port,
@@ -95,6 +100,7 @@ class ArchiveMoveHandler:
                 max_pdu=settings.dicom.max_pdu,
                 timeout=settings.dicom.idle_timeout,
                 logger=log,
+                ssl=tls,
             ) as sub:
                 async for response in run_sub_operations(
                     self.archive,
@@ -106,7 +112,7 @@ class ArchiveMoveHandler:
                     yield response
                     if not response.pending:
                         return
-        except (NetError, OSError, TimeoutError) as exc:
+        except (NetError, OSError, TimeoutError, ConfigError) as exc:
             log.warning(
                 "assoc=%s C-MOVE to %s failed: %s",
                 request.association.id,

@@ -5,9 +5,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+import ssl as _ssl
 
 from dicomvault.archive import Archive
 from dicomvault.config import Settings
+from dicomvault.dimse.access import AccessControl
 from dicomvault.dimse.find import FIND_SOP_CLASSES, ArchiveFindHandler, relational_reply
 from dicomvault.dimse.get import GET_SOP_CLASSES, ArchiveGetHandler
 from dicomvault.dimse.move import MOVE_SOP_CLASSES, ArchiveMoveHandler
@@ -20,7 +22,15 @@ log = logging.getLogger("dicomvault.dimse")
 
 
 def policy_from_settings(settings: Settings) -> AcceptorPolicy:
-    """The acceptor policy of the ``[dicom]`` settings section."""
+    """The acceptor policy of the ``[dicom]``, ``[security]`` and ``[remotes]`` sections.
+
+    Access control (:class:`~dicomvault.dimse.access.AccessControl`, PS3.8 7.1.1.3,
+    9.3.4): who the calling AE is and which services it may use. ``dicom.allowed_calling_aes``,
+    when not empty, is an additional allow-list checked first, for every peer (loopback
+    included): a calling AE title not in it is rejected with A-ASSOCIATE-RJ 1/1/3 whatever
+    ``[remotes]`` and ``[security]`` say. The called AE title is checked before both
+    (``dicom.check_called_ae``, RJ 1/1/7).
+    """
     dicom = settings.dicom
     allowed = frozenset(title.strip() for title in dicom.allowed_calling_aes)
     return AcceptorPolicy(
@@ -32,6 +42,7 @@ def policy_from_settings(settings: Settings) -> AcceptorPolicy:
         idle_timeout=dicom.idle_timeout,
         artim_timeout=dicom.artim_timeout,
         extended_negotiation=relational_reply,
+        access=AccessControl(settings),
     )
 
 
@@ -54,6 +65,7 @@ async def serve_dicom(
     ready: asyncio.Event | None = None,
     stop: asyncio.Event | None = None,
     sock: socket.socket | None = None,
+    ssl: _ssl.SSLContext | None = None,
 ) -> None:
     """Serve DIMSE for ``archive`` until ``stop`` is set.
 
@@ -69,6 +81,9 @@ async def serve_dicom(
         Graceful shutdown: stop accepting, finish messages in flight, return.
     sock
         A pre-bound listening socket (e.g. SO_REUSEPORT, one per worker process).
+    ssl
+        DICOM over TLS (PS3.15 B.12) with this server context
+        (:func:`dicomvault.security.tls.server_context`), e.g. on ``tls.dicom_port``.
     """
     await serve(
         registry_for(archive),
@@ -80,4 +95,5 @@ async def serve_dicom(
         stop=stop,
         logger=log,
         grace=max(settings.dicom.idle_timeout, 5.0),
+        ssl=ssl,
     )

@@ -8,18 +8,23 @@ an asyncio server whose connections are :class:`AcceptorAssociation` instances.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import inspect
 import itertools
 import logging
 import os
 import socket
+import ssl
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 import dicomvault
 from dicomvault.net.handlers import (
     AcceptedContext,
+    AccessPolicy,
     AssociationInfo,
+    ContextFilter,
     ServiceRegistry,
     UserIdentityPolicy,
 )
@@ -28,6 +33,7 @@ from dicomvault.net.items import (
     ACCEPTANCE,
     NO_REASON,
     TRANSFER_SYNTAXES_NOT_SUPPORTED,
+    USER_REJECTION,
     PresentationContextAC,
     RoleSelection,
     UserInformation,
@@ -81,6 +87,11 @@ class AcceptorPolicy:
     extended_negotiation
         Hook answering SOP Class Extended Negotiation (PS3.7 D.3.3.5): given the SOP
         class and the proposed application information, the reply or ``None`` (no reply).
+    access
+        Access control, see :data:`~dicomvault.net.handlers.AccessPolicy`: consulted once
+        per association before negotiation; it may reject the association (A-ASSOCIATE-RJ
+        1/1/3) or refuse presentation contexts (result 1, user-rejection, PS3.8 Table
+        9-18), and requests that still arrive for a refused service are answered 0x0124.
     """
 
     ae_title: str = "DICOMVAULT"
@@ -93,6 +104,7 @@ class AcceptorPolicy:
     artim_timeout: float = 30.0
     user_identity: UserIdentityPolicy | None = None
     extended_negotiation: Callable[[str, bytes], bytes | None] | None = None
+    access: AccessPolicy | None = None
     _syntax_set: frozenset[str] = field(default=frozenset(), init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -106,12 +118,20 @@ def negotiate(
     info: AssociationInfo,
     *,
     active_associations: int = 0,
+    access: ContextFilter | None = None,
+    calling_ae_refused: bool = False,
 ) -> A_ASSOCIATE_AC | A_ASSOCIATE_RJ:
     """Decide on an association request (PS3.8 7.1.1, PS3.7 D.3.3).
 
     Fills ``info`` (AE titles, accepted contexts, peer maximum, user identity, extended
-    negotiation) and returns the PDU to send.
+    negotiation) and returns the PDU to send. ``access`` and ``calling_ae_refused`` are
+    what :attr:`AcceptorPolicy.access` decided: a refused calling AE is rejected 1/1/3
+    (after the application context and called AE checks); contexts ``access`` refuses
+    get result 1, user-rejection (PS3.8 Table 9-18). An association whose contexts are
+    all refused is still accepted (PS3.8 7.1.1.13 leaves it to the requestor, which
+    usually releases or aborts it).
     """
+    info.access = access
     info.calling_ae_title = rq.calling_ae_title
     info.called_ae_title = rq.called_ae_title
     user = rq.user_information
@@ -128,7 +148,9 @@ def negotiate(
         return A_ASSOCIATE_RJ(
             REJECTED_PERMANENT, SOURCE_SERVICE_USER, REASON_CALLED_AE_NOT_RECOGNIZED
         )
-    if policy.calling_ae_allowed is not None and not policy.calling_ae_allowed(rq.calling_ae_title):
+    if calling_ae_refused or (
+        policy.calling_ae_allowed is not None and not policy.calling_ae_allowed(rq.calling_ae_title)
+    ):
         return A_ASSOCIATE_RJ(
             REJECTED_PERMANENT, SOURCE_SERVICE_USER, REASON_CALLING_AE_NOT_RECOGNIZED
         )
@@ -166,9 +188,15 @@ def negotiate(
         role = roles.get(ctx.abstract_syntax)
         # A C-GET SCP takes any SOP class the requestor will store as SCP (PS3.4 C.4.3.1).
         scp_role = role is not None and role.scp_role and registry.get_role
-        if not registry.supports(ctx.abstract_syntax) and not scp_role:
+        supported = registry.supports(ctx.abstract_syntax)
+        if not supported and not scp_role:
             results.append(PresentationContextAC(ctx.id, ABSTRACT_SYNTAX_NOT_SUPPORTED, fallback))
             continue
+        if access is not None:
+            scp_role = scp_role and access(ctx.abstract_syntax, True)
+            if not scp_role and not access(ctx.abstract_syntax, False):
+                results.append(PresentationContextAC(ctx.id, USER_REJECTION, fallback))
+                continue
         chosen = next((ts for ts in ctx.transfer_syntaxes if ts in policy._syntax_set), None)
         if chosen is None:
             results.append(PresentationContextAC(ctx.id, TRANSFER_SYNTAXES_NOT_SUPPORTED, fallback))
@@ -178,7 +206,11 @@ def negotiate(
         if role is not None:
             # PS3.7 D.3.3.4: the requestor keeps the SCU role it asks for where we are
             # SCP; it gets the SCP role (we send C-STOREs) when a C-GET SCP is registered.
-            accepted.scu_role = role.scu_role and registry.supports(ctx.abstract_syntax)
+            accepted.scu_role = (
+                role.scu_role
+                and supported
+                and (access is None or access(ctx.abstract_syntax, False))
+            )
             accepted.scp_role = scp_role
         info.contexts[ctx.id] = accepted
     for uid, role in roles.items():
@@ -186,8 +218,10 @@ def negotiate(
             reply.roles.append(
                 RoleSelection(
                     uid,
-                    role.scu_role and registry.supports(uid),
-                    role.scp_role and registry.get_role,
+                    role.scu_role
+                    and registry.supports(uid)
+                    and (access is None or access(uid, False)),
+                    role.scp_role and registry.get_role and (access is None or access(uid, True)),
                 )
             )
     if policy.extended_negotiation is not None:
@@ -249,9 +283,57 @@ class AcceptorAssociation(ServiceUser):
         if server.stopping:
             self.reject(A_ASSOCIATE_RJ(REJECTED_TRANSIENT, SOURCE_SERVICE_PROVIDER_ACSE, 1))
             return
+        hook = server.policy.access
+        if hook is None:
+            self._decide(rq, None, False)
+            return
+        self.info.calling_ae_title = rq.calling_ae_title
+        self.info.called_ae_title = rq.called_ae_title
+        try:
+            verdict = hook(self.info)
+        except Exception:
+            self.log.exception("assoc=%s access policy failed", self.info.id)
+            self.reject(A_ASSOCIATE_RJ(REJECTED_TRANSIENT, SOURCE_SERVICE_USER, 1))
+            return
+        if inspect.isawaitable(verdict):
+            task = self._loop.create_task(self._decide_later(rq, verdict))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+            return
+        self._decide(rq, verdict, verdict is None)
+
+    async def _decide_later(
+        self, rq: A_ASSOCIATE_RQ, verdict: Awaitable[ContextFilter | None]
+    ) -> None:
+        """Finish :meth:`associate_indication` once an asynchronous access policy has
+        answered (in Sta3, PS3.8 9.2: the ARTIM timer's duration bounds the wait)."""
+        try:
+            access = await asyncio.wait_for(verdict, self.server.policy.artim_timeout)
+        except Exception as exc:
+            self.log.warning(
+                "assoc=%s access policy failed for %s:%d calling=%s: %s",
+                self.info.id,
+                *self.peer,
+                rq.calling_ae_title,
+                "timed out" if isinstance(exc, TimeoutError) else repr(exc),
+            )
+            if self.fsm.state == "Sta3":
+                self.reject(A_ASSOCIATE_RJ(REJECTED_TRANSIENT, SOURCE_SERVICE_USER, 1))
+            return
+        if self.fsm.state == "Sta3":  # the peer may have gone meanwhile
+            self._decide(rq, access, access is None)
+
+    def _decide(self, rq: A_ASSOCIATE_RQ, access: ContextFilter | None, refused: bool) -> None:
+        server = self.server
         try:
             decision: A_ASSOCIATE_AC | A_ASSOCIATE_RJ = negotiate(
-                rq, server.policy, server.registry, self.info, active_associations=server.active
+                rq,
+                server.policy,
+                server.registry,
+                self.info,
+                active_associations=server.active,
+                access=access,
+                calling_ae_refused=refused,
             )
         except Exception:  # a policy hook failed: refuse, transiently, and say why in the log
             self.log.exception("assoc=%s negotiation failed", self.info.id)
@@ -361,6 +443,111 @@ class AcceptorAssociation(ServiceUser):
             self.abort("server shutting down")
 
 
+class TlsListener:
+    """DICOM over TLS (PS3.15 B.12): accepts TCP connections itself and runs each TLS
+    handshake as the server before an :class:`AcceptorAssociation` sees the connection.
+
+    A failed handshake (an old protocol version, no shared cipher suite, no or an untrusted
+    client certificate, plain DICOM on the TLS port, a timeout) is one warning naming the
+    peer and OpenSSL's reason; the server keeps serving. (Accepting here rather than in
+    ``loop.create_server(ssl=...)``, which drops handshake failures silently.)
+    """
+
+    def __init__(
+        self, sock: socket.socket, state: ServerState, context: ssl.SSLContext
+    ) -> None:
+        self.sockets = [sock]
+        self.state = state
+        self.context = context
+        self._pending: set[asyncio.Task[None]] = set()
+        self._accepting = asyncio.get_running_loop().create_task(self._accept(sock))
+
+    async def _accept(self, sock: socket.socket) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                conn, address = await loop.sock_accept(sock)
+            except OSError as exc:  # EMFILE and friends: say so, breathe, go on
+                self.state.log.error("accept failed on the TLS port: %s", exc)
+                await asyncio.sleep(0.1)
+                continue
+            task = loop.create_task(self._handshake(conn, address))
+            self._pending.add(task)
+            task.add_done_callback(self._pending.discard)
+
+    async def _handshake(self, conn: socket.socket, address: object) -> None:
+        state = self.state
+        peer = (str(address[0]), int(address[1])) if isinstance(address, tuple) else ("?", 0)
+        made: list[AcceptorAssociation] = []
+
+        def factory() -> AcceptorAssociation:
+            made.append(AcceptorAssociation(state))
+            return made[-1]
+
+        conn.setblocking(False)
+        try:
+            transport, _ = await asyncio.get_running_loop().connect_accepted_socket(
+                factory,
+                conn,
+                ssl=self.context,
+                ssl_handshake_timeout=state.policy.artim_timeout,
+            )
+        except asyncio.CancelledError:
+            conn.close()
+            raise
+        except (OSError, TimeoutError, EOFError) as exc:
+            state.log.warning(
+                "assoc=%s TLS handshake with %s:%d failed: %s",
+                made[-1].info.id if made else "-",
+                *peer,
+                _tls_reason(exc),
+            )
+            conn.close()
+            return
+        if made and state.log.isEnabledFor(logging.INFO):
+            cipher = transport.get_extra_info("cipher")
+            cert = transport.get_extra_info("peercert")
+            subject = (
+                ", ".join(f"{k}={v}" for rdn in cert.get("subject", ()) for k, v in rdn)
+                if cert
+                else "none"
+            )
+            state.log.info(
+                "assoc=%s TLS from %s:%d: %s %s, client certificate: %s",
+                made[-1].info.id,
+                *peer,
+                cipher[1] if cipher else "?",
+                cipher[0] if cipher else "?",
+                subject,
+            )
+
+    def close(self) -> None:
+        """Stop accepting, drop connections still in their handshake, close the socket."""
+        self._accepting.cancel()
+        for task in list(self._pending):
+            task.cancel()
+        for sock in self.sockets:
+            sock.close()
+
+    async def wait_closed(self) -> None:
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._accepting
+
+
+def _tls_reason(exc: BaseException) -> str:
+    """OpenSSL's reason for a failed handshake (e.g. UNSUPPORTED_PROTOCOL, NO_SHARED_CIPHER,
+    PEER_DID_NOT_RETURN_A_CERTIFICATE, WRONG_VERSION_NUMBER for plain TCP)."""
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return f"certificate verification failed: {exc.verify_message}"
+    if isinstance(exc, ssl.SSLError) and exc.reason:
+        return str(exc.reason)
+    if isinstance(exc, TimeoutError):
+        return "timed out"
+    if isinstance(exc, ConnectionResetError):
+        return "connection reset by the peer (does it trust our certificate?)"
+    return str(exc) or type(exc).__name__
+
+
 async def serve(
     registry: ServiceRegistry,
     policy: AcceptorPolicy,
@@ -372,6 +559,7 @@ async def serve(
     stop: asyncio.Event | None = None,
     logger: logging.Logger | None = None,
     grace: float = 30.0,
+    ssl: ssl.SSLContext | None = None,
 ) -> None:
     """Accept associations until ``stop`` is set (forever when ``stop`` is ``None``).
 
@@ -389,11 +577,21 @@ async def serve(
         seconds), abort the remaining associations, and return.
     logger
         Association log lines (default ``dicomvault.net``).
+    ssl
+        Serve DICOM over TLS (PS3.15 B.12) with this server context: each connection
+        completes its handshake (bounded by the ARTIM timeout) before the association
+        starts; failed handshakes are logged with the peer's address.
     """
     log = logger or logging.getLogger("dicomvault.net")
     state = ServerState(policy, registry, log)
     loop = asyncio.get_running_loop()
-    if sock is not None:
+    server: asyncio.Server | TlsListener
+    if ssl is not None:
+        if sock is None:
+            sock = socket.create_server((host, port), backlog=1024)
+        sock.setblocking(False)
+        server = TlsListener(sock, state, ssl)
+    elif sock is not None:
         server = await loop.create_server(
             lambda: AcceptorAssociation(state), sock=sock, backlog=1024
         )
@@ -406,7 +604,9 @@ async def serve(
             reuse_address=True,
         )
     addresses = ", ".join(str(s.getsockname()) for s in server.sockets)
-    log.info("listening on %s as %s", addresses, policy.ae_title)
+    log.info(
+        "listening on %s as %s%s", addresses, policy.ae_title, " (TLS)" if ssl is not None else ""
+    )
     if ready is not None:
         ready.set()
     try:

@@ -56,6 +56,8 @@ PENDING_BATCH_BYTES = 64 * 1024
 #: Status values used by the engine itself (PS3.7 C, PS3.4 B.2.3).
 STATUS_UNRECOGNIZED_OPERATION = 0x0211
 STATUS_SOP_CLASS_NOT_SUPPORTED = 0x0122
+#: Refused: Not Authorized (PS3.7 C.5): the peer may not use the service (access control).
+STATUS_NOT_AUTHORIZED = 0x0124
 STATUS_PROCESSING_FAILURE = 0x0110
 STATUS_CANNOT_UNDERSTAND = 0xC000
 STATUS_STORE_HANDLER_FAILED = 0xC211
@@ -188,7 +190,20 @@ class Association(UpperLayer):
             return
         self._inflight[incoming.message_id] = incoming
         with_data = c.has_data_set(command)
-        if field == c.C_ECHO_RQ and self.registry.verification:
+        access = self.info.access
+        if access is not None and not access(context.abstract_syntax, False):
+            # Access control (PS3.7 C.5): the context was accepted for another role only.
+            self.log.warning(
+                "assoc=%s %s from %s on %s refused: not authorized",
+                self.info.id,
+                incoming.name,
+                self.info.calling_ae_title,
+                context.abstract_syntax,
+            )
+            status = DimseStatus(
+                STATUS_NOT_AUTHORIZED, f"{self.info.calling_ae_title} may not use this service"
+            )
+        elif field == c.C_ECHO_RQ and self.registry.verification:
             status = SUCCESS
         elif field == c.C_STORE_RQ:
             status = self._begin_store(incoming, context.transfer_syntax, with_data)

@@ -50,6 +50,12 @@ class DimseStatus(NamedTuple):
 SUCCESS = DimseStatus(0x0000)
 
 
+#: Decides whether the peer may use a SOP class (abstract syntax): called with the UID and
+#: ``as_scp``, whether the peer would act as its SCP (the SCP/SCU Role Selection of
+#: PS3.7 D.3.3.4, e.g. receiving the C-STORE sub-operations of a C-GET), else as its SCU.
+ContextFilter = Callable[[str, bool], bool]
+
+
 @dataclass(slots=True)
 class AcceptedContext:
     """A presentation context the association accepted (PS3.8 7.1.1.13)."""
@@ -78,6 +84,10 @@ class AssociationInfo:
     user_identity: UserIdentity | None = None
     #: SOP Class Extended Negotiation proposed by the requestor (PS3.7 D.3.3.5).
     extended_negotiation: dict[str, bytes] = field(default_factory=dict)
+    #: What the peer may use, from :attr:`AcceptorPolicy.access
+    #: <dicomvault.net.acceptor.AcceptorPolicy.access>`; ``None`` means everything.
+    #: Requests on a context it refuses are answered 0x0124 (PS3.7 C.5, Refused: Not Authorized).
+    access: ContextFilter | None = None
 
 
 @dataclass(slots=True)
@@ -196,6 +206,13 @@ class QueryHandler(Protocol):
 #: ``True``/``None`` accept, ``bytes`` accept and are the server response when one is
 #: asked for a Kerberos ticket, SAML assertion or JWT (username types get an empty one).
 UserIdentityPolicy = Callable[[UserIdentity, AssociationInfo], bool | bytes | None]
+
+#: Access control (PS3.8 7.1.1.3-7.1.1.4, PS3.7 D.3.3): given the association as requested
+#: (AE titles, ``peer_host``/``peer_port``), ``None`` rejects it with A-ASSOCIATE-RJ 1/1/3
+#: (calling AE title not recognized), a :data:`ContextFilter` accepts it and says which
+#: presentation contexts may be accepted. May return an awaitable (e.g. to resolve host
+#: names off the event loop); it is then bounded by the ARTIM timeout.
+AccessPolicy = Callable[[AssociationInfo], ContextFilter | Awaitable[ContextFilter | None] | None]
 
 
 class ServiceRegistry:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl as _ssl
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 
@@ -193,6 +194,8 @@ async def associate(
     extended_negotiation: dict[str, bytes] | None = None,
     registry: ServiceRegistry | None = None,
     logger: logging.Logger | None = None,
+    ssl: _ssl.SSLContext | None = None,
+    server_hostname: str | None = None,
 ) -> AsyncIterator[RequestorAssociation]:
     """Open an association, yield it, release it on exit (abort it on an exception).
 
@@ -216,6 +219,10 @@ async def associate(
     registry
         Services we answer on this association: the store handler receiving the
         C-STORE sub-operations of a C-GET (PS3.4 C.4.3).
+    ssl, server_hostname
+        Associate over TLS (PS3.15 B.12) with this client context; the acceptor's
+        certificate must name ``server_hostname`` (default ``host``) when the context
+        checks host names. The handshake is bounded by ``timeout``.
 
     Raises
     ------
@@ -224,7 +231,8 @@ async def associate(
     AssociationAborted
         The acceptor aborted or closed the connection.
     OSError, TimeoutError
-        The connection failed or the acceptor did not answer in time.
+        The connection failed or the acceptor did not answer in time; a failed TLS
+        handshake is an :class:`ssl.SSLError` (an OSError).
 
     Examples
     --------
@@ -252,6 +260,9 @@ async def associate(
             ),
             host,
             port,
+            ssl=ssl,
+            server_hostname=(server_hostname or host) if ssl is not None else None,
+            ssl_handshake_timeout=timeout if ssl is not None else None,
         ),
         timeout,
     )

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import ssl as _ssl
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -95,6 +96,8 @@ async def send_files(
     timeout: float = 30.0,
     on_result: Callable[[SendResult], None] | None = None,
     logger: logging.Logger | None = None,
+    ssl: _ssl.SSLContext | None = None,
+    server_hostname: str | None = None,
 ) -> list[SendResult]:
     """C-STORE every file of ``paths`` (folders recursively) to ``host:port``.
 
@@ -104,6 +107,8 @@ async def send_files(
         How many associations send in parallel.
     on_result
         Called after each file (for a progress bar).
+    ssl, server_hostname
+        Associate over TLS (PS3.15 B.12), see :func:`~dicomvault.net.requestor.associate`.
 
     Returns
     -------
@@ -130,7 +135,10 @@ async def send_files(
             queue.put_nowait(info)
 
         workers = max(1, min(associations, len(batch)))
-        job = _Job(host, port, called_ae, calling_ae, contexts, max_pdu, timeout, logger, done)
+        job = _Job(
+            host, port, called_ae, calling_ae, contexts, max_pdu, timeout, logger, done,
+            ssl, server_hostname,
+        )  # fmt: skip
         await asyncio.gather(*(_worker(job, queue) for _ in range(workers)))
     return results
 
@@ -146,6 +154,8 @@ class _Job:
     timeout: float
     logger: logging.Logger | None
     done: Callable[[SendResult], None]
+    ssl: _ssl.SSLContext | None = None
+    server_hostname: str | None = None
 
 
 async def _worker(job: _Job, queue: asyncio.Queue[FileInfo]) -> None:
@@ -161,6 +171,8 @@ async def _worker(job: _Job, queue: asyncio.Queue[FileInfo]) -> None:
                 max_pdu=job.max_pdu,
                 timeout=job.timeout,
                 logger=job.logger,
+                ssl=job.ssl,
+                server_hostname=job.server_hostname,
             ) as assoc:
                 while not queue.empty():
                     info = queue.get_nowait()

@@ -14,6 +14,7 @@ import uvicorn
 
 from dicomvault.archive import Archive
 from dicomvault.config import Settings
+from dicomvault.security.tls import server_context
 from dicomvault.web.app import create_app
 
 log = logging.getLogger("dicomvault.http")
@@ -57,6 +58,13 @@ async def serve_http(
     """Serve the DICOMweb app for ``archive`` until ``stop`` is set.
 
     Requests in flight get up to ``dicom.idle_timeout`` seconds (at least 5) to finish.
+    With ``tls.https`` the app is served over TLS (HTTPS, PS3.15 B.12 / BCP 195) with the
+    context of :func:`dicomvault.security.tls.server_context`.
+
+    Raises
+    ------
+    ConfigError
+        ``tls.https`` without a usable certificate and key (the message names the key).
     """
     config = uvicorn.Config(
         create_app(archive, settings),
@@ -70,6 +78,11 @@ async def serve_http(
         # Keep-alive connections of viewers (one per browser tab) idle between clicks.
         timeout_keep_alive=30,
     )
+    if settings.tls.https:
+        # uvicorn builds its context from file names; ours enforces TLS 1.2+, the ECDHE
+        # AES-GCM suites and the client certificate mode, so replace it once loaded.
+        config.load()
+        config.ssl = server_context(settings.tls)
     if sock is None:
         sock = config.bind_socket()
     warn_if_exposed(sock.getsockname()[0])

@@ -1,0 +1,234 @@
+"""DICOM access control: who is calling, and which services it may use.
+
+The decisions of the Security issue, part 2, made once per association by
+:class:`AccessControl` (the :data:`~dicomvault.net.handlers.AccessPolicy` of the archive's
+acceptor, see :func:`dicomvault.dimse.server.policy_from_settings`):
+
+1. A peer on a loopback address may use every service while
+   ``security.trust_loopback`` is true (the default).
+2. Otherwise the calling AE title (PS3.8 7.1.1.3) is looked up among the
+   ``[remotes.NAME]`` entries. An entry with ``check_host`` only counts when the peer's
+   address is ``host`` or one of ``hosts`` (names are resolved with ``getaddrinfo`` once
+   per association, off the event loop). A known AE gets its ``permissions``.
+3. A calling AE no entry names gets ``security.unknown_ae_permissions``; when that list is
+   empty, or a known AE calls from a host that does not match, the association is
+   rejected: A-ASSOCIATE-RJ rejected-permanent, source service-user, reason 3 "calling
+   AE title not recognized" (PS3.8 9.3.4, Table 9-21).
+
+Permissions map to SOP classes (:func:`permission_for`): Verification → ``echo``;
+Storage → ``store`` (or ``get`` when the peer takes the SCP role, i.e. receives the
+C-STORE sub-operations of its C-GET, PS3.4 C.4.3.1, PS3.7 D.3.3.4); Query/Retrieve FIND →
+``find``, MOVE → ``move``, GET → ``get``; Modality Worklist FIND → ``worklist``; Storage
+Commitment Push Model → ``commit``; MPPS → ``mpps``. Presentation contexts of services
+the AE may not use are refused with result 1, user-rejection (PS3.8 Table 9-18: the
+acceptor's application, not its service provider, refuses them); a request that still
+arrives for one is answered 0x0124 "Refused: Not Authorized" (PS3.7 C.5). SOP classes
+that map to no permission are allowed only to peers holding every permission.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+import socket
+from collections.abc import Awaitable, Iterable
+from dataclasses import dataclass
+
+from dicomvault.config import ALL_PERMISSIONS, Permission, RemoteAE, Settings
+from dicomvault.net.handlers import AssociationInfo
+from dicomvault.net.uids import (
+    PATIENT_ROOT_FIND,
+    PATIENT_ROOT_GET,
+    PATIENT_ROOT_MOVE,
+    STORAGE_SOP_CLASSES,
+    STUDY_ROOT_FIND,
+    STUDY_ROOT_GET,
+    STUDY_ROOT_MOVE,
+    VERIFICATION,
+)
+
+log = logging.getLogger("dicomvault.dimse")
+
+#: Modality Worklist Information Model - FIND (PS3.4 K.6.1.1).
+MODALITY_WORKLIST_FIND = "1.2.840.10008.5.1.4.31"
+#: Storage Commitment Push Model SOP Class (PS3.4 J.3).
+STORAGE_COMMITMENT_PUSH = "1.2.840.10008.1.20.1"
+#: Modality Performed Procedure Step SOP Class (PS3.4 F.7.3).
+MPPS = "1.2.840.10008.3.1.2.3.3"
+#: Storage SOP classes live under this root (PS3.6 A), also those pydicom does not list.
+_STORAGE_ROOT = "1.2.840.10008.5.1.4.1.1."
+
+_PERMISSION_OF: dict[str, Permission] = {
+    VERIFICATION: "echo",
+    PATIENT_ROOT_FIND: "find",
+    STUDY_ROOT_FIND: "find",
+    "1.2.840.10008.5.1.4.1.2.3.1": "find",  # Patient/Study Only (retired)
+    PATIENT_ROOT_MOVE: "move",
+    STUDY_ROOT_MOVE: "move",
+    "1.2.840.10008.5.1.4.1.2.3.2": "move",
+    "1.2.840.10008.5.1.4.1.2.4.2": "move",  # Composite Instance Root
+    PATIENT_ROOT_GET: "get",
+    STUDY_ROOT_GET: "get",
+    "1.2.840.10008.5.1.4.1.2.3.3": "get",
+    "1.2.840.10008.5.1.4.1.2.4.3": "get",  # Composite Instance Root
+    "1.2.840.10008.5.1.4.1.2.5.3": "get",  # Composite Instance Retrieve Without Bulk Data
+    MODALITY_WORKLIST_FIND: "worklist",
+    STORAGE_COMMITMENT_PUSH: "commit",
+    MPPS: "mpps",
+}
+_STORAGE = frozenset(STORAGE_SOP_CLASSES)
+_ALL: frozenset[str] = frozenset(ALL_PERMISSIONS)
+
+
+def permission_for(abstract_syntax: str, as_scp: bool) -> Permission | None:
+    """The permission a peer needs to use ``abstract_syntax`` as its SCU, or as its SCP
+    when ``as_scp`` (the SCP/SCU Role Selection of PS3.7 D.3.3.4); ``None`` when the SOP
+    class maps to no permission."""
+    if abstract_syntax in _STORAGE or abstract_syntax.startswith(_STORAGE_ROOT):
+        # The peer as Storage SCP receives our C-STOREs: the sub-operations of its C-GET.
+        return "get" if as_scp else "store"
+    return _PERMISSION_OF.get(abstract_syntax)
+
+
+@dataclass(frozen=True, slots=True)
+class Grant:
+    """The services one association may use: a
+    :data:`~dicomvault.net.handlers.ContextFilter`."""
+
+    permissions: frozenset[str]
+    #: Why: ``"loopback"``, ``"remote NAME"`` or ``"unknown AE"`` (for the log).
+    reason: str = ""
+
+    def __call__(self, abstract_syntax: str, as_scp: bool) -> bool:
+        needed = permission_for(abstract_syntax, as_scp)
+        if needed is None:
+            return self.permissions >= _ALL
+        return needed in self.permissions
+
+
+def _address(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """``text`` as an IP address (IPv4-mapped IPv6 as IPv4, scope dropped), or ``None``."""
+    try:
+        address = ipaddress.ip_address(text.split("%", 1)[0])
+    except ValueError:
+        return None
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped
+    return address
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` (a peer address) is a loopback address (127.0.0.0/8, ::1)."""
+    address = _address(host)
+    return address is not None and address.is_loopback
+
+
+def _hosts(remote: RemoteAE) -> list[str]:
+    return [h.strip() for h in (remote.host, *remote.hosts) if h.strip()]
+
+
+_Address = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
+async def _resolve(names: Iterable[str]) -> dict[str, set[_Address]]:
+    """The addresses of each of ``names`` (``getaddrinfo`` in the loop's executor); a
+    name that does not resolve has none (and is logged)."""
+    loop = asyncio.get_running_loop()
+    unique = sorted(set(names))
+    answers = await asyncio.gather(
+        *(loop.getaddrinfo(name, None, type=socket.SOCK_STREAM) for name in unique),
+        return_exceptions=True,
+    )
+    found: dict[str, set[_Address]] = {}
+    for name, answer in zip(unique, answers, strict=True):
+        addresses = found.setdefault(name, set())
+        if isinstance(answer, BaseException):
+            log.warning(
+                "access control: host %r of a [remotes] entry does not resolve: %s", name, answer
+            )
+            continue
+        for *_, sockaddr in answer:
+            address = _address(str(sockaddr[0]))
+            if address is not None:
+                addresses.add(address)
+    return found
+
+
+class AccessControl:
+    """The archive's access policy (see the module docstring), built from ``[remotes]``
+    and ``[security]``; call it with an association's
+    :class:`~dicomvault.net.handlers.AssociationInfo`."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.trust_loopback = settings.security.trust_loopback
+        self.unknown = frozenset(settings.security.unknown_ae_permissions)
+        self.by_title: dict[str, list[tuple[str, RemoteAE]]] = {}
+        for name, remote in settings.remotes.items():
+            self.by_title.setdefault(remote.ae_title.strip(), []).append((name, remote))
+
+    def __call__(self, info: AssociationInfo) -> Grant | Awaitable[Grant | None] | None:
+        if self.trust_loopback and is_loopback(info.peer_host):
+            return Grant(_ALL, "loopback")
+        title = info.calling_ae_title.strip()
+        entries = self.by_title.get(title)
+        if not entries:
+            if not self.unknown:
+                log.warning(
+                    "assoc=%s calling AE %r from %s:%d not recognized: no [remotes] entry "
+                    "and security.unknown_ae_permissions is empty",
+                    info.id,
+                    title,
+                    info.peer_host,
+                    info.peer_port,
+                )
+                return None
+            return Grant(self.unknown, "unknown AE")
+        for name, remote in entries:
+            if not remote.check_host:
+                return Grant(frozenset(remote.permissions), f"remote {name}")
+        peer = _address(info.peer_host)
+        names = [h for _, r in entries for h in _hosts(r) if _address(h) is None]
+        decided = self._match(entries, peer, {})
+        if decided is not None or not names or peer is None:
+            return decided if decided is not None else self._mismatch(info, entries)
+        return self._match_resolved(info, entries, peer, names)
+
+    async def _match_resolved(
+        self,
+        info: AssociationInfo,
+        entries: list[tuple[str, RemoteAE]],
+        peer: _Address,
+        names: list[str],
+    ) -> Grant | None:
+        decided = self._match(entries, peer, await _resolve(names))
+        return decided if decided is not None else self._mismatch(info, entries)
+
+    @staticmethod
+    def _match(
+        entries: list[tuple[str, RemoteAE]],
+        peer: _Address | None,
+        resolved: dict[str, set[_Address]],
+    ) -> Grant | None:
+        """The grant of the first entry whose ``host``/``hosts`` (addresses, or names
+        in ``resolved``) include the peer's address, else ``None``."""
+        if peer is None:
+            return None
+        for name, remote in entries:
+            for host in _hosts(remote):
+                literal = _address(host)
+                if literal == peer or (literal is None and peer in resolved.get(host, ())):
+                    return Grant(frozenset(remote.permissions), f"remote {name}")
+        return None
+
+    @staticmethod
+    def _mismatch(info: AssociationInfo, entries: list[tuple[str, RemoteAE]]) -> None:
+        log.warning(
+            "assoc=%s calling AE %r from %s:%d rejected: host did not match %s",
+            info.id,
+            info.calling_ae_title.strip(),
+            info.peer_host,
+            info.peer_port,
+            "; ".join(f"[remotes.{name}] {', '.join(_hosts(r))}" for name, r in entries),
+        )
+        return None

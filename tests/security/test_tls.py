@@ -1,0 +1,370 @@
+"""DICOM over TLS and HTTPS (PS3.15 B.12, BCP 195): real peers (DCMTK, openssl s_client,
+httpx, our own CLI) against real listeners on 127.0.0.1."""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+import os
+import socket
+import ssl
+import stat
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from cryptography import x509
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "net"))
+
+from peers import PYDICOM_TEST_FILES, ServerThread, dcmtk
+
+from dicomvault.archive import Archive
+from dicomvault.config import RemoteAE, Settings, load_settings
+from dicomvault.dimse.server import serve_dicom
+from dicomvault.model.errors import ConfigError
+from dicomvault.security.certs import DevCerts, make_dev_certs
+from dicomvault.security.tls import client_context, server_context
+from dicomvault.web.http import serve_http
+
+DV = str(Path(sys.executable).with_name("dicomvault"))
+CT = PYDICOM_TEST_FILES / "CT_small.dcm"
+
+
+@pytest.fixture(scope="module")
+def certs(tmp_path_factory: pytest.TempPathFactory) -> DevCerts:
+    return make_dev_certs(tmp_path_factory.mktemp("certs"), ["pacs.example", "10.1.2.3"])
+
+
+def tls_settings(tmp_path: Path, certs: DevCerts, mode: str = "required") -> Settings:
+    return load_settings(
+        None,
+        {
+            "storage": {"path": tmp_path / "data", "fsync": False},
+            "dicom": {"host": "127.0.0.1", "port": 0, "idle_timeout": 10, "artim_timeout": 3},
+            "http": {"host": "127.0.0.1", "port": 0},
+            "tls": {
+                "enabled": True,
+                "https": True,
+                "certificate": certs.server_certificate,
+                "private_key": certs.server_key,
+                "ca_certificates": certs.ca_certificate,
+                "client_certificates": mode,
+            },
+        },
+    )
+
+
+class TlsServer:
+    def __init__(self, archive: Archive, settings: Settings, thread: ServerThread) -> None:
+        self.archive = archive
+        self.settings = settings
+        self.thread = thread
+        self.port = thread.port
+
+
+@pytest.fixture
+def tls_server(tmp_path: Path, certs: DevCerts) -> Iterator[TlsServer]:
+    settings = tls_settings(tmp_path, certs)
+    archive = Archive.open(settings)
+    context = server_context(settings.tls)
+
+    async def make(sock: socket.socket, ready: asyncio.Event, stop: asyncio.Event) -> None:
+        await serve_dicom(archive, settings, ready=ready, stop=stop, sock=sock, ssl=context)
+
+    thread = ServerThread(make).start()
+    try:
+        yield TlsServer(archive, settings, thread)
+    finally:
+        thread.close()
+        archive.close()
+        assert thread.error is None, thread.error
+
+
+def dcmtk_tls(certs: DevCerts) -> list[str]:
+    return [
+        "--enable-tls", str(certs.client_key), str(certs.client_certificate),
+        "--add-cert-file", str(certs.ca_certificate),
+    ]  # fmt: skip
+
+
+def s_client(port: int, *args: str | Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["openssl", "s_client", "-connect", f"127.0.0.1:{port}", *map(str, args)],
+        input="",
+        capture_output=True,
+        text=True,
+        timeout=20,
+        check=False,
+    )
+
+
+def negotiated(proc: subprocess.CompletedProcess[str]) -> str:
+    """The cipher openssl s_client negotiated, '(NONE)' when the handshake failed."""
+    for line in proc.stdout.splitlines():
+        if ", Cipher is " in line:
+            return line.rsplit(" ", 1)[-1]
+    return "(NONE)"
+
+
+# --- make-dev-certs --------------------------------------------------------------------
+
+
+def test_dev_certs_verify_and_name_the_server(certs: DevCerts) -> None:
+    for key in (certs.ca_key, certs.server_key, certs.client_key):
+        assert stat.S_IMODE(key.stat().st_mode) == 0o600
+    server = x509.load_pem_x509_certificate(certs.server_certificate.read_bytes())
+    ca = x509.load_pem_x509_certificate(certs.ca_certificate.read_bytes())
+    server.verify_directly_issued_by(ca)
+    san = server.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert set(san.get_values_for_type(x509.DNSName)) == {"localhost", "pacs.example"}
+    assert set(san.get_values_for_type(x509.IPAddress)) == {
+        ipaddress.ip_address("127.0.0.1"),
+        ipaddress.ip_address("::1"),
+        ipaddress.ip_address("10.1.2.3"),
+    }
+    files = type("F", (), {})()
+    files.certificate = certs.server_certificate
+    files.private_key = certs.server_key
+    files.ca_certificates = certs.ca_certificate
+    files.client_certificates = "required"
+    ctx = server_context(files)
+    assert ctx.minimum_version == ssl.TLSVersion.TLSv1_2
+    assert ctx.verify_mode == ssl.CERT_REQUIRED
+    tls12 = {c["name"] for c in ctx.get_ciphers() if c["protocol"] == "TLSv1.2"}
+    assert tls12 and all("ECDHE" in n and "GCM" in n for n in tls12), tls12
+    assert client_context(files).check_hostname
+
+
+def test_make_dev_certs_cli(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [DV, "tls", "make-dev-certs", str(tmp_path / "c"), "--hostname", "pacs.local"],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert "[tls]" in proc.stdout and "server-key.pem" in proc.stdout
+    assert "pacs.local" in proc.stdout
+    again = subprocess.run(
+        [DV, "tls", "make-dev-certs", str(tmp_path / "c")],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert again.returncode == 1 and "--force" in again.stderr
+
+
+def test_tls_settings_errors_name_the_key(tmp_path: Path, certs: DevCerts) -> None:
+    settings = tls_settings(tmp_path, certs)
+    settings.tls.private_key = None
+    with pytest.raises(ConfigError, match=r"tls\.private_key"):
+        server_context(settings.tls)
+    settings.tls.private_key = tmp_path / "missing.pem"
+    with pytest.raises(ConfigError, match=r"missing\.pem"):
+        server_context(settings.tls)
+    settings.tls.private_key = certs.client_key  # not the certificate's key
+    with pytest.raises(ConfigError, match="matching private key"):
+        server_context(settings.tls)
+    config = tmp_path / "bad.toml"
+    config.write_text('[tls]\nenabled = true\n[storage]\npath = "%s"\n' % (tmp_path / "d"))
+    proc = subprocess.run(
+        [DV, "serve", "--config", str(config), "--dicom-port", "0", "--http-port", "0"],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 2
+    assert "tls.certificate" in proc.stderr and "tls.private_key" in proc.stderr
+
+
+# --- DIMSE over TLS ----------------------------------------------------------------------
+
+
+@pytest.mark.dcmtk
+def test_dcmtk_echo_and_store_over_tls(
+    tls_server: TlsServer, certs: DevCerts, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, "dicomvault")
+    port = str(tls_server.port)
+    echo = dcmtk("echoscu", *dcmtk_tls(certs), "-aec", "DICOMVAULT", "localhost", port)
+    assert echo.returncode == 0, echo.stderr
+    store = dcmtk("storescu", *dcmtk_tls(certs), "-aec", "DICOMVAULT", "localhost", port, CT)
+    assert store.returncode == 0, store.stderr
+    assert tls_server.archive.stats().instances == 1
+    assert "client certificate: organizationName=dicomvault development" in caplog.text
+
+
+@pytest.mark.dcmtk
+def test_refused_handshakes_are_logged_and_serving_goes_on(
+    tls_server: TlsServer, certs: DevCerts, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, "dicomvault")
+    port = str(tls_server.port)
+    # Anonymous TLS: no client certificate while one is required.
+    anon = dcmtk(
+        "echoscu", "--anonymous-tls", "--add-cert-file", certs.ca_certificate,
+        "-aec", "DICOMVAULT", "localhost", port,
+    )  # fmt: skip
+    assert anon.returncode != 0
+    # Plain DICOM on the TLS port.
+    plain = dcmtk("echoscu", "-to", "5", "-aec", "DICOMVAULT", "127.0.0.1", port)
+    assert plain.returncode != 0
+    # Plain TCP garbage.
+    with socket.create_connection(("127.0.0.1", tls_server.port), timeout=5) as sock:
+        sock.sendall(b"GET / HTTP/1.0\r\n\r\n")
+        assert sock.recv(100) == b""
+    failures = [r.getMessage() for r in caplog.records if "TLS handshake with" in r.getMessage()]
+    assert len(failures) == 3, failures
+    assert all("127.0.0.1:" in line for line in failures)
+    assert "PEER_DID_NOT_RETURN_A_CERTIFICATE" in failures[0]
+    assert "Traceback" not in caplog.text
+    ok = dcmtk("echoscu", *dcmtk_tls(certs), "-aec", "DICOMVAULT", "localhost", port)
+    assert ok.returncode == 0, ok.stderr
+
+
+def test_openssl_protocol_versions_and_suites(
+    tls_server: TlsServer, certs: DevCerts, caplog: pytest.LogCaptureFixture
+) -> None:
+    cert = ("-cert", certs.client_certificate, "-key", certs.client_key)
+    for version in ("-tls1", "-tls1_1"):
+        old = s_client(tls_server.port, version, "-cipher", "DEFAULT:@SECLEVEL=0", *cert)
+        assert negotiated(old) == "(NONE)", old.stdout
+    cbc = s_client(tls_server.port, "-tls1_2", "-cipher", "AES128-SHA", *cert)
+    assert negotiated(cbc) == "(NONE)", cbc.stdout
+    rsa_kx = s_client(tls_server.port, "-tls1_2", "-cipher", "AES128-GCM-SHA256", *cert)
+    assert negotiated(rsa_kx) == "(NONE)", rsa_kx.stdout
+    good = s_client(
+        tls_server.port, "-tls1_2", "-cipher", "ECDHE-RSA-AES128-GCM-SHA256",
+        "-CAfile", certs.ca_certificate, *cert,
+    )  # fmt: skip
+    assert negotiated(good) == "ECDHE-RSA-AES128-GCM-SHA256", good.stdout + good.stderr
+    assert "Verify return code: 0 (ok)" in good.stdout
+    tls13 = s_client(tls_server.port, "-tls1_3", "-CAfile", certs.ca_certificate, *cert)
+    assert negotiated(tls13).startswith("TLS_"), tls13.stdout
+    reasons = caplog.text
+    assert "UNSUPPORTED_PROTOCOL" in reasons or "WRONG_VERSION" in reasons
+    assert "NO_SHARED_CIPHER" in reasons
+
+
+def write_config(tmp_path: Path, certs: DevCerts, port: int, **remote: Any) -> Path:
+    config = tmp_path / "scu.toml"
+    lines = [
+        "[tls]",
+        f'certificate = "{certs.server_certificate}"',
+        f'private_key = "{certs.server_key}"',
+        f'ca_certificates = "{certs.ca_certificate}"',
+        "[remotes.vault]",
+        'ae_title = "DICOMVAULT"',
+        'host = "localhost"',
+        f"port = {port}",
+        *(f"{key} = {str(value).lower()}" for key, value in remote.items()),
+    ]
+    config.write_text("\n".join(lines) + "\n")
+    return config
+
+
+def dv(*args: str | Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [DV, *map(str, args)], capture_output=True, text=True, timeout=60, check=False
+    )
+
+
+def test_our_scu_uses_tls_for_remotes_configured_so(
+    tls_server: TlsServer, certs: DevCerts, tmp_path: Path
+) -> None:
+    config = write_config(tmp_path, certs, tls_server.port, tls=True)
+    echo = dv("echo", "vault", "--config", config)
+    assert echo.returncode == 0, echo.stderr
+    assert "over TLS" in echo.stdout
+    store = dv("store", CT, "--to", "vault", "--config", config)
+    assert store.returncode == 0, store.stdout + store.stderr
+    adhoc = dv("echo", f"DICOMVAULT@127.0.0.1:{tls_server.port}", "--tls", "--config", config)
+    assert adhoc.returncode == 0, adhoc.stderr
+    find = dv(
+        "find", "vault", "-k", "PatientID", "--config", config, "--data-dir", tmp_path / "scu"
+    )
+    assert find.returncode == 0, find.stdout + find.stderr
+    assert "1 match" in find.stdout
+    # Without tls = true the SCU speaks plain DICOM, which the TLS port refuses.
+    plain = dv("echo", "vault", "--config", write_config(tmp_path, certs, tls_server.port))
+    assert plain.returncode == 1
+
+
+def test_scu_refuses_a_server_it_cannot_verify(
+    tls_server: TlsServer, certs: DevCerts, tmp_path: Path
+) -> None:
+    other = make_dev_certs(tmp_path / "other")
+    config = write_config(tmp_path, certs, tls_server.port, tls=True)
+    text = config.read_text().replace(str(certs.ca_certificate), str(other.ca_certificate))
+    config.write_text(text)
+    proc = dv("echo", "vault", "--config", config)
+    assert proc.returncode == 1
+    assert "certificate verification failed" in " ".join(proc.stderr.split())
+
+
+# --- HTTPS -------------------------------------------------------------------------------
+
+
+def test_https_healthz(tmp_path: Path, certs: DevCerts) -> None:
+    settings = tls_settings(tmp_path, certs, mode="optional")
+    archive = Archive.open(settings)
+
+    async def make(sock: socket.socket, ready: asyncio.Event, stop: asyncio.Event) -> None:
+        await serve_http(archive, settings, ready=ready, stop=stop, sock=sock)
+
+    thread = ServerThread(make).start()
+    try:
+        verify = ssl.create_default_context(cafile=str(certs.ca_certificate))
+        with httpx.Client(verify=verify, timeout=10) as client:
+            answer = client.get(f"https://localhost:{thread.port}/healthz")
+        assert answer.status_code == 200
+        with httpx.Client(timeout=10) as plain, pytest.raises(httpx.HTTPError):
+            plain.get(f"http://127.0.0.1:{thread.port}/healthz")
+    finally:
+        thread.close()
+        archive.close()
+    assert os.path.exists(settings.storage.path)
+
+
+@pytest.mark.dcmtk
+def test_c_move_sub_association_over_tls(
+    tls_server: TlsServer, certs: DevCerts, tmp_path: Path
+) -> None:
+    """The C-MOVE SCP's sub-association to a ``tls = true`` destination uses TLS, with our
+    certificate (the destination requires one)."""
+    import pydicom
+
+    settings = load_settings(
+        None,
+        {
+            "storage": {"path": tmp_path / "source", "fsync": False},
+            "dicom": {"host": "127.0.0.1", "port": 0, "idle_timeout": 10, "artim_timeout": 3},
+            "tls": {
+                "certificate": certs.server_certificate,
+                "private_key": certs.server_key,
+                "ca_certificates": certs.ca_certificate,
+            },
+        },
+    )
+    settings.remotes["dest"] = RemoteAE(
+        ae_title="DICOMVAULT", host="localhost", port=tls_server.port, tls=True
+    )
+    source = Archive.open(settings)
+
+    async def make(sock: socket.socket, ready: asyncio.Event, stop: asyncio.Event) -> None:
+        await serve_dicom(source, settings, ready=ready, stop=stop, sock=sock)
+
+    thread = ServerThread(make).start()
+    try:
+        store = dcmtk("storescu", "-aec", "DICOMVAULT", "127.0.0.1", str(thread.port), CT)
+        assert store.returncode == 0, store.stderr
+        study = pydicom.dcmread(CT, stop_before_pixels=True).StudyInstanceUID
+        move = dv(
+            "move", f"DICOMVAULT@127.0.0.1:{thread.port}", "--dest", "DICOMVAULT",
+            "-k", f"StudyInstanceUID={study}", "--data-dir", tmp_path / "scu",
+        )  # fmt: skip
+        assert move.returncode == 0, move.stdout + move.stderr
+    finally:
+        thread.close()
+        source.close()
+    assert tls_server.archive.stats().instances == 1
