@@ -128,7 +128,9 @@ def test_study_answer_has_a_content_length_and_large_files_stream(
         assert response.status_code == 200
         assert int(response.headers["content-length"]) == len(response.content)
         ((headers, payload),) = parts(response)
-        assert payload == stored_file(web_sqlite, ds.SOPInstanceUID)
+        stored = stored_file(web_sqlite, ds.SOPInstanceUID)
+        assert payload[128:] == stored[128:]  # CT_small's preamble holds a TIFF header
+        assert payload[:128] == bytes(128)
         assert headers["Content-Length"] == str(len(payload))
 
 
@@ -524,3 +526,18 @@ def test_study_metadata_on_both_backends(web: WebServer) -> None:
         f"/instances/{other.SOPInstanceUID}/metadata"
     )
     assert response.status_code == 404
+
+
+def test_a_non_zero_preamble_is_never_sent(web_sqlite: WebServer, tmp_path: Path) -> None:
+    """The stored file keeps what was received; WADO-RS sends zeros in its place
+    (PS3.10 7.1 preamble; PE/DICOM polyglots, CVE-2019-11687)."""
+    source = bundled("CT_small.dcm").read_bytes()
+    assert source[128:132] == b"DICM"
+    polyglot = tmp_path / "polyglot.dcm"
+    polyglot.write_bytes(b"MZ" + bytes(range(126)) + source[128:])
+    ds = store(web_sqlite, polyglot)
+    assert stored_file(web_sqlite, ds.SOPInstanceUID)[:2] == b"MZ"
+    response = web_sqlite.client.get(instance_path(ds), headers={"Accept": MULTIPART_DICOM_ANY})
+    ((_, payload),) = parts(response)
+    assert payload[:128] == bytes(128)
+    assert payload[128:] == stored_file(web_sqlite, ds.SOPInstanceUID)[128:]

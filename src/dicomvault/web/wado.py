@@ -127,6 +127,14 @@ def _cache_headers(etag: str) -> dict[str, str]:
     return {"ETag": etag, "Cache-Control": CACHE_CONTROL}
 
 
+def _zero_preamble(part10: memoryview) -> None:
+    """Zero the 128-byte preamble of a Part 10 file in place (PS3.10 7.1 lets it hold
+    anything; a Windows executable there makes a PE/DICOM polyglot, CVE-2019-11687).
+    The archive keeps what it received; what it sends never carries a non-zero one."""
+    if len(part10) >= 132 and part10[128:132].tobytes() == b"DICM" and any(part10[:128]):
+        part10[:128] = bytes(128)
+
+
 async def _file_chunks(
     fp: BinaryIO, start: int = 0, length: int | None = None
 ) -> AsyncIterator[bytes]:
@@ -234,6 +242,7 @@ async def retrieve_instances(request: Request) -> Response:
                 if not n:
                     raise OSError(f"blob of {instance.sop_instance_uid} shrank while read")
                 view = view[n:]
+            _zero_preamble(memoryview(data)[len(prefix) :])
         except BaseException:
             fp.close()
             raise
@@ -276,6 +285,10 @@ async def retrieve_instances(request: Request) -> Response:
                     lead += heads[index]
                     try:
                         async for chunk in _file_chunks(content):
+                            if lead:  # the first chunk: the file's preamble
+                                first = bytearray(chunk)
+                                _zero_preamble(memoryview(first))
+                                chunk = bytes(first)
                             yield lead + chunk
                             lead = b""
                     finally:
