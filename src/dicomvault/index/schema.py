@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from sqlalchemy import (
     BigInteger,
+    Boolean,
     Column,
     DateTime,
     ForeignKey,
@@ -23,6 +24,7 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    false,
     func,
 )
 
@@ -138,4 +140,34 @@ instances = Table(
     Column("source_ae", String(16)),
     Column("metadata_json", Text, nullable=False),
     Index("ix_instances_sop_class", "sop_class_uid"),
+)
+
+# HTTP users and their API tokens (security issue, part 4; revision 0002). Passwords are
+# argon2id hashes (PHC strings); tokens are kept as the SHA-256 of the token, never the
+# token itself (a token is 256 random bits: a slow hash would add nothing).
+
+users = Table(
+    "users",
+    metadata,
+    Column("pk", Integer, primary_key=True, autoincrement=True),
+    Column("name", String(128), nullable=False, unique=True),
+    Column("password_hash", Text, nullable=False),
+    Column("role", String(16), nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("disabled", Boolean, nullable=False, server_default=false()),
+)
+
+api_tokens = Table(
+    "api_tokens",
+    metadata,
+    Column("pk", Integer, primary_key=True, autoincrement=True),
+    Column(
+        "user_pk", Integer, ForeignKey("users.pk", ondelete="CASCADE"), nullable=False, index=True
+    ),
+    Column("token_sha256", String(64), nullable=False, unique=True),
+    Column("label", Text, nullable=False, server_default=""),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("expires_at", DateTime(timezone=True)),
+    Column("revoked_at", DateTime(timezone=True)),
+    Column("last_used_at", DateTime(timezone=True)),
 )
