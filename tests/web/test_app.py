@@ -172,16 +172,17 @@ def test_metrics_count_dimse_messages_and_ingest(web_sqlite: WebServer, tmp_path
     assert abs(delta('dicomvault_ingest_bytes_total{source="dimse"}') - stored) <= 16
 
 
-def test_http_listens_on_loopback_by_default_and_warns_when_exposed(
-    caplog: pytest.LogCaptureFixture,
-) -> None:
+def test_http_listens_on_loopback_by_default_and_refuses_exposure_without_users() -> None:
     from dicomvault.config import load_settings
-    from dicomvault.web.http import warn_if_exposed
+    from dicomvault.model.errors import ConfigError
+    from dicomvault.web.http import refuse_if_exposed
 
     assert load_settings(None, {}).http.host == "127.0.0.1"
-    with caplog.at_level("WARNING", logger="dicomvault.http"):
-        assert not warn_if_exposed("127.0.0.1")
-        assert not warn_if_exposed("::1")
-        assert not caplog.records
-        assert warn_if_exposed("0.0.0.0")
-    assert "answers anyone" in caplog.text and "reverse proxy" in caplog.text
+    refuse_if_exposed("127.0.0.1", False)
+    refuse_if_exposed("::1", False)
+    refuse_if_exposed("localhost", False)
+    refuse_if_exposed("0.0.0.0", True)  # users exist: served, with authentication
+    with pytest.raises(ConfigError, match="dicomvault user add admin --role admin"):
+        refuse_if_exposed("0.0.0.0", False)
+    with pytest.raises(ConfigError, match="no HTTP user exists"):
+        refuse_if_exposed("192.0.2.10", False)

@@ -16,6 +16,7 @@ from dicomvault.cli.net_commands import echo_command, store_command
 from dicomvault.cli.qr_commands import find_command, get_command, move_command
 from dicomvault.cli.serve import serve_command
 from dicomvault.cli.tls_commands import tls_group
+from dicomvault.cli.user_commands import token_group, user_group
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -40,6 +41,8 @@ for command in (
     move_command,
     get_command,
     tls_group,
+    user_group,
+    token_group,
 ):
     cli.add_command(command)
 

@@ -20,12 +20,14 @@ from pathlib import Path
 
 import click
 
-from dicomvault.archive import Archive
+from dicomvault.archive import Archive, users
 from dicomvault.cli.common import config_options, load_cli_settings, run_guarded
 from dicomvault.config import Settings
 from dicomvault.dimse.server import serve_dicom
+from dicomvault.index import Index
 from dicomvault.security.tls import server_context
-from dicomvault.web.http import serve_http
+from dicomvault.web.auth import is_loopback
+from dicomvault.web.http import refuse_if_exposed, serve_http
 
 log = logging.getLogger("dicomvault.serve")
 
@@ -40,6 +42,18 @@ def _listening_socket(host: str, port: int, *, reuse_port: bool) -> socket.socke
     sock.listen(512)
     sock.setblocking(False)
     return sock
+
+
+def _refuse_if_exposed(settings: Settings) -> None:
+    """ConfigError (exit 2) when HTTP would listen beyond loopback with no HTTP user."""
+    if is_loopback(settings.http.host):
+        return
+    settings.storage.path.mkdir(parents=True, exist_ok=True)
+    index = Index.open(settings.index_url)
+    try:
+        refuse_if_exposed(settings.http.host, users.users_exist(index))
+    finally:
+        index.close()
 
 
 def _new_loop() -> asyncio.AbstractEventLoop:
@@ -213,6 +227,7 @@ def serve_command(
         _configure_logging(settings.server.log_level)
         if settings.tls.enabled or settings.tls.https:
             server_context(settings.tls)  # ConfigError naming the key or file: exit 2
+        _refuse_if_exposed(settings)  # before anything listens
         n = settings.server.workers
         host, port = settings.dicom.host, settings.dicom.port
         if n == 1:

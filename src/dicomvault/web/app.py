@@ -23,7 +23,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from dicomvault import metrics
 from dicomvault.archive import Archive
 from dicomvault.config import Settings
-from dicomvault.web import capabilities, delete, qido, rendered, stow, wado
+from dicomvault.web import auth, capabilities, delete, qido, rendered, stow, wado
 from dicomvault.web.common import DICOMWEB_ROOT
 from dicomvault.web.errors import EXCEPTION_HANDLERS
 
@@ -127,8 +127,9 @@ def create_app(archive: Archive, settings: Settings) -> Starlette:
         *capabilities.top_routes(),
         Mount(DICOMWEB_ROOT, routes=dicomweb),
     ]
+    auth.guard(routes)  # RuntimeError for a route without a declared permission
     _label(routes)
-    middleware = [Middleware(RequestLog)]
+    middleware = [Middleware(RequestLog), Middleware(auth.SecurityHeaders)]
     if settings.http.cors_origins:
         # PS3.18 does not define CORS; browsers need it when a viewer is served from
         # another origin. Expose the headers viewers read from responses.
@@ -142,6 +143,10 @@ def create_app(archive: Archive, settings: Settings) -> Starlette:
                 max_age=600,
             )
         )
+    # Inside CORS, so that preflights pass and 401/403 answers carry the CORS headers.
+    middleware.append(
+        Middleware(auth.Authentication, archive=archive, host=settings.http.host)
+    )
     middleware.append(
         Middleware(
             GZipMiddleware,

@@ -5,17 +5,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ipaddress
 import logging
 import socket
 from collections.abc import Iterator
 
 import uvicorn
 
-from dicomvault.archive import Archive
+from dicomvault.archive import Archive, users
 from dicomvault.config import Settings
+from dicomvault.model.errors import ConfigError
 from dicomvault.security.tls import server_context
 from dicomvault.web.app import create_app
+from dicomvault.web.auth import is_loopback
 
 log = logging.getLogger("dicomvault.http")
 
@@ -28,23 +29,24 @@ class _Server(uvicorn.Server):
         yield
 
 
-def warn_if_exposed(host: str) -> bool:
-    """Log a warning when the HTTP listener is reachable from other hosts: DICOMweb has
-    no authentication in this version (users, roles and tokens come with the security
-    work), so anyone who reaches the port can read, store and delete. Returns whether
-    it warned."""
-    try:
-        loopback = ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        loopback = host == "localhost"
-    if not loopback:
-        log.warning(
-            "DICOMweb listens on %s and answers anyone who reaches it: this version has no "
-            "HTTP users or roles. Bind http.host = \"127.0.0.1\" (the default) or put an "
-            "authenticating reverse proxy in front.",
-            host,
-        )
-    return not loopback
+def refuse_if_exposed(host: str, have_users: bool) -> None:
+    """Refuse to serve HTTP on an address other machines can reach while no HTTP user
+    exists: anyone reaching the port could read, store and delete (Orthanc shipped that
+    default and earned CVE-2025-0896). Loopback needs no user.
+
+    Raises
+    ------
+    ConfigError
+        ``host`` is not loopback and there is no user; the message says how to add one.
+    """
+    if have_users or is_loopback(host):
+        return
+    raise ConfigError(
+        f"http.host = {host!r} would let anyone on the network read, store and delete, "
+        "and no HTTP user exists: add one first with "
+        "'dicomvault user add admin --role admin' (then 'dicomvault token create admin' "
+        "for programs), or keep http.host = \"127.0.0.1\""
+    )
 
 
 async def serve_http(
@@ -64,7 +66,8 @@ async def serve_http(
     Raises
     ------
     ConfigError
-        ``tls.https`` without a usable certificate and key (the message names the key).
+        ``tls.https`` without a usable certificate and key (the message names the key);
+        a non-loopback address while no HTTP user exists (:func:`refuse_if_exposed`).
     """
     config = uvicorn.Config(
         create_app(archive, settings),
@@ -83,9 +86,10 @@ async def serve_http(
         # AES-GCM suites and the client certificate mode, so replace it once loaded.
         config.load()
         config.ssl = server_context(settings.tls)
+    host = settings.http.host if sock is None else str(sock.getsockname()[0])
+    refuse_if_exposed(host, users.users_exist(archive))
     if sock is None:
         sock = config.bind_socket()
-    warn_if_exposed(sock.getsockname()[0])
     if sock.family in (socket.AF_INET, socket.AF_INET6):
         # uvicorn writes headers and body separately: with Nagle on, the body waits for
         # the client's delayed ACK, ~40 ms per response (measured 44 ms → 0.9 ms).
