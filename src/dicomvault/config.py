@@ -153,6 +153,11 @@ class SecuritySettings(_Section):
     unknown_ae_permissions: list[Permission] = Field(default_factory=lambda: _ECHO_STORE.copy())
     #: Peers on a loopback address may use every service.
     trust_loopback: bool = True
+    #: User Identity Negotiation (PS3.7 D.3.3.7): ``required`` rejects an association
+    #: without a valid username and passcode (A-ASSOCIATE-RJ 1/1/1), except from loopback
+    #: peers while ``trust_loopback`` holds; ``optional`` lets a valid user add the
+    #: services of their role to the calling AE's.
+    user_identity: Literal["optional", "required"] = "optional"
 
 
 class Settings(BaseSettings):

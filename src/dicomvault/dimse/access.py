@@ -24,19 +24,40 @@ the AE may not use are refused with result 1, user-rejection (PS3.8 Table 9-18: 
 acceptor's application, not its service provider, refuses them); a request that still
 arrives for one is answered 0x0124 "Refused: Not Authorized" (PS3.7 C.5). SOP classes
 that map to no permission are allowed only to peers holding every permission.
+
+User Identity Negotiation (PS3.7 D.3.3.7), decided after the calling AE (so an AE that is
+rejected stays rejected, whoever logs in, and no argon2 work is spent on it):
+
+- Username and passcode (type 2) are checked against the archive's HTTP users (argon2id,
+  in the loop's executor). A valid, enabled user adds the services of their role to the
+  calling AE's: ``viewer`` echo, find, move, get; ``uploader`` those and store; ``admin``
+  every permission (:data:`ROLE_PERMISSIONS`). A positive response, when asked for, is
+  the empty server response of PS3.7 D.3.3.7.2.
+- Username only (type 1) identifies but does not authenticate (PS3.7 D.3.3.7: no
+  passcode): no extra rights, no positive response; it does not satisfy ``required``.
+- JWT (type 5), Kerberos (3), SAML (4) and unknown types are not validated (no key or
+  identity provider is configured): logged, no extra rights, no positive response; they
+  do not satisfy ``required``.
+- ``security.user_identity = "required"``: an association without a valid username and
+  passcode (none, another type, a wrong passcode) is rejected A-ASSOCIATE-RJ
+  rejected-permanent (1), source service-user (1), reason no-reason-given (1) (PS3.8
+  Table 9-21: the reasons of source 1 are 1, 2, 3 and 7; an identity failure is none of
+  2, 3, 7). Loopback peers under ``trust_loopback`` are exempt. With ``optional`` a wrong
+  passcode is logged and the association goes on with the AE's rights only.
 """
 
 from __future__ import annotations
 
 import asyncio
+import inspect
 import ipaddress
 import logging
 import socket
-from collections.abc import Awaitable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 
 from dicomvault.config import ALL_PERMISSIONS, Permission, RemoteAE, Settings
-from dicomvault.net.handlers import AssociationInfo
+from dicomvault.net.handlers import AssociationInfo, RejectAssociation
 from dicomvault.net.uids import (
     PATIENT_ROOT_FIND,
     PATIENT_ROOT_GET,
@@ -79,6 +100,19 @@ _PERMISSION_OF: dict[str, Permission] = {
 }
 _STORAGE = frozenset(STORAGE_SOP_CLASSES)
 _ALL: frozenset[str] = frozenset(ALL_PERMISSIONS)
+
+#: DIMSE services of the HTTP roles (:mod:`dicomvault.archive.users`) for a user
+#: authenticated by User Identity Negotiation.
+ROLE_PERMISSIONS: dict[str, frozenset[str]] = {
+    "viewer": frozenset({"echo", "find", "move", "get"}),
+    "uploader": frozenset({"echo", "find", "move", "get", "store"}),
+    "admin": _ALL,
+}
+_IDENTITY_TYPES = {1: "username", 2: "username and passcode", 3: "Kerberos", 4: "SAML", 5: "JWT"}
+
+#: Checks a username and passcode; the user's role, or ``None``. Blocking (argon2): it is
+#: called in the event loop's executor.
+UserCheck = Callable[[str, str], str | None]
 
 
 def permission_for(abstract_syntax: str, as_scp: bool) -> Permission | None:
@@ -160,9 +194,12 @@ class AccessControl:
     and ``[security]``; call it with an association's
     :class:`~dicomvault.net.handlers.AssociationInfo`."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, users: UserCheck | None = None) -> None:
         self.trust_loopback = settings.security.trust_loopback
         self.unknown = frozenset(settings.security.unknown_ae_permissions)
+        self.identity_required = settings.security.user_identity == "required"
+        #: Username and passcode check (``None``: no user store, every passcode fails).
+        self.users = users
         self.by_title: dict[str, list[tuple[str, RemoteAE]]] = {}
         for name, remote in settings.remotes.items():
             self.by_title.setdefault(remote.ae_title.strip(), []).append((name, remote))
@@ -170,6 +207,71 @@ class AccessControl:
     def __call__(self, info: AssociationInfo) -> Grant | Awaitable[Grant | None] | None:
         if self.trust_loopback and is_loopback(info.peer_host):
             return Grant(_ALL, "loopback")
+        by_ae = self._by_ae(info)
+        if info.user_identity is None and not self.identity_required:
+            return by_ae
+        return self._with_identity(info, by_ae)
+
+    async def _with_identity(
+        self, info: AssociationInfo, by_ae: Grant | Awaitable[Grant | None] | None
+    ) -> Grant | None:
+        """The AE's grant joined with the user's (see the module docstring)."""
+        grant = await by_ae if inspect.isawaitable(by_ae) else by_ae
+        if grant is None:
+            return None
+        user = await self._user(info)
+        if user is None:
+            if self.identity_required:
+                raise RejectAssociation(
+                    1, 1, 1, "security.user_identity is required and no valid user was given"
+                )
+            return grant
+        name, role = user
+        info.user_identity_response = b""  # accepted: PS3.7 D.3.3.7.2, empty for type 2
+        return Grant(
+            grant.permissions | ROLE_PERMISSIONS.get(role, frozenset()),
+            f"{grant.reason} + user {name} ({role})",
+        )
+
+    async def _user(self, info: AssociationInfo) -> tuple[str, str] | None:
+        """The authenticated (user name, role) of the association, or ``None``; logs why."""
+        ident = info.user_identity
+        title = info.calling_ae_title.strip()
+        where = f"assoc={info.id} calling AE {title!r} from {info.peer_host}"
+        if ident is None:
+            log.warning("%s: no user identity (security.user_identity is required)", where)
+            return None
+        kind = _IDENTITY_TYPES.get(ident.type, f"unknown type {ident.type}")
+        if ident.type != 2:
+            why = {
+                1: "a username alone is not authenticated: no extra rights",
+                5: "JWT identities are not supported (no key to validate them): ignored",
+            }.get(ident.type, "not supported: ignored")
+            log.warning("%s: user identity %s: %s", where, kind, why)
+            return None
+        try:
+            name = ident.primary_field.decode("utf-8")
+            passcode = ident.secondary_field.decode("utf-8")
+        except UnicodeDecodeError:
+            log.warning("%s: user identity is not UTF-8: ignored", where)
+            return None
+        role = None
+        if self.users is not None and name:
+            loop = asyncio.get_running_loop()
+            role = await loop.run_in_executor(None, self.users, name, passcode)
+        if role is None:
+            log.warning(
+                "%s: user %r: wrong user name or passcode%s",
+                where,
+                name,
+                "" if self.identity_required else " (going on with the AE's rights only)",
+            )
+            return None
+        log.info("%s: user %r authenticated, role %s", where, name, role)
+        return name, role
+
+    def _by_ae(self, info: AssociationInfo) -> Grant | Awaitable[Grant | None] | None:
+        """The decision on the calling AE alone (steps 2 and 3 of the module docstring)."""
         title = info.calling_ae_title.strip()
         entries = self.by_title.get(title)
         if not entries:

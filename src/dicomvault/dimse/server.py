@@ -8,8 +8,9 @@ import socket
 import ssl as _ssl
 
 from dicomvault.archive import Archive
+from dicomvault.archive.users import verify_password
 from dicomvault.config import Settings
-from dicomvault.dimse.access import AccessControl
+from dicomvault.dimse.access import AccessControl, UserCheck
 from dicomvault.dimse.find import FIND_SOP_CLASSES, ArchiveFindHandler, relational_reply
 from dicomvault.dimse.get import GET_SOP_CLASSES, ArchiveGetHandler
 from dicomvault.dimse.move import MOVE_SOP_CLASSES, ArchiveMoveHandler
@@ -21,7 +22,7 @@ from dicomvault.net.handlers import ServiceRegistry
 log = logging.getLogger("dicomvault.dimse")
 
 
-def policy_from_settings(settings: Settings) -> AcceptorPolicy:
+def policy_from_settings(settings: Settings, users: UserCheck | None = None) -> AcceptorPolicy:
     """The acceptor policy of the ``[dicom]``, ``[security]`` and ``[remotes]`` sections.
 
     Access control (:class:`~dicomvault.dimse.access.AccessControl`, PS3.8 7.1.1.3,
@@ -29,7 +30,8 @@ def policy_from_settings(settings: Settings) -> AcceptorPolicy:
     when not empty, is an additional allow-list checked first, for every peer (loopback
     included): a calling AE title not in it is rejected with A-ASSOCIATE-RJ 1/1/3 whatever
     ``[remotes]`` and ``[security]`` say. The called AE title is checked before both
-    (``dicom.check_called_ae``, RJ 1/1/7).
+    (``dicom.check_called_ae``, RJ 1/1/7). ``users`` checks the username and passcode of
+    User Identity Negotiation (PS3.7 D.3.3.7, ``security.user_identity``).
     """
     dicom = settings.dicom
     allowed = frozenset(title.strip() for title in dicom.allowed_calling_aes)
@@ -42,7 +44,7 @@ def policy_from_settings(settings: Settings) -> AcceptorPolicy:
         idle_timeout=dicom.idle_timeout,
         artim_timeout=dicom.artim_timeout,
         extended_negotiation=relational_reply,
-        access=AccessControl(settings),
+        access=AccessControl(settings, users),
     )
 
 
@@ -56,6 +58,16 @@ def registry_for(archive: Archive) -> ServiceRegistry:
     registry.add_query(C_MOVE_RQ, ArchiveMoveHandler(archive), MOVE_SOP_CLASSES)
     registry.add_query(C_GET_RQ, ArchiveGetHandler(archive), GET_SOP_CLASSES)
     return registry
+
+
+def _user_check(archive: Archive) -> UserCheck:
+    """The archive's HTTP users (argon2id) as the check of User Identity Negotiation."""
+
+    def check(name: str, passcode: str) -> str | None:
+        principal = verify_password(archive, name, passcode)
+        return None if principal is None else principal.role
+
+    return check
 
 
 async def serve_dicom(
@@ -87,7 +99,7 @@ async def serve_dicom(
     """
     await serve(
         registry_for(archive),
-        policy_from_settings(settings),
+        policy_from_settings(settings, _user_check(archive)),
         host=settings.dicom.host,
         port=settings.dicom.port,
         sock=sock,

@@ -48,7 +48,9 @@ patients = Table(
     Column("patient_comments", Text),
     Column("number_of_studies", Integer, nullable=False, server_default="0"),
     Index("ix_patients_identity", "patient_id", "issuer_of_patient_id", unique=True),
-    Index("ix_patients_name", "patient_name"),
+    # text_pattern_ops: PostgreSQL serves LIKE prefixes from it under any collation
+    # (revision 0003); other dialects ignore the option.
+    Index("ix_patients_name", "patient_name", postgresql_ops={"patient_name": "text_pattern_ops"}),
 )
 
 # Person names match case-insensitively by default (query.case_insensitive_names): the
@@ -58,8 +60,8 @@ patients = Table(
 Index("ix_patients_name_nocase", patients.c.patient_name.collate("NOCASE")).ddl_if(dialect="sqlite")
 Index(
     "ix_patients_name_lower",
-    func.lower(patients.c.patient_name),
-    postgresql_ops={"lower_1": "text_pattern_ops"},
+    func.lower(patients.c.patient_name).label("lower_name"),
+    postgresql_ops={"lower_name": "text_pattern_ops"},
 ).ddl_if(dialect="postgresql")
 
 studies = Table(

@@ -25,6 +25,7 @@ from dicomvault.net.handlers import (
     AccessPolicy,
     AssociationInfo,
     ContextFilter,
+    RejectAssociation,
     ServiceRegistry,
     UserIdentityPolicy,
 )
@@ -174,6 +175,13 @@ def negotiate(
                 reply.user_identity_response = b""
             elif isinstance(verdict, bytes):
                 reply.user_identity_response = verdict
+    elif (
+        user.user_identity is not None
+        and user.user_identity.positive_response_requested
+        and info.user_identity_response is not None
+    ):
+        # The access hook accepted the identity (PS3.7 D.3.3.7.2).
+        reply.user_identity_response = info.user_identity_response
     if user.async_ops_window is not None:
         reply.async_ops_window = (1, 1)  # operations are performed one at a time
     roles = {role.sop_class_uid: role for role in user.roles}
@@ -289,8 +297,12 @@ class AcceptorAssociation(ServiceUser):
             return
         self.info.calling_ae_title = rq.calling_ae_title
         self.info.called_ae_title = rq.called_ae_title
+        self.info.user_identity = rq.user_information.user_identity
         try:
             verdict = hook(self.info)
+        except RejectAssociation as exc:
+            self._rejected_by_access(rq, exc)
+            return
         except Exception:
             self.log.exception("assoc=%s access policy failed", self.info.id)
             self.reject(A_ASSOCIATE_RJ(REJECTED_TRANSIENT, SOURCE_SERVICE_USER, 1))
@@ -309,6 +321,10 @@ class AcceptorAssociation(ServiceUser):
         answered (in Sta3, PS3.8 9.2: the ARTIM timer's duration bounds the wait)."""
         try:
             access = await asyncio.wait_for(verdict, self.server.policy.artim_timeout)
+        except RejectAssociation as exc:
+            if self.fsm.state == "Sta3":
+                self._rejected_by_access(rq, exc)
+            return
         except Exception as exc:
             self.log.warning(
                 "assoc=%s access policy failed for %s:%d calling=%s: %s",
@@ -322,6 +338,20 @@ class AcceptorAssociation(ServiceUser):
             return
         if self.fsm.state == "Sta3":  # the peer may have gone meanwhile
             self._decide(rq, access, access is None)
+
+    def _rejected_by_access(self, rq: A_ASSOCIATE_RQ, exc: RejectAssociation) -> None:
+        self.log.warning(
+            "assoc=%s rejected %s:%d calling=%s called=%s result=%d source=%d reason=%d: %s",
+            self.info.id,
+            *self.peer,
+            rq.calling_ae_title,
+            rq.called_ae_title,
+            exc.result,
+            exc.source,
+            exc.reason,
+            exc.why or "by the access policy",
+        )
+        self.reject(A_ASSOCIATE_RJ(exc.result, exc.source, exc.reason))
 
     def _decide(self, rq: A_ASSOCIATE_RQ, access: ContextFilter | None, refused: bool) -> None:
         server = self.server

@@ -81,7 +81,14 @@ class AssociationInfo:
     peer_max_pdu: int = 0
     peer_implementation_class_uid: str = ""
     peer_implementation_version_name: str | None = None
+    #: The User Identity Negotiation sub-item the requestor sent (PS3.7 D.3.3.7.1); set
+    #: before :attr:`AcceptorPolicy.access <dicomvault.net.acceptor.AcceptorPolicy.access>`
+    #: is consulted.
     user_identity: UserIdentity | None = None
+    #: Set by the access hook when it accepted :attr:`user_identity`: the server response
+    #: sent in the A-ASSOCIATE-AC when the requestor asked for one (PS3.7 D.3.3.7.2; empty
+    #: for username and passcode). ``None``: no response is sent.
+    user_identity_response: bytes | None = None
     #: SOP Class Extended Negotiation proposed by the requestor (PS3.7 D.3.3.5).
     extended_negotiation: dict[str, bytes] = field(default_factory=dict)
     #: What the peer may use, from :attr:`AcceptorPolicy.access
@@ -207,11 +214,24 @@ class QueryHandler(Protocol):
 #: asked for a Kerberos ticket, SAML assertion or JWT (username types get an empty one).
 UserIdentityPolicy = Callable[[UserIdentity, AssociationInfo], bool | bytes | None]
 
+class RejectAssociation(Exception):
+    """Raised by an :data:`AccessPolicy` to reject the association with these
+    A-ASSOCIATE-RJ values (PS3.8 Table 9-21) instead of 1/1/3; ``why`` goes to the log."""
+
+    def __init__(self, result: int, source: int, reason: int, why: str = "") -> None:
+        super().__init__(why or f"rejected {result}/{source}/{reason}")
+        self.result = result
+        self.source = source
+        self.reason = reason
+        self.why = why
+
+
 #: Access control (PS3.8 7.1.1.3-7.1.1.4, PS3.7 D.3.3): given the association as requested
 #: (AE titles, ``peer_host``/``peer_port``), ``None`` rejects it with A-ASSOCIATE-RJ 1/1/3
 #: (calling AE title not recognized), a :data:`ContextFilter` accepts it and says which
 #: presentation contexts may be accepted. May return an awaitable (e.g. to resolve host
-#: names off the event loop); it is then bounded by the ARTIM timeout.
+#: names off the event loop); it is then bounded by the ARTIM timeout. It may raise
+#: :class:`RejectAssociation` to reject with other A-ASSOCIATE-RJ values.
 AccessPolicy = Callable[[AssociationInfo], ContextFilter | Awaitable[ContextFilter | None] | None]
 
 
