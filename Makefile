@@ -24,11 +24,12 @@ $(DEV_STAMP): pyproject.toml | $(VENV)/bin/python
 serve: $(RUN_STAMP)
 	$(VENV)/bin/dicomvault serve $(ARGS)
 
-## tools: the external peers the tests and benchmarks talk to (DCMTK), installed when absent
+## tools: the external peers the tests and benchmarks talk to (DCMTK, openssl s_client),
+##        installed when absent
 tools:
-	@if [ ! -x /usr/bin/storescu ]; then \
-	  echo "installing DCMTK (apt)"; \
-	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dcmtk >/dev/null; \
+	@if [ ! -x /usr/bin/storescu ] || [ ! -x /usr/bin/openssl ]; then \
+	  echo "installing DCMTK and OpenSSL (apt)"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dcmtk openssl >/dev/null; \
 	fi
 
 ## test: install everything the tests need and run the whole suite
