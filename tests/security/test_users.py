@@ -213,6 +213,14 @@ def test_user_and_token_commands(tmp_path: Path) -> None:
     assert dv_here("token", "revoke", str(tokens[0]["id"]), "--data-dir", data).returncode == 2
     assert dv_here("token", "create", "nobody", "--data-dir", data).returncode == 2
 
+    viewer = dv_here(
+        "user", "add", "vic", "--role", "viewer", "--password-stdin", "--data-dir", data,
+        stdin=PASSWORD + "\n",
+    )  # fmt: skip
+    assert viewer.returncode == 0, viewer.stderr
+    last = dv_here("user", "remove", "ana", "--data-dir", data)
+    assert last.returncode == 2 and "last admin" in last.stderr
+    assert dv_here("user", "remove", "vic", "--data-dir", data).returncode == 0
     removed = dv_here("user", "remove", "ana", "--data-dir", data)
     assert removed.returncode == 0 and "no HTTP users left" in removed.stderr
     assert json.loads(dv_here("user", "list", "--json", "--data-dir", data).stdout) == []

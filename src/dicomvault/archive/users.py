@@ -180,15 +180,32 @@ def list_users(source: Archive | Index) -> list[User]:
     ]
 
 
-def remove_user(source: Archive | Index, name: str) -> None:
+def remove_user(source: Archive | Index, name: str, *, force: bool = False) -> None:
     """Remove a user and every token of it.
+
+    Removing the last enabled admin while other users remain would leave nobody able to
+    delete or administer over HTTP (the server stays closed to everyone else's rights):
+    refused unless ``force``.
 
     Raises
     ------
     NotFound
         No such user.
+    UserError
+        ``name`` is the last enabled admin and other users remain.
     """
-    if not sql.delete_user(_index(source), name):
+    index = _index(source)
+    everyone = list_users(index)
+    target = next((u for u in everyone if u.name == name), None)
+    if target is None:
+        raise NotFound(f"no user {name!r}")
+    admins = [u for u in everyone if u.role == "admin" and not u.disabled]
+    if not force and admins == [target] and len(everyone) > 1:
+        raise UserError(
+            f"{name!r} is the last admin and other users remain: add another admin first "
+            "(dicomvault user add NAME --role admin), or remove it with --force"
+        )
+    if not sql.delete_user(index, name):
         raise NotFound(f"no user {name!r}")
 
 

@@ -124,13 +124,14 @@ def user_list(as_json: bool, config: Path | None, data_dir: Path | None) -> None
 
 @user_group.command("remove")
 @click.argument("name")
+@click.option("--force", is_flag=True, help="Remove even the last admin while others remain.")
 @config_options
-def user_remove(name: str, config: Path | None, data_dir: Path | None) -> None:
+def user_remove(name: str, force: bool, config: Path | None, data_dir: Path | None) -> None:
     """Remove HTTP user NAME and every token of it."""
 
     def body() -> int:
         with _index(config, data_dir) as index:
-            users.remove_user(index, name)
+            users.remove_user(index, name, force=force)
             left = len(users.list_users(index))
         console.print(f"removed user {name!r}", highlight=False)
         if not left:
