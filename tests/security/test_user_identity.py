@@ -236,7 +236,18 @@ def test_malformed_user_identity_item_is_aborted(
             pdu_type, body = _read_pdu(sock)
         assert pdu_type == 0x07, (pdu_type, body)  # A-ABORT
         assert body[2] == 2 and body[3] == 6  # service-provider, invalid PDU parameter value
-        # The server goes on serving.
-        assoc, received = _associate(port, "STRANGER", (VERIFICATION,))
-        assert assoc.is_rejected and _rejection(received) == (1, 1, 1)
+        # The server goes on serving: the same request without the broken item is
+        # answered (rejected: identity is required), over raw bytes too — pynetdicom's
+        # requestor can lose a fast answer (DEVELOPERS.md pitfalls).
+        plain = A_ASSOCIATE_RQ(
+            "DICOMVAULT",
+            "RAWPEER",
+            [PresentationContextRQ(1, VERIFICATION, [IMPLICIT_VR_LITTLE_ENDIAN])],
+            UserInformation(max_length=16384, implementation_class_uid="1.2.3.4"),
+        )
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+            sock.sendall(encode_pdu(plain))
+            pdu_type, body = _read_pdu(sock)
+        assert pdu_type == 0x03, (pdu_type, body)  # A-ASSOCIATE-RJ
+        assert (body[1], body[2], body[3]) == (1, 1, 1)
     assert "user identity primary field runs past its sub-item" in caplog.text

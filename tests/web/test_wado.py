@@ -541,3 +541,64 @@ def test_a_non_zero_preamble_is_never_sent(web_sqlite: WebServer, tmp_path: Path
     ((_, payload),) = parts(response)
     assert payload[:128] == bytes(128)
     assert payload[128:] == stored_file(web_sqlite, ds.SOPInstanceUID)[128:]
+
+
+def test_as_stored_answers_go_out_by_sendfile_in_batches(
+    web_sqlite: WebServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Under uvicorn the as-stored answer is sent with sendfile (web/zerocopy.py), in
+    batches; the bytes are the same as the streamed path's."""
+    from bench.datasets import ct_series
+    from dicomvault.web import zerocopy
+
+    calls: list[int] = []
+    original = zerocopy._send_parts
+
+    def counting(sock_fd: int, parts: list[zerocopy.Part10]) -> None:
+        calls.append(len(parts))
+        original(sock_fd, parts)
+
+    monkeypatch.setattr(zerocopy, "_send_parts", counting)
+    monkeypatch.setattr(zerocopy, "BATCH_BYTES", 40_000)  # ~1 file per batch
+    paths = ct_series(tmp_path / "ct", 3, rows=128, cols=128, seed=5)
+    for path in paths:
+        web_sqlite.archive.store_file(path)
+    ds = pydicom.dcmread(paths[0], stop_before_pixels=True)
+    response = web_sqlite.client.get(
+        f"/dicom-web/studies/{ds.StudyInstanceUID}", headers={"Accept": MULTIPART_DICOM_ANY}
+    )
+    assert response.status_code == 200
+    assert calls == [1, 1, 1]
+    got = {pydicom.dcmread(io.BytesIO(p)).SOPInstanceUID: p for _, p in parts(response)}
+    for path in paths:
+        uid = pydicom.dcmread(path, stop_before_pixels=True).SOPInstanceUID
+        assert got[uid][128:] == stored_file(web_sqlite, uid)[128:]
+        assert got[uid][:128] == bytes(128)
+
+
+def test_a_client_that_goes_away_mid_answer_leaves_the_server_serving(
+    web_sqlite: WebServer, tmp_path: Path
+) -> None:
+    import socket
+
+    from bench.datasets import ct_series
+
+    paths = ct_series(tmp_path / "ct", 20, seed=6)  # 20 × 0.5 MB
+    for path in paths:
+        web_sqlite.archive.store_file(path)
+    study = pydicom.dcmread(paths[0], stop_before_pixels=True).StudyInstanceUID
+    host, port = web_sqlite.url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.sendall(
+            f"GET /dicom-web/studies/{study} HTTP/1.1\r\nHost: {host}\r\n"
+            f"Accept: {MULTIPART_DICOM_ANY}\r\n\r\n".encode()
+        )
+        assert sock.recv(1024).startswith(b"HTTP/1.1 200")
+    # Closed after 1 KiB of ~10 MB: the server's send fails; it must keep serving.
+    for _ in range(3):
+        assert web_sqlite.client.get("/healthz").status_code == 200
+        response = web_sqlite.client.get(
+            f"/dicom-web/studies/{study}", headers={"Accept": MULTIPART_DICOM_ANY}
+        )
+        assert response.status_code == 200 and len(parts(response)) == 20

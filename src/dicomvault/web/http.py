@@ -10,6 +10,7 @@ import socket
 from collections.abc import Iterator
 
 import uvicorn
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from dicomvault.archive import Archive, users
 from dicomvault.config import Settings
@@ -17,8 +18,22 @@ from dicomvault.model.errors import ConfigError
 from dicomvault.security.tls import server_context
 from dicomvault.web.app import create_app
 from dicomvault.web.auth import is_loopback
+from dicomvault.web.zerocopy import SERVER_SEND
 
 log = logging.getLogger("dicomvault.http")
+
+
+class KeepServerSend:
+    """Keeps the server's own ``send`` in the scope (web/zerocopy.py uses it to send files
+    with ``sendfile``) before Starlette's middleware wraps it."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            scope[SERVER_SEND] = send
+        await self.app(scope, receive, send)
 
 
 class _Server(uvicorn.Server):
@@ -70,7 +85,7 @@ async def serve_http(
         a non-loopback address while no HTTP user exists (:func:`refuse_if_exposed`).
     """
     config = uvicorn.Config(
-        create_app(archive, settings),
+        KeepServerSend(create_app(archive, settings)),
         host=settings.http.host,
         port=settings.http.port,
         log_config=None,

@@ -33,6 +33,7 @@ patient data must not sit in shared caches.
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import json
 import logging
@@ -44,8 +45,9 @@ from typing import BinaryIO
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import BaseRoute, Route
+from starlette.types import Receive, Scope, Send
 
-from dicomvault.archive import retrieval
+from dicomvault.archive import Archive, retrieval
 from dicomvault.dicom.bulkdata import BadBulkDataPath
 from dicomvault.dicom.dicomxml import native_xml_many
 from dicomvault.dicom.frames import (
@@ -79,6 +81,7 @@ from dicomvault.web.media import (
     not_acceptable,
 )
 from dicomvault.web.multipart import PART_END, closing, multipart_type, new_boundary, part_head
+from dicomvault.web.zerocopy import Part10, ZeroCopy, zero_copy
 
 EXPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2.1"
 #: Chunk read from a blob per thread-pool call while streaming.
@@ -312,11 +315,65 @@ async def retrieve_instances(request: Request) -> Response:
         # decoding and lets it show progress.
         total = sum(len(h) + i.size + len(PART_END) for h, i in zip(heads, instances, strict=True))
         headers["Content-Length"] = str(total + len(closing(boundary)))
+        zc = zero_copy(request.scope)
+        if zc is not None:
+            return _ZeroCopyInstances(
+                zc, archive, instances, heads, boundary,
+                media_type=multipart_type(DICOM, boundary, **params), headers=headers,
+            )  # fmt: skip
     return StreamingResponse(
         body(),
         media_type=multipart_type(DICOM, boundary, **params),
         headers=headers,
     )
+
+
+class _ZeroCopyInstances(Response):
+    """The as-stored answer with each file sent by ``sendfile`` (web/zerocopy.py): the
+    response head and the closing delimiter through ASGI, each part (head, zeroed
+    preamble, file) straight to the socket from the pool."""
+
+    def __init__(
+        self,
+        zc: ZeroCopy,
+        archive: Archive,
+        instances: Sequence[StoredInstance],
+        heads: list[bytes],
+        boundary: str,
+        *,
+        media_type: str,
+        headers: dict[str, str],
+    ) -> None:
+        super().__init__(None, media_type=media_type, headers=headers)
+        self._zc = zc
+        self._archive = archive
+        self._instances = instances
+        self._heads = heads
+        self._boundary = boundary
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
+        parts = [
+            Part10(
+                (PART_END if index else b"") + self._heads[index],
+                functools.partial(retrieval.open_blob, self._archive, instance),
+                instance.size,
+                instance.sop_instance_uid,
+            )
+            for index, instance in enumerate(self._instances)
+        ]
+        try:
+            await self._zc.send_parts(parts)
+        except (BrokenPipeError, ConnectionResetError):
+            log.info("WADO-RS client went away during the answer")
+            return
+        except OSError as exc:
+            log.error("WADO-RS response cut: %s", exc)
+            raise
+        await send(
+            {"type": "http.response.body", "body": PART_END + closing(self._boundary),
+             "more_body": False}
+        )  # fmt: skip
 
 
 # -- metadata (PS3.18 10.4.1.1.2) -------------------------------------------------------
