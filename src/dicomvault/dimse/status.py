@@ -35,37 +35,18 @@ from __future__ import annotations
 
 from typing import Final
 
+# The shared ingest statuses are re-exported: the DIMSE modules take every status from here.
+from dicomvault.model.errors import CANNOT_UNDERSTAND as CANNOT_UNDERSTAND
 from dicomvault.model.errors import (
-    CannotParse,
-    DuplicateRejected,
-    HierarchyConflict,
-    InvalidUID,
-    MissingAttribute,
-    NotDicom,
-    OutOfResources,
-    UIDMismatch,
+    DATA_SET_DOES_NOT_MATCH_SOP_CLASS as DATA_SET_DOES_NOT_MATCH_SOP_CLASS,
 )
+from dicomvault.model.errors import OUT_OF_RESOURCES as OUT_OF_RESOURCES
+from dicomvault.model.errors import OutOfResources, ingest_failure_status
 from dicomvault.model.records import StoreResult, StoreStatus
 from dicomvault.net.association import truncate_comment
 from dicomvault.net.handlers import SUCCESS, DimseStatus
 
-OUT_OF_RESOURCES: Final = 0xA700
-DATA_SET_DOES_NOT_MATCH_SOP_CLASS: Final = 0xA900
-CANNOT_UNDERSTAND: Final = 0xC000
 PROCESSING_FAILURE: Final = 0xC211
-
-#: Exception class -> C-STORE failure status; the first matching class wins.
-ERROR_STATUS: Final[tuple[tuple[type[BaseException], int], ...]] = (
-    (UIDMismatch, DATA_SET_DOES_NOT_MATCH_SOP_CLASS),
-    (OutOfResources, OUT_OF_RESOURCES),
-    (NotDicom, CANNOT_UNDERSTAND),
-    (CannotParse, CANNOT_UNDERSTAND),
-    (MissingAttribute, CANNOT_UNDERSTAND),
-    (InvalidUID, CANNOT_UNDERSTAND),
-    (DuplicateRejected, CANNOT_UNDERSTAND),
-    (HierarchyConflict, CANNOT_UNDERSTAND),
-    (OSError, OUT_OF_RESOURCES),
-)
 
 #: StoreResult.status -> C-STORE status (all success, see the module docstring).
 RESULT_STATUS: Final[dict[StoreStatus, int]] = {
@@ -84,11 +65,7 @@ def status_for_result(result: StoreResult) -> DimseStatus:
 
 def status_for_error(exc: BaseException) -> DimseStatus:
     """The C-STORE-RSP status and Error Comment for an ingest failure (PS3.4 B.2.3)."""
-    code = PROCESSING_FAILURE
-    for cls, status in ERROR_STATUS:
-        if isinstance(exc, cls):
-            code = status
-            break
+    code = ingest_failure_status(exc, PROCESSING_FAILURE)
     if isinstance(exc, OSError) and not isinstance(exc, OutOfResources):
         message = exc.strerror or str(exc)
     else:

@@ -58,3 +58,33 @@ class IndexError_(DicomVaultError):
 
 class NotFound(DicomVaultError):
     """The requested instance, series, study or patient is not in the archive."""
+
+
+#: PS3.4 B.2.3 status values an ingest failure maps to (PS3.18 Table I.2-2 reuses them as
+#: STOW-RS Failure Reasons).
+OUT_OF_RESOURCES = 0xA700
+DATA_SET_DOES_NOT_MATCH_SOP_CLASS = 0xA900
+CANNOT_UNDERSTAND = 0xC000
+
+#: Ingest error class → status, first match wins; one table for C-STORE (dimse/status.py,
+#: which explains the choices) and STOW-RS (web/stow.py).
+INGEST_FAILURE_STATUS: tuple[tuple[type[BaseException], int], ...] = (
+    (UIDMismatch, DATA_SET_DOES_NOT_MATCH_SOP_CLASS),
+    (OutOfResources, OUT_OF_RESOURCES),
+    (NotDicom, CANNOT_UNDERSTAND),
+    (CannotParse, CANNOT_UNDERSTAND),
+    (MissingAttribute, CANNOT_UNDERSTAND),
+    (InvalidUID, CANNOT_UNDERSTAND),
+    (DuplicateRejected, CANNOT_UNDERSTAND),
+    (HierarchyConflict, CANNOT_UNDERSTAND),
+    (OSError, OUT_OF_RESOURCES),
+)
+
+
+def ingest_failure_status(exc: BaseException, otherwise: int) -> int:
+    """The status of :data:`INGEST_FAILURE_STATUS` for ``exc``, ``otherwise`` when no
+    class matches (each front end has its own "processing failure" code)."""
+    for cls, status in INGEST_FAILURE_STATUS:
+        if isinstance(exc, cls):
+            return status
+    return otherwise

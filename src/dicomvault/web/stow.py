@@ -52,16 +52,7 @@ from dicomvault.archive.stow import (
 )
 from dicomvault.dicom.dicomxml import native_xml
 from dicomvault.dicom.fromjson import BulkData, load_metadata
-from dicomvault.model.errors import (
-    CannotParse,
-    DuplicateRejected,
-    HierarchyConflict,
-    InvalidUID,
-    MissingAttribute,
-    NotDicom,
-    OutOfResources,
-    UIDMismatch,
-)
+from dicomvault.model.errors import CannotParse, NotDicom, ingest_failure_status
 from dicomvault.model.records import StoreResult
 from dicomvault.web.common import (
     archive_of,
@@ -106,29 +97,12 @@ INFLATE_STEP = 1 << 18
 #: Largest DICOM JSON metadata part kept in memory (it is parsed as a whole).
 MAX_METADATA_BYTES = 64 * 1024 * 1024
 
-#: PS3.18 Table I.2-2 Failure Reason (0008,1197) values.
-OUT_OF_RESOURCES = 0xA700
-DATA_SET_DOES_NOT_MATCH_SOP_CLASS = 0xA900
-CANNOT_UNDERSTAND = 0xC000
+#: PS3.18 Table I.2-2 Failure Reasons beyond the PS3.4 B.2.3 statuses shared with C-STORE
+#: (model.errors.INGEST_FAILURE_STATUS: A700, A900, C000).
 PROCESSING_FAILURE = 0x0110
 #: Not in Table I.2-2, which allows additional codes: the Cxxx ("cannot understand")
 #: value dcm4chee-arc reports for an instance of another study than the request's.
 STUDY_INSTANCE_UID_MISMATCH = 0xC409
-
-#: Error class → Failure Reason, first match wins (the DIMSE side's choices, PS3.4
-#: B.2.3, mapped onto Table I.2-2); anything else is a processing failure.
-FAILURE_REASONS: tuple[tuple[type[BaseException], int], ...] = (
-    (StudyMismatch, STUDY_INSTANCE_UID_MISMATCH),
-    (UIDMismatch, DATA_SET_DOES_NOT_MATCH_SOP_CLASS),
-    (OutOfResources, OUT_OF_RESOURCES),
-    (OSError, OUT_OF_RESOURCES),
-    (NotDicom, CANNOT_UNDERSTAND),
-    (CannotParse, CANNOT_UNDERSTAND),
-    (MissingAttribute, CANNOT_UNDERSTAND),
-    (InvalidUID, CANNOT_UNDERSTAND),
-    (DuplicateRejected, CANNOT_UNDERSTAND),
-    (HierarchyConflict, CANNOT_UNDERSTAND),
-)
 
 _ENCODINGS = {"gzip": 31, "x-gzip": 31, "deflate": 15}
 _ACCEPTED_TYPES = f'{MULTIPART_RELATED}; type="{DICOM}" or type="{DICOM_JSON}"'
@@ -154,11 +128,11 @@ class Outcome:
 
 
 def failure_reason(exc: BaseException) -> int:
-    """The Failure Reason (0008,1197) for an ingest error (PS3.18 Table I.2-2)."""
-    for cls, code in FAILURE_REASONS:
-        if isinstance(exc, cls):
-            return code
-    return PROCESSING_FAILURE
+    """The Failure Reason (0008,1197) for an ingest error (PS3.18 Table I.2-2): the
+    C-STORE side's choices, and C409 for an instance of another study."""
+    if isinstance(exc, StudyMismatch):
+        return STUDY_INSTANCE_UID_MISMATCH
+    return ingest_failure_status(exc, PROCESSING_FAILURE)
 
 
 # -- the request body ------------------------------------------------------------------
