@@ -490,7 +490,7 @@ def test_json_text_equals_the_data_set_encoder(sqlite: WebServer) -> None:
     # DICOM JSON dicts: both encoders must agree, on every level.
     from dicomvault.model.attributes import ATTRIBUTES
     from dicomvault.model.query import InformationModel, Level, Query, QueryKey
-    from dicomvault.web import qido
+    from dicomvault.web import match_json
 
     for level in (Level.STUDY, Level.SERIES, Level.IMAGE):
         ordered = sorted(ATTRIBUTES.values(), key=lambda a: a.tag)
@@ -499,7 +499,7 @@ def test_json_text_equals_the_data_set_encoder(sqlite: WebServer) -> None:
             QueryKey(0x00280101, "BitsStored", "US", None),
         )
         query = Query(InformationModel.STUDY_ROOT, level, keys, relational=True)
-        body, count, _ = qido.run_json(sqlite.archive, query, sqlite.dicomweb)
-        datasets, _ = qido.run_datasets(sqlite.archive, query, sqlite.dicomweb)
+        body, count, _ = match_json.run_json(sqlite.archive, query, sqlite.dicomweb)
+        datasets, _ = match_json.run_datasets(sqlite.archive, query, sqlite.dicomweb)
         assert count == len(datasets) > 0
         assert json.loads(body) == datasets
