@@ -44,7 +44,6 @@ no-cache`` because an instance can be overwritten in place (``storage.duplicates
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -74,6 +73,7 @@ from dicomvault.model.attributes import BY_KEYWORD
 from dicomvault.model.errors import NotFound
 from dicomvault.model.query import InformationModel, Level, Query, QueryKey
 from dicomvault.model.records import StoredInstance
+from dicomvault.web.caching import cache_headers, entity_tag, not_modified
 from dicomvault.web.common import archive_of, base_url, blocking, instance_url, path_uid
 from dicomvault.web.errors import HTTPProblem
 from dicomvault.web.media import MULTIPART_RELATED, MediaRange, accepted, not_acceptable
@@ -263,30 +263,6 @@ def _render_problem(exc: RenderError) -> HTTPProblem:
     )
 
 
-# -- caching (RFC 9110 8.8.3, 13.1.2) -----------------------------------------------------
-
-
-def entity_tag(*parts: str) -> str:
-    """A strong ETag over ``parts`` (stored SHA-256s, frames, parameters, media type)."""
-    digest = hashlib.sha256("\x00".join(parts).encode()).hexdigest()[:40]
-    return f'"{digest}"'
-
-
-def _not_modified(request: Request, etag: str) -> bool:
-    header = request.headers.get("if-none-match")
-    if not header:
-        return False
-    for candidate in header.split(","):
-        tag = candidate.strip()
-        if tag == "*" or tag.removeprefix("W/") == etag:
-            return True
-    return False
-
-
-def _cache_headers(etag: str) -> dict[str, str]:
-    return {"ETag": etag, "Cache-Control": "private, no-cache", "Vary": "Accept"}
-
-
 # -- selecting instances through the archive ------------------------------------------
 
 
@@ -460,7 +436,7 @@ def _first_renderable(
 
 
 def _image_response(body: bytes, media_type: str, etag: str) -> Response:
-    return Response(body, media_type=media_type, headers=_cache_headers(etag))
+    return Response(body, media_type=media_type, headers=cache_headers(etag))
 
 
 def _multipart(parts: Iterator[tuple[bytes, str]], media_type: str, etag: str) -> StreamingResponse:
@@ -477,7 +453,7 @@ def _multipart(parts: Iterator[tuple[bytes, str]], media_type: str, etag: str) -
     return StreamingResponse(
         body(),
         media_type=multipart_type(media_type, boundary),
-        headers=_cache_headers(etag),
+        headers=cache_headers(etag),
     )
 
 
@@ -499,8 +475,8 @@ async def _instance_common(request: Request, *, thumbnail: bool, frame_list: boo
     kind = "thumbnail" if thumbnail else "rendered"
     frames_key = ",".join(map(str, frames)) if frames is not None else "middle"
     etag = entity_tag(kind, stored.sha256, frames_key, rendering.key(), media_type)
-    if _not_modified(request, etag):
-        return Response(status_code=304, headers=_cache_headers(etag))
+    if (cached := not_modified(request, etag)) is not None:
+        return cached
     try:
         bodies = await blocking(
             render_frames, archive, stored, frames, media_type, rendering, thumbnail=thumbnail
@@ -569,8 +545,8 @@ async def _collection(request: Request, *, series_level: bool, thumbnail: bool) 
     if thumbnail:
         chosen = representative(images)
         etag = entity_tag("thumbnail", chosen.stored.sha256, "middle", rendering.key(), media_type)
-        if _not_modified(request, etag):
-            return Response(status_code=304, headers=_cache_headers(etag))
+        if (cached := not_modified(request, etag)) is not None:
+            return cached
         try:
             bodies = await blocking(
                 render_frames,
@@ -587,8 +563,8 @@ async def _collection(request: Request, *, series_level: bool, thumbnail: bool) 
     etag = entity_tag(
         "rendered", *(image.stored.sha256 for image in images), rendering.key(), media_type
     )
-    if _not_modified(request, etag):
-        return Response(status_code=304, headers=_cache_headers(etag))
+    if (cached := not_modified(request, etag)) is not None:
+        return cached
     try:
         start, first = await blocking(_first_renderable, archive, images, media_type, rendering)
     except RenderError as exc:

@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import hashlib
 import json
 import logging
 import os
@@ -61,6 +60,7 @@ from dicomvault.dicom.frames import (
 from dicomvault.model.errors import CannotParse
 from dicomvault.model.records import StoredInstance
 from dicomvault.model.uid import uid_problem
+from dicomvault.web.caching import cache_headers, instances_tag, not_modified
 from dicomvault.web.common import (
     archive_of,
     base_url,
@@ -91,7 +91,6 @@ CHUNK = 1 << 20
 WHOLE_FILE = 8 << 20
 #: PS3.18 8.7.3.3: the default for bulk data and frames; "*" as a transfer syntax.
 ANY = "*"
-CACHE_CONTROL = "private, no-cache"
 #: Frame requests of up to this many frames are answered from memory in one write.
 IN_ONE_WRITE = 16
 _ITEMS = '"BulkDataURI":"bulkdata/'
@@ -105,29 +104,6 @@ log = logging.getLogger("dicomvault.http")
 def _uids(request: Request, *names: str) -> list[str]:
     what = {"study": "Study Instance UID", "series": "Series Instance UID"}
     return [path_uid(request, name, what.get(name, "SOP Instance UID")) for name in names]
-
-
-def _etag(instances: Sequence[StoredInstance], representation: str) -> str:
-    digest = hashlib.sha256()
-    for instance in instances:
-        digest.update(instance.sha256.encode("ascii"))
-    digest.update(b"\n" + representation.encode("utf-8", "replace"))
-    return f'"{digest.hexdigest()[:40]}"'
-
-
-def _not_modified(request: Request, etag: str) -> Response | None:
-    """RFC 9110 13.1.2: 304 when ``If-None-Match`` names the current tag (weak compare)."""
-    header = request.headers.get("if-none-match")
-    if header is None:
-        return None
-    tags = [t.strip().removeprefix("W/") for t in header.split(",")]
-    if "*" in tags or etag in tags:
-        return Response(status_code=304, headers=_cache_headers(etag))
-    return None
-
-
-def _cache_headers(etag: str) -> dict[str, str]:
-    return {"ETag": etag, "Cache-Control": CACHE_CONTROL}
 
 
 def _zero_preamble(part10: memoryview) -> None:
@@ -205,8 +181,8 @@ async def retrieve_instances(request: Request) -> Response:
                     f"{instance.transfer_syntax_uid} and cannot be sent in {syntax}",
                     available=[f'{MULTIPART_RELATED}; type="{DICOM}"; transfer-syntax=*'],
                 )
-    etag = _etag(instances, f"{DICOM};{syntax}")
-    cached = _not_modified(request, etag)
+    etag = instances_tag(instances, f"{DICOM};{syntax}")
+    cached = not_modified(request, etag)
     if cached is not None:
         return cached
     boundary = new_boundary()
@@ -309,7 +285,7 @@ async def retrieve_instances(request: Request) -> Response:
                     if not isinstance(leftover, bytes | bytearray):
                         leftover.close()
 
-    headers = _cache_headers(etag)
+    headers = cache_headers(etag)
     if as_stored:
         # Sizes are known from the index: a Content-Length spares the client chunked
         # decoding and lets it show progress.
@@ -389,8 +365,8 @@ async def retrieve_metadata(request: Request) -> Response:
     archive = archive_of(request)
     found = await blocking(retrieval.instances_of, archive, *uids, with_metadata=True)
     base = base_url(request)
-    etag = _etag([i for i, _ in found], f"{media_type};{base}")
-    cached = _not_modified(request, etag)
+    etag = instances_tag([i for i, _ in found], f"{media_type};{base}")
+    cached = not_modified(request, etag)
     if cached is not None:
         return cached
     escaped = json.dumps(base)[1:-1]
@@ -414,10 +390,10 @@ async def retrieve_metadata(request: Request) -> Response:
         return Response(
             xml + closing(boundary),
             media_type=multipart_type(DICOM_XML, boundary),
-            headers=_cache_headers(etag),
+            headers=cache_headers(etag),
         )
     body = ("[" + ",".join(parts) + "]").encode("utf-8")
-    return Response(body, media_type=media_type, headers=_cache_headers(etag))
+    return Response(body, media_type=media_type, headers=cache_headers(etag))
 
 
 def _json_type(ranges: list[MediaRange]) -> str:
@@ -543,8 +519,8 @@ async def _frames_response(
         ranges, layout.transfer_syntax_uid, layout.encapsulated, len(numbers) == 1
     )
     part_type = f"{answer.media_type}; transfer-syntax={answer.syntax}"
-    etag = _etag([instance], f"{what};{part_type};{answer.multipart}")
-    cached = _not_modified(request, etag)
+    etag = instances_tag([instance], f"{what};{part_type};{answer.multipart}")
+    cached = not_modified(request, etag)
     if cached is not None:
         return cached
 
@@ -555,7 +531,7 @@ async def _frames_response(
 
     if not answer.multipart:
         data = await _checked(frame(numbers[0]), instance)
-        return Response(data, media_type=part_type, headers=_cache_headers(etag))
+        return Response(data, media_type=part_type, headers=cache_headers(etag))
     boundary = new_boundary()
     # Decoding may fail on damaged data: do the first frame before answering 200.
     first = await _checked(frame(numbers[0]), instance)
@@ -569,7 +545,7 @@ async def _frames_response(
             pieces += [part_head(boundary, part_type, {"Content-Length": str(len(data))}), data]
             pieces.append(PART_END)
         pieces.append(closing(boundary))
-        return Response(b"".join(pieces), media_type=media_type, headers=_cache_headers(etag))
+        return Response(b"".join(pieces), media_type=media_type, headers=cache_headers(etag))
 
     async def body() -> AsyncIterator[bytes]:
         # One write per frame (see retrieve_instances: small writes stall on delayed ACK).
@@ -583,7 +559,7 @@ async def _frames_response(
     return StreamingResponse(
         body(),
         media_type=media_type,
-        headers=_cache_headers(etag),
+        headers=cache_headers(etag),
     )
 
 
@@ -674,11 +650,11 @@ async def retrieve_bulkdata(request: Request) -> Response:
     ranged_header = request.headers.get("range")
     multipart = _bulk_mode(ranges, ranged_header is not None)
     representation = f"bulkdata/{path};{multipart}"
-    etag = _etag([instance], representation)
-    cached = _not_modified(request, etag)
+    etag = instances_tag([instance], representation)
+    cached = not_modified(request, etag)
     if cached is not None:
         return cached
-    headers = _cache_headers(etag)
+    headers = cache_headers(etag)
     part_type = f"{OCTET_STREAM}; transfer-syntax={EXPLICIT_VR_LITTLE_ENDIAN}"
     direct = not value.deflated and not value.swap
     if multipart:
