@@ -23,7 +23,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from dicomvault import metrics
 from dicomvault.archive import Archive
 from dicomvault.config import Settings
-from dicomvault.web import auth, capabilities, delete, qido, rendered, stow, wado
+from dicomvault.web import auth, capabilities, delete, qido, rendered, stow, wado, wado_frames
 from dicomvault.web.common import DICOMWEB_ROOT
 from dicomvault.web.errors import EXCEPTION_HANDLERS
 
@@ -119,6 +119,7 @@ def create_app(archive: Archive, settings: Settings) -> Starlette:
         *capabilities.routes(),
         *qido.routes(),
         *wado.routes(),
+        *wado_frames.routes(),
         *rendered.routes(),
         *stow.routes(),
         *delete.routes(),
