@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
+import struct
 import subprocess
 import threading
 from collections.abc import Callable, Coroutine
@@ -331,3 +332,21 @@ ASSOCIATE = encode_pdu(
         UserInformation(max_length=16384, implementation_class_uid="1.2.3"),
     )
 )
+
+
+def read_pdu(sock: socket.socket) -> tuple[int, bytes]:
+    """Read one PDU (type, body after the 6-byte header); (0, b"") when the peer closed."""
+    header = b""
+    while len(header) < 6:
+        chunk = sock.recv(6 - len(header))
+        if not chunk:
+            return 0, b""
+        header += chunk
+    pdu_type, length = struct.unpack(">BxI", header)
+    body = b""
+    while len(body) < length:
+        chunk = sock.recv(length - len(body))
+        if not chunk:
+            break
+        body += chunk
+    return pdu_type, body

@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 import pytest
-from peers import ServerThread, dcmtk, needs_dcmtk
+from peers import ServerThread, dcmtk, needs_dcmtk, read_pdu
 
 from dicomvault.net import commands as c
 from dicomvault.net.items import PresentationContextRQ, UserInformation
@@ -37,22 +37,6 @@ def _connect(port: int, timeout: float = 5) -> socket.socket:
     return sock
 
 
-def _read_pdu(sock: socket.socket) -> tuple[int, bytes]:
-    """Read one PDU; (0, b"") when the peer closed the connection."""
-    header = b""
-    while len(header) < 6:
-        chunk = sock.recv(6 - len(header))
-        if not chunk:
-            return 0, b""
-        header += chunk
-    pdu_type, length = struct.unpack(">BxI", header)
-    body = b""
-    while len(body) < length:
-        chunk = sock.recv(length - len(body))
-        if not chunk:
-            break
-        body += chunk
-    return pdu_type, body
 
 
 def _wait_closed(sock: socket.socket, within: float) -> float:
@@ -76,7 +60,7 @@ def _associate(port: int) -> socket.socket:
     )
     sock = _connect(port)
     sock.sendall(encode_pdu(rq))
-    pdu_type, _ = _read_pdu(sock)
+    pdu_type, _ = read_pdu(sock)
     assert pdu_type == 0x02  # A-ASSOCIATE-AC
     return sock
 
@@ -94,7 +78,7 @@ def _echo_rq(message_id: int = 1) -> bytes:
 
 
 def _assert_abort(sock: socket.socket, reason: int | None = None) -> None:
-    pdu_type, body = _read_pdu(sock)
+    pdu_type, body = read_pdu(sock)
     assert pdu_type == ABORT_TYPE, (pdu_type, body)
     assert body[2] == 2  # source: service-provider
     if reason is not None:
@@ -104,12 +88,12 @@ def _assert_abort(sock: socket.socket, reason: int | None = None) -> None:
 def test_raw_echo_and_release(server: ServerThread) -> None:
     sock = _associate(server.port)
     sock.sendall(_echo_rq(7))
-    pdu_type, body = _read_pdu(sock)
+    pdu_type, body = read_pdu(sock)
     assert pdu_type == 0x04
     response = c.decode_command(body[6:])
     assert response[c.Status] == 0 and response[c.MessageIDBeingRespondedTo] == 7
     sock.sendall(encode_pdu(A_RELEASE_RQ()))
-    assert _read_pdu(sock)[0] == 0x06
+    assert read_pdu(sock)[0] == 0x06
     sock.close()
 
 
@@ -263,12 +247,12 @@ def test_too_many_associations_rejected() -> None:
                 )
             )
         )
-        pdu_type, body = _read_pdu(second)
+        pdu_type, body = read_pdu(second)
         assert pdu_type == 0x03
         assert tuple(body[1:4]) == (2, 3, 2)  # rejected-transient, presentation, local limit
         second.close()
         first.sendall(encode_pdu(A_RELEASE_RQ()))
-        assert _read_pdu(first)[0] == 0x06
+        assert read_pdu(first)[0] == 0x06
         first.close()
     finally:
         srv.close()
@@ -294,9 +278,9 @@ def test_idle_association_aborted() -> None:
     try:
         sock = _associate(srv.port)
         sock.sendall(_echo_rq(1))
-        assert _read_pdu(sock)[0] == 0x04
+        assert read_pdu(sock)[0] == 0x04
         started = time.monotonic()
-        pdu_type, _body = _read_pdu(sock)  # then silence: A-ABORT after the idle timeout
+        pdu_type, _body = read_pdu(sock)  # then silence: A-ABORT after the idle timeout
         assert pdu_type == ABORT_TYPE
         assert 0.8 <= time.monotonic() - started < 4
         sock.close()
@@ -323,7 +307,7 @@ def test_stall_mid_data_set_aborted_and_discarded(tmp_path: Path) -> None:
         )
         sock = _connect(srv.port)
         sock.sendall(encode_pdu(rq))
-        assert _read_pdu(sock)[0] == 0x02
+        assert read_pdu(sock)[0] == 0x02
         command = c.encode_command(
             {
                 c.AffectedSOPClassUID: ct,
@@ -337,7 +321,7 @@ def test_stall_mid_data_set_aborted_and_discarded(tmp_path: Path) -> None:
         sock.sendall(encode_pdata_header(1, 0x03, len(command)) + command)
         sock.sendall(encode_pdata_header(1, 0x00, 100) + bytes(100))  # not the last fragment
         started = time.monotonic()
-        assert _read_pdu(sock)[0] == ABORT_TYPE
+        assert read_pdu(sock)[0] == ABORT_TYPE
         assert time.monotonic() - started < 4
         sock.close()
     finally:
@@ -369,7 +353,7 @@ def test_failing_policy_hook_rejects() -> None:
                 )
             )
         )
-        pdu_type, body = _read_pdu(sock)
+        pdu_type, body = read_pdu(sock)
         assert pdu_type == 0x03 and body[1] == 2  # rejected-transient
         sock.close()
     finally:
@@ -390,11 +374,11 @@ def test_c_cancel_is_accepted_silently(
     )
     sock.sendall(encode_pdata_header(1, 0x03, len(cancel)) + cancel)
     sock.sendall(_echo_rq(4))  # no response to C-CANCEL; the next request is answered
-    pdu_type, body = _read_pdu(sock)
+    pdu_type, body = read_pdu(sock)
     assert pdu_type == 0x04
     assert c.decode_command(body[6:])[c.MessageIDBeingRespondedTo] == 4
     sock.sendall(encode_pdu(A_RELEASE_RQ()))
-    assert _read_pdu(sock)[0] == 0x06
+    assert read_pdu(sock)[0] == 0x06
     sock.close()
     _eventually(lambda: "C-CANCEL for message 3" in caplog.text)
 
@@ -412,7 +396,7 @@ def test_unknown_operation_answered_0211(server: ServerThread) -> None:
     )
     sock.sendall(encode_pdata_header(1, 0x03, len(find)) + find)
     sock.sendall(encode_pdata_header(1, 0x02, 8) + bytes(8))  # its (ignored) identifier
-    pdu_type, body = _read_pdu(sock)
+    pdu_type, body = read_pdu(sock)
     assert pdu_type == 0x04
     response = c.decode_command(body[6:])
     assert response[c.CommandField] == c.C_FIND_RSP
@@ -430,7 +414,7 @@ def test_unsupported_protocol_version_rejected(server: ServerThread) -> None:
     )
     sock = _connect(server.port)
     sock.sendall(encode_pdu(rq))
-    pdu_type, body = _read_pdu(sock)
+    pdu_type, body = read_pdu(sock)
     assert pdu_type == 0x03
     assert tuple(body[1:4]) == (1, 2, 2)  # permanent, ACSE, protocol version not supported
     sock.close()

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import socket
-import struct
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -24,6 +23,7 @@ from dicomvault.config import Settings
 from dicomvault.net.items import PresentationContextRQ, UserIdentity, UserInformation
 from dicomvault.net.pdu import A_ASSOCIATE_RQ, encode_pdu
 from dicomvault.net.uids import IMPLICIT_VR_LITTLE_ENDIAN
+from tests.net.peers import read_pdu
 
 from .test_access import (
     CT,
@@ -193,21 +193,6 @@ def test_rejected_ae_stays_rejected_with_a_valid_user(tmp_path: Path) -> None:
         assert _rejection(received) == (1, 1, 3)
 
 
-def _read_pdu(sock: socket.socket) -> tuple[int, bytes]:
-    header = b""
-    while len(header) < 6:
-        chunk = sock.recv(6 - len(header))
-        if not chunk:
-            return 0, b""
-        header += chunk
-    pdu_type, length = struct.unpack(">BxI", header)
-    body = b""
-    while len(body) < length:
-        chunk = sock.recv(length - len(body))
-        if not chunk:
-            break
-        body += chunk
-    return pdu_type, body
 
 
 def test_malformed_user_identity_item_is_aborted(
@@ -233,7 +218,7 @@ def test_malformed_user_identity_item_is_aborted(
             socket.create_connection(("127.0.0.1", port), timeout=5) as sock,
         ):
             sock.sendall(bad)
-            pdu_type, body = _read_pdu(sock)
+            pdu_type, body = read_pdu(sock)
         assert pdu_type == 0x07, (pdu_type, body)  # A-ABORT
         assert body[2] == 2 and body[3] == 6  # service-provider, invalid PDU parameter value
         # The server goes on serving: the same request without the broken item is
@@ -247,7 +232,7 @@ def test_malformed_user_identity_item_is_aborted(
         )
         with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
             sock.sendall(encode_pdu(plain))
-            pdu_type, body = _read_pdu(sock)
+            pdu_type, body = read_pdu(sock)
         assert pdu_type == 0x03, (pdu_type, body)  # A-ASSOCIATE-RJ
         assert (body[1], body[2], body[3]) == (1, 1, 1)
     assert "user identity primary field runs past its sub-item" in caplog.text
