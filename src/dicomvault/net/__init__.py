@@ -42,6 +42,9 @@ from dicomvault.net.handlers import (
     ContextFilter,
     DataSink,
     DimseStatus,
+    NormalizedHandler,
+    NRequest,
+    NResponse,
     QueryHandler,
     QueryRequest,
     RejectAssociation,
@@ -59,7 +62,7 @@ from dicomvault.net.requestor import (
     contexts_for_files,
 )
 from dicomvault.net.sender import SendResult, collect_files, send_files
-from dicomvault.net.service_user import ResponseStream, ServiceUser
+from dicomvault.net.service_user import NResult, ResponseStream, ServiceUser
 from dicomvault.net.uids import (
     DEFAULT_TRANSFER_SYNTAXES,
     EXPLICIT_VR_LITTLE_ENDIAN,
@@ -102,8 +105,12 @@ __all__ = [
     "DecodeError",
     "DimseStatus",
     "FileInfo",
+    "NRequest",
+    "NResponse",
+    "NResult",
     "NetError",
     "NoPresentationContext",
+    "NormalizedHandler",
     "NotDicomFile",
     "PDUTooLong",
     "ProtocolStateError",

@@ -195,7 +195,11 @@ def negotiate(
         seen.add(ctx.id)
         role = roles.get(ctx.abstract_syntax)
         # A C-GET SCP takes any SOP class the requestor will store as SCP (PS3.4 C.4.3.1).
-        scp_role = role is not None and role.scp_role and registry.get_role
+        scp_role = (
+            role is not None
+            and role.scp_role
+            and (registry.get_role or ctx.abstract_syntax in registry.scu_of)
+        )
         supported = registry.supports(ctx.abstract_syntax)
         if not supported and not scp_role:
             results.append(PresentationContextAC(ctx.id, ABSTRACT_SYNTAX_NOT_SUPPORTED, fallback))
@@ -229,7 +233,9 @@ def negotiate(
                     role.scu_role
                     and registry.supports(uid)
                     and (access is None or access(uid, False)),
-                    role.scp_role and registry.get_role and (access is None or access(uid, True)),
+                    role.scp_role
+                    and (registry.get_role or uid in registry.scu_of)
+                    and (access is None or access(uid, True)),
                 )
             )
     if policy.extended_negotiation is not None:

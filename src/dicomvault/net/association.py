@@ -23,6 +23,9 @@ from dicomvault.net.handlers import (
     SUCCESS,
     AssociationInfo,
     DimseStatus,
+    NormalizedHandler,
+    NRequest,
+    NResponse,
     QueryHandler,
     QueryRequest,
     Response,
@@ -32,6 +35,8 @@ from dicomvault.net.handlers import (
 from dicomvault.net.messages import (
     COMMAND_NAMES,
     MAX_IDENTIFIER_LENGTH,
+    NORMALIZED_FIELDS,
+    REQUESTED_UID_FIELDS,
     BufferSink,
     DiscardSink,
     Incoming,
@@ -67,6 +72,13 @@ STATUS_CANCEL = 0xFE00
 #: (PS3.4 C.4.1.1.4 Cxxx).
 QUERY_HANDLER_FAILED = {c.C_FIND_RQ: 0xC311, c.C_MOVE_RQ: 0xC511, c.C_GET_RQ: 0xC411}
 _QUERY_FIELDS = frozenset(QUERY_HANDLER_FAILED)
+
+
+def sop_class_of(command: c.CommandSet) -> str:
+    """The Affected or, for N-GET/N-SET/N-ACTION/N-DELETE, Requested SOP Class UID."""
+    if int(command[c.CommandField]) in REQUESTED_UID_FIELDS:
+        return str(command.get(c.RequestedSOPClassUID, ""))
+    return str(command.get(c.AffectedSOPClassUID, ""))
 
 
 class Association(UpperLayer):
@@ -207,6 +219,15 @@ class Association(UpperLayer):
             status = SUCCESS
         elif field == c.C_STORE_RQ:
             status = self._begin_store(incoming, context.transfer_syntax, with_data)
+        elif field in NORMALIZED_FIELDS and (
+            nhandler := self.registry.normalized_handler(field, sop_class_of(command))
+        ):
+            incoming.nhandler = nhandler
+            if not with_data:
+                self._start_normalized(incoming, nhandler, None)
+                return
+            incoming.sink = BufferSink()
+            status = SUCCESS
         elif field in _QUERY_FIELDS and (
             handler := self.registry.query_handler(field, str(command.get(c.AffectedSOPClassUID)))
         ):
@@ -267,6 +288,9 @@ class Association(UpperLayer):
         if incoming.handler is not None and isinstance(sink, BufferSink):
             self._start_query(incoming, incoming.handler, bytes(sink.data))
             return
+        if incoming.nhandler is not None and isinstance(sink, BufferSink):
+            self._start_normalized(incoming, incoming.nhandler, bytes(sink.data))
+            return
         try:
             result = sink.finish()
         except Exception as exc:
@@ -307,6 +331,64 @@ class Association(UpperLayer):
         task = self._loop.create_task(self._run_query(incoming, handler, request))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+    def _start_normalized(
+        self, incoming: Incoming, handler: NormalizedHandler, data_set: bytes | None
+    ) -> None:
+        command = incoming.command
+        field = int(command[c.CommandField])
+        type_id = command.get(c.EventTypeID if field == c.N_EVENT_REPORT_RQ else c.ActionTypeID)
+        identifiers = command.get(c.AttributeIdentifierList)
+        request = NRequest(
+            association=self.info,
+            context_id=incoming.context_id,
+            message_id=incoming.message_id,
+            command_field=field,
+            sop_class_uid=sop_class_of(command),
+            sop_instance_uid=incoming.subject,
+            transfer_syntax_uid=self.info.contexts[incoming.context_id].transfer_syntax,
+            data_set=data_set,
+            type_id=int(type_id) if isinstance(type_id, int) else None,
+            attribute_identifiers=identifiers if isinstance(identifiers, bytes) else None,
+            channel=self,
+        )
+        task = self._loop.create_task(self._run_normalized(incoming, handler, request))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _run_normalized(
+        self, incoming: Incoming, handler: NormalizedHandler, request: NRequest
+    ) -> None:
+        """Answer a DIMSE-N request with what its handler returns (PS3.7 10.1.x.1.2)."""
+        try:
+            response = await handler.handle(request)
+        except Exception as exc:
+            self.log.exception("assoc=%s %s handler failed", self.info.id, incoming.name)
+            response = NResponse(DimseStatus(STATUS_PROCESSING_FAILURE, truncate_comment(str(exc))))
+        command: c.CommandSet = {
+            c.CommandField: request.command_field | c.RESPONSE_BIT,
+            c.MessageIDBeingRespondedTo: incoming.message_id,
+            c.CommandDataSetType: c.NO_DATA_SET if response.data_set is None else 0x0000,
+            c.Status: response.status.status,
+        }
+        if request.sop_class_uid:
+            command[c.AffectedSOPClassUID] = request.sop_class_uid
+        instance = response.sop_instance_uid or request.sop_instance_uid
+        if instance:
+            command[c.AffectedSOPInstanceUID] = instance
+        if request.type_id is not None:
+            # Echoed in the response (PS3.7 Table 10.3-2, 10.3-8).
+            element = (
+                c.EventTypeID if request.command_field == c.N_EVENT_REPORT_RQ else c.ActionTypeID
+            )
+            command[element] = request.type_id
+        if response.status.error_comment:
+            command[c.ErrorComment] = truncate_comment(response.status.error_comment)
+        if response.error_id is not None:
+            command[c.ErrorID] = response.error_id
+        if not incoming.subject and instance:
+            incoming.subject = instance
+        self._respond(incoming, response.status, command, response.data_set)
 
     async def _run_query(
         self, incoming: Incoming, handler: QueryHandler, request: QueryRequest

@@ -209,10 +209,63 @@ class QueryHandler(Protocol):
         """Answer ``request``."""
 
 
+@dataclass(slots=True)
+class NRequest:
+    """A DIMSE-N request (PS3.7 10.1): N-EVENT-REPORT, N-GET, N-SET, N-ACTION, N-CREATE
+    or N-DELETE, as handed to a :class:`NormalizedHandler`.
+
+    ``sop_class_uid``/``sop_instance_uid`` are the Affected (N-EVENT-REPORT, N-CREATE) or
+    Requested (N-GET, N-SET, N-ACTION, N-DELETE) SOP Class/Instance UID of the command;
+    ``sop_instance_uid`` is empty when an N-CREATE leaves it to the SCP (PS3.7 10.1.5.1.3).
+    ``type_id`` is the Event Type ID (N-EVENT-REPORT) or Action Type ID (N-ACTION);
+    ``data_set`` the Event/Action Information, Attribute List or Modification List, in
+    ``transfer_syntax_uid``, ``None`` when the request has none.
+    """
+
+    association: AssociationInfo
+    context_id: int
+    message_id: int
+    command_field: int
+    sop_class_uid: str
+    sop_instance_uid: str
+    transfer_syntax_uid: str
+    data_set: bytes | None = None
+    type_id: int | None = None
+    #: Attribute Identifier List (0000,1005) of an N-GET, as received (AT values).
+    attribute_identifiers: bytes | None = None
+    #: The association itself, e.g. to send an N-EVENT-REPORT on it later
+    #: (:meth:`~dicomvault.net.service_user.ServiceUser.n_event_report`).
+    channel: Association | None = None
+
+
+@dataclass(slots=True)
+class NResponse:
+    """The response to a DIMSE-N request (PS3.7 10.1.x.1).
+
+    ``sop_instance_uid`` goes in Affected SOP Instance UID (0000,1000); ``None`` echoes the
+    request's (an N-CREATE SCP that chose the UID must give it). ``error_id`` is Error ID
+    (0000,0903) where the service defines one (e.g. MPPS 0xA710, PS3.4 F.7.2.2.2).
+    """
+
+    status: DimseStatus
+    data_set: bytes | None = None
+    sop_instance_uid: str | None = None
+    error_id: int | None = None
+
+
+class NormalizedHandler(Protocol):
+    """A DIMSE-N SCP behaviour (PS3.7 10): answer one request. Raising answers 0x0110
+    (Processing failure) with the message as Error Comment."""
+
+    def handle(self, request: NRequest) -> Awaitable[NResponse]:
+        """Answer ``request``."""
+
+
 #: Decides on a user identity (PS3.7 D.3.3.7): ``False`` rejects the association,
 #: ``True``/``None`` accept, ``bytes`` accept and are the server response when one is
 #: asked for a Kerberos ticket, SAML assertion or JWT (username types get an empty one).
 UserIdentityPolicy = Callable[[UserIdentity, AssociationInfo], bool | bytes | None]
+
 
 class RejectAssociation(Exception):
     """Raised by an :data:`AccessPolicy` to reject the association with these
@@ -242,6 +295,11 @@ class ServiceRegistry:
         self._store: dict[str, StoreHandler] = {}
         self._query: dict[tuple[int, str], QueryHandler] = {}
         self._query_classes: set[str] = set()
+        self._normalized: dict[tuple[int, str], NormalizedHandler] = {}
+        #: SOP classes for which the requestor may take the SCP role because we use the
+        #: service as its SCU (PS3.7 D.3.3.4), e.g. a Storage Commitment SCU receiving
+        #: the N-EVENT-REPORT on an association the SCP opened (PS3.4 J.3.3).
+        self.scu_of: set[str] = set()
         self.verification = False
         #: Whether a C-GET handler is registered: storage SOP classes proposed with the
         #: SCP role for the requestor are then accepted (PS3.4 C.4.3.1, PS3.7 D.3.3.4).
@@ -267,6 +325,20 @@ class ServiceRegistry:
         if command_field == 0x0010:
             self.get_role = True
 
+    def add_normalized(
+        self, command_field: int, handler: NormalizedHandler, sop_classes: list[str]
+    ) -> None:
+        """Route DIMSE-N requests (``command_field`` 0x0100 N-EVENT-REPORT … 0x0150
+        N-DELETE, PS3.7 E.1) of ``sop_classes`` to ``handler``."""
+        for uid in sop_classes:
+            self._normalized[(command_field, uid)] = handler
+
+    def normalized_handler(
+        self, command_field: int, sop_class_uid: str
+    ) -> NormalizedHandler | None:
+        """The handler for a DIMSE-N request of ``sop_class_uid``, if any."""
+        return self._normalized.get((command_field, sop_class_uid))
+
     def query_handler(self, command_field: int, sop_class_uid: str) -> QueryHandler | None:
         """The handler for a C-FIND/C-MOVE/C-GET of ``sop_class_uid``, if any."""
         return self._query.get((command_field, sop_class_uid))
@@ -281,4 +353,5 @@ class ServiceRegistry:
             sop_class_uid in self._store
             or (self.verification and sop_class_uid == VERIFICATION)
             or sop_class_uid in self._query_classes
+            or any(uid == sop_class_uid for _, uid in self._normalized)
         )

@@ -11,6 +11,7 @@ from dicomvault.net.handlers import (
     SUCCESS,
     DataSink,
     DimseStatus,
+    NormalizedHandler,
     QueryHandler,
     QueryRequest,
 )
@@ -26,7 +27,17 @@ COMMAND_NAMES = {
     c.C_MOVE_RQ: "C-MOVE",
     c.C_GET_RQ: "C-GET",
     c.C_CANCEL_RQ: "C-CANCEL",
+    c.N_EVENT_REPORT_RQ: "N-EVENT-REPORT",
+    c.N_GET_RQ: "N-GET",
+    c.N_SET_RQ: "N-SET",
+    c.N_ACTION_RQ: "N-ACTION",
+    c.N_CREATE_RQ: "N-CREATE",
+    c.N_DELETE_RQ: "N-DELETE",
 }
+#: DIMSE-N requests naming their SOP instance in Requested SOP Class/Instance UID
+#: (0000,0003)/(0000,1001) rather than Affected (PS3.7 10.3).
+REQUESTED_UID_FIELDS = frozenset({c.N_GET_RQ, c.N_SET_RQ, c.N_ACTION_RQ, c.N_DELETE_RQ})
+NORMALIZED_FIELDS = REQUESTED_UID_FIELDS | {c.N_EVENT_REPORT_RQ, c.N_CREATE_RQ}
 
 
 def truncate_comment(text: str) -> str:
@@ -83,6 +94,7 @@ class Incoming:
         "handler",
         "message_id",
         "name",
+        "nhandler",
         "queue",
         "request",
         "sink",
@@ -97,7 +109,10 @@ class Incoming:
         self.name = name
         self.sink: DataSink | None = None
         self.started = time.perf_counter()
-        self.subject = str(command.get(c.AffectedSOPInstanceUID, ""))
+        self.subject = str(
+            command.get(c.AffectedSOPInstanceUID) or command.get(c.RequestedSOPInstanceUID) or ""
+        )
         self.handler: QueryHandler | None = None
+        self.nhandler: NormalizedHandler | None = None
         self.request: QueryRequest | None = None
         self.queue: asyncio.Queue[StreamItem] | None = None

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import os
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, NamedTuple
 
 from dicomvault.net import commands as c
 from dicomvault.net.association import MCH_LAST, Association, StreamItem
@@ -423,6 +423,95 @@ class ServiceUser(Association):
             move_destination=None,
             timeout=timeout,
         )
+
+    # -- DIMSE-N (PS3.7 10) ----------------------------------------------------------------
+
+    async def n_request(
+        self,
+        command_field: int,
+        sop_class_uid: str,
+        sop_instance_uid: str | None,
+        data_set: bytes | None = None,
+        *,
+        type_id: int | None = None,
+        timeout: float | None = None,
+    ) -> NResult:
+        """Send a DIMSE-N request and wait for its response (PS3.7 10.1, 10.3).
+
+        The SOP class and instance go in the Affected (N-EVENT-REPORT, N-CREATE) or
+        Requested (N-GET, N-SET, N-ACTION, N-DELETE) UID elements; ``sop_instance_uid``
+        ``None`` lets an N-CREATE SCP choose. ``type_id`` is the Event/Action Type ID.
+        ``data_set`` is encoded in the transfer syntax of the context used
+        (:meth:`normalized_context`). The roles are the service's: an N-EVENT-REPORT
+        is invoked by the SCP, so the acceptor may send it on the requestor's context.
+
+        Raises
+        ------
+        NoPresentationContext
+            No context was accepted for ``sop_class_uid``.
+        AssociationAborted, TimeoutError
+            The association ended, or no response came in time (the association is
+            then aborted).
+        """
+        ctx = self.normalized_context(sop_class_uid)
+        if ctx is None:
+            raise NoPresentationContext(f"{sop_class_uid} was not accepted")
+        self._check_open()
+        message_id = self.next_message_id()
+        queue = self.expect_responses(message_id)
+        requested = command_field in (c.N_GET_RQ, c.N_SET_RQ, c.N_ACTION_RQ, c.N_DELETE_RQ)
+        command: c.CommandSet = {
+            (c.RequestedSOPClassUID if requested else c.AffectedSOPClassUID): sop_class_uid,
+            c.CommandField: command_field,
+            c.MessageID: message_id,
+            c.CommandDataSetType: c.NO_DATA_SET if data_set is None else 0x0000,
+        }
+        if sop_instance_uid:
+            element = c.RequestedSOPInstanceUID if requested else c.AffectedSOPInstanceUID
+            command[element] = sop_instance_uid
+        if type_id is not None:
+            element = c.EventTypeID if command_field == c.N_EVENT_REPORT_RQ else c.ActionTypeID
+            command[element] = type_id
+        try:
+            self.send_message(ctx.id, command, data_set)
+            try:
+                item = await asyncio.wait_for(queue.get(), timeout or self.timeout)
+            except TimeoutError:
+                self.abort("DIMSE timeout")
+                raise
+        finally:
+            self.end_responses(message_id)
+        if isinstance(item, BaseException):
+            raise item
+        response, answer = item
+        instance = response.get(c.AffectedSOPInstanceUID)
+        error_id = response.get(c.ErrorID)
+        return NResult(
+            status_of(response),
+            answer,
+            str(instance) if instance else (sop_instance_uid or ""),
+            int(error_id) if isinstance(error_id, int) else None,
+            ctx.transfer_syntax,
+        )
+
+    def normalized_context(self, sop_class_uid: str) -> AcceptedContext | None:
+        """An accepted context for a DIMSE-N SOP class (either side may invoke on it:
+        which operation belongs to which role is the service's business, PS3.4)."""
+        for ctx in self.info.contexts.values():
+            if ctx.abstract_syntax == sop_class_uid:
+                return ctx
+        return None
+
+
+class NResult(NamedTuple):
+    """A DIMSE-N response: status, data set (in ``transfer_syntax``), Affected SOP
+    Instance UID (the one an N-CREATE SCP chose), Error ID."""
+
+    status: DimseStatus
+    data_set: bytes | None
+    sop_instance_uid: str
+    error_id: int | None
+    transfer_syntax: str
 
 
 def _reencode(path: Path, syntax: str) -> bytes:

@@ -75,3 +75,11 @@ PATIENT_ROOT_GET = "1.2.840.10008.5.1.4.1.2.1.3"
 STUDY_ROOT_FIND = "1.2.840.10008.5.1.4.1.2.2.1"
 STUDY_ROOT_MOVE = "1.2.840.10008.5.1.4.1.2.2.2"
 STUDY_ROOT_GET = "1.2.840.10008.5.1.4.1.2.2.3"
+
+#: Modality Worklist Information Model - FIND (PS3.4 K.6.1.1).
+MODALITY_WORKLIST_FIND = "1.2.840.10008.5.1.4.31"
+#: Storage Commitment Push Model SOP Class and its well-known SOP Instance (PS3.4 J.3, J.4).
+STORAGE_COMMITMENT_PUSH = "1.2.840.10008.1.20.1"
+STORAGE_COMMITMENT_INSTANCE = "1.2.840.10008.1.20.1.1"
+#: Modality Performed Procedure Step SOP Class (PS3.4 F.7.3).
+MPPS = "1.2.840.10008.3.1.2.3.3"
