@@ -160,6 +160,83 @@ class SecuritySettings(_Section):
     user_identity: Literal["optional", "required"] = "optional"
 
 
+class WorklistSettings(_Section):
+    """Modality Worklist (PS3.4 K) and its HL7 v2 order feed (issue 6, part 2)."""
+
+    #: Answer Modality Worklist C-FIND (SOP Class 1.2.840.10008.5.1.4.31); false leaves
+    #: the SOP class out (its presentation contexts are refused).
+    enabled: bool = True
+    #: Largest JSON body accepted by POST / PUT /api/worklist (bytes); larger is 413.
+    max_item_bytes: int = Field(default=1024 * 1024, ge=1024)
+
+    # -- HL7 v2 ORM^O01 order feed over MLLP (hl7/, docs/hl7.md) --
+    #: MLLP port of the HL7 order feed; 0 = off (2575 is the usual HL7 port).
+    hl7_port: int = Field(default=0, ge=0, le=65535)
+    #: Address the HL7 listener binds.
+    hl7_host: str = "0.0.0.0"
+    #: Largest HL7 message accepted (bytes); a larger one is answered AR and the
+    #: connection closed.
+    hl7_max_message_bytes: int = Field(default=1024 * 1024, ge=1024)
+    #: Seconds an HL7 connection may stay silent before it is closed.
+    hl7_idle_timeout: float = Field(default=300.0, gt=0)
+    #: Modality (OBR-24) → Scheduled Station AE Title of the items the feed creates.
+    hl7_station_ae_titles: dict[str, str] = Field(default_factory=dict)
+
+
+class RetentionSettings(_Section):
+    """Deletion, IOCM rejection, retention rules and the storage quota (issue 6, part 4)."""
+
+    class Rule(_Section):
+        """``[[retention.rules]]``: delete studies older than ``older_than_days``."""
+
+        #: Studies with a series of this Modality (0008,0060); empty: every study.
+        modality: str = Field(default="", max_length=16)
+        older_than_days: int = Field(ge=1)
+        #: Age by Study Date (0008,0020) — studies without one are kept — or by the
+        #: time the archive last received an instance of the study.
+        by: Literal["study_date", "received"] = "study_date"
+
+        @field_validator("modality")
+        @classmethod
+        def _modality(cls, value: str) -> str:
+            # PS3.5 6.2 CS: upper case, digits, space, underscore.
+            stripped = value.strip()
+            if stripped and not all(c.isupper() or c.isdigit() or c in " _" for c in stripped):
+                raise ValueError("must be a Modality code such as CT or MR")
+            return stripped
+
+    rules: list[Rule] = Field(default_factory=list)
+    #: Seconds between passes of the background runner (deletion queue, rejected
+    #: instances past their grace period, retention rules, quota recycling).
+    interval_seconds: float = Field(default=300.0, gt=0)
+    #: Days the blobs of instances rejected by an IOCM rejection note stay on disk
+    #: (hidden at once) before the runner removes them.
+    rejection_grace_days: float = Field(default=0.0, ge=0)
+    #: Blob bytes the archive may hold; 0 = no quota.
+    quota_bytes: int = Field(default=0, ge=0)
+    #: Over the quota: ``reject`` new instances (C-STORE 0xA700, STOW-RS 507), or
+    #: ``recycle`` the least recently received unprotected studies.
+    quota_policy: Literal["reject", "recycle"] = "reject"
+    #: ``recycle`` deletes until the archive holds at most this fraction of the quota.
+    quota_low_water: float = Field(default=0.9, gt=0, le=1)
+
+
+class CommitmentSettings(_Section):
+    """Storage Commitment Push Model SCP (PS3.4 J) and MPPS SCP (PS3.4 F) (issue 6)."""
+
+    #: Send the report on the requester's association while it is still open; otherwise
+    #: (and when that fails) on a new association to its ``[remotes]`` entry.
+    same_association: bool = True
+    #: Seconds before the first retry of a report that could not be delivered; doubled
+    #: after each failure up to ``retry_max``.
+    retry_initial: float = Field(default=10.0, gt=0)
+    retry_max: float = Field(default=600.0, gt=0)
+    #: Give up (job state "expired") this many hours after the request.
+    deadline_hours: float = Field(default=24.0, gt=0)
+    #: How often (seconds) the report sender looks for due reports.
+    poll_interval: float = Field(default=2.0, gt=0)
+
+
 class Settings(BaseSettings):
     """The effective configuration (``dicomvault config show`` prints it)."""
 
@@ -176,6 +253,9 @@ class Settings(BaseSettings):
     remotes: dict[str, RemoteAE] = Field(default_factory=dict)
     tls: TlsSettings = Field(default_factory=TlsSettings)
     security: SecuritySettings = Field(default_factory=SecuritySettings)
+    worklist: WorklistSettings = Field(default_factory=WorklistSettings)
+    retention: RetentionSettings = Field(default_factory=RetentionSettings)
+    commitment: CommitmentSettings = Field(default_factory=CommitmentSettings)
 
     @classmethod
     def settings_customise_sources(
@@ -255,8 +335,11 @@ def load_settings(
             settings = Settings.model_validate(merged)
             # model_validate re-reads the environment; explicit overrides must win.
             for section, values in overrides.items():
+                target = getattr(settings, section)
+                if not isinstance(target, BaseModel):
+                    continue  # a table of entries ([remotes]): validated with the merge
                 for key, value in values.items():
-                    setattr(getattr(settings, section), key, value)
+                    setattr(target, key, value)
     except ValidationError as exc:
         raise ConfigError(_describe(exc)) from None
     return settings

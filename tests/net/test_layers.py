@@ -35,3 +35,24 @@ def test_dimse_stays_an_adapter(forbidden: str) -> None:
 )
 def test_web_stays_an_adapter(forbidden: str) -> None:
     assert not any(m.startswith(forbidden) for m in _imports("web"))
+
+
+@pytest.mark.parametrize(
+    "forbidden",
+    [
+        "dicomvault.index",
+        "dicomvault.storage",
+        "dicomvault.dicom",
+        "dicomvault.dimse",
+        "dicomvault.web",
+        "dicomvault.net",
+    ],
+)
+def test_hl7_stays_an_adapter(forbidden: str) -> None:
+    assert not any(m.startswith(forbidden) for m in _imports("hl7"))
+
+
+def test_hl7_does_not_import_pydicom() -> None:
+    text = "\n".join(p.read_text(encoding="utf-8") for p in (SRC / "hl7").glob("*.py"))
+    assert "import pydicom" not in text
+    assert "from pydicom" not in text

@@ -85,7 +85,10 @@ def test_a_route_without_a_permission_fails_the_app() -> None:
 def test_every_role_on_every_route(secured: WebServer, tmp_path: Path) -> None:
     instance = _store(secured, tmp_path)
     tokens = {role: users.create_token(secured.archive, role, "test").token for role in ROLES}
-    values = {"study": STUDY, "series": SERIES, "instance": instance, "frames": "1"}
+    values = {
+        "study": STUDY, "series": SERIES, "instance": instance, "frames": "1",
+        "item_id": "0" * 32, "uid": "1.2.3", "patient_id": "NOSUCHPATIENT",
+    }  # fmt: skip
     routes = _app_routes(secured)
     # Deletes last (an admin's delete empties the archive), the study's last of all.
     routes.sort(key=lambda r: (r[0] == "DELETE", -r[1].count("/")))
@@ -93,7 +96,7 @@ def test_every_role_on_every_route(secured: WebServer, tmp_path: Path) -> None:
     for method, template in routes:
         permission = auth.ROUTE_PERMISSIONS[(method, template)]
         url = re.sub(r"\{path:path\}", "00280010", template)
-        url = re.sub(r"\{(\w+)\}", lambda m: values[m.group(1)], url)
+        url = re.sub(r"\{(\w+)(?::\w+)?\}", lambda m: values[m.group(1)], url)
         anonymous = secured.client.request(method, url)
         if permission == auth.PUBLIC:
             assert anonymous.status_code == 200, (method, url)

@@ -22,11 +22,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, BinaryIO
 
+from dicomvault.archive.deletion import DeletionService, Selection
 from dicomvault.archive.query import find as _find
 from dicomvault.archive.query import retrieve_instances as _retrieve_instances
 from dicomvault.archive.recovery import VerifyReport, recover, verify
+from dicomvault.archive.retention import QuotaGauge
 from dicomvault.archive.writer import IndexWriter
 from dicomvault.config import Settings
+from dicomvault.dicom.kos import KEY_OBJECT_SELECTION_DOCUMENT, rejection_note
 from dicomvault.dicom.parse import ParsedInstance, parse_instance
 from dicomvault.dicom.part10 import encode_file_meta, read_preamble_layout
 from dicomvault.index import Index, InsertOutcome, PendingInsert
@@ -34,8 +37,10 @@ from dicomvault.model.errors import (
     DuplicateRejected,
     HierarchyConflict,
     IndexError_,
+    InstanceRejected,
     NotFound,
     OutOfResources,
+    QuotaExceeded,
     UIDMismatch,
 )
 from dicomvault.model.query import FindResult, Query
@@ -165,6 +170,10 @@ class Archive:
         # start one writer: two would race on inserting the same patient.
         self._writer_lock = threading.Lock()
         self._lock_fd: int | None = None
+        #: Deletion, IOCM rejection, protection (``archive/deletion.py``).
+        self.deletion = DeletionService(self)
+        #: The running total the quota check reads (``archive/retention.py``).
+        self.quota = QuotaGauge(settings.retention.quota_bytes, index.deletions.total_bytes)
 
     @classmethod
     def open(
@@ -190,13 +199,15 @@ class Archive:
         except BlockingIOError:
             alone = False
         if alone and recover_on_start:
+            finished = archive.deletion.finish_queue()
             temp, orphans = recover(index, store)
-            if temp or orphans:
+            if temp or orphans or finished:
                 log.warning(
-                    "recovery: removed %d unfinished temp file(s) and %d orphan blob(s) "
-                    "left by an earlier crash",
+                    "recovery: removed %d unfinished temp file(s), %d orphan blob(s) and "
+                    "%d blob(s) of deletions left by an earlier crash",
                     temp,
                     orphans,
+                    finished,
                 )
         # Others may share the directory from now on (import while serving, workers).
         fcntl.flock(archive._lock_fd, fcntl.LOCK_SH)
@@ -381,27 +392,55 @@ class Archive:
             warnings=record.warnings,
         )
         try:
-            # Cheap early answer for re-sent instances: nothing is written twice.
-            if self.index.has_instance(inst.sop_instance_uid):
-                existing = self.index.lookup_instance(inst.sop_instance_uid)
-                if existing is not None:
-                    self._check_duplicate(
-                        existing,
-                        record.study.study_instance_uid,
-                        record.series.series_instance_uid,
-                        dataset_sha256,
-                        policy,
-                    )
-                    if existing.dataset_sha256 == dataset_sha256:
-                        spool.discard()
-                        return dataclasses.replace(result, status=StoreStatus.DUPLICATE)
-                    if policy == "keep-first":
-                        spool.discard()
-                        return dataclasses.replace(result, status=StoreStatus.KEPT_FIRST)
+            # One probe: re-sent instances get a cheap early answer (nothing is written
+            # twice), rejected ones are refused (IHE IOCM).
+            stored, rejected_by = self.index.ingest_probe(inst.sop_instance_uid)
+            if rejected_by is not None:
+                raise InstanceRejected(
+                    f"rejected by KOS {rejected_by} (IOCM): SOP Instance UID "
+                    f"{inst.sop_instance_uid} is not stored again",
+                    rejected_by,
+                )
+            existing = self.index.lookup_instance(inst.sop_instance_uid) if stored else None
+            if existing is not None:
+                self._check_duplicate(
+                    existing,
+                    record.study.study_instance_uid,
+                    record.series.series_instance_uid,
+                    dataset_sha256,
+                    policy,
+                )
+                if existing.dataset_sha256 == dataset_sha256:
+                    self._apply_rejection(parsed)  # again: idempotent, finishes a failed one
+                    spool.discard()
+                    return dataclasses.replace(result, status=StoreStatus.DUPLICATE)
+                if policy == "keep-first":
+                    spool.discard()
+                    return dataclasses.replace(result, status=StoreStatus.KEPT_FIRST)
+            if (
+                self.quota.active
+                and self.settings.retention.quota_policy == "reject"
+                and self.quota.would_exceed(spool.size)
+            ):
+                raise QuotaExceeded(
+                    f"storage quota of {self.quota.quota_bytes} bytes reached "
+                    "(retention.quota_bytes); instance not stored"
+                )
+            self._apply_rejection(parsed)
         except BaseException:
             spool.discard()
             raise
         return _Checked(spool, parsed, source_ae, policy, result, spool.sha256(), dataset_sha256)
+
+    def _apply_rejection(self, parsed: ParsedInstance) -> None:
+        """An IOCM rejection note (IHE RAD IOCM; PS3.16 CID 7011 title on a Key Object
+        Selection Document) hides the instances it lists before it is itself stored;
+        every other instance costs this one comparison."""
+        if parsed.record.instance.sop_class_uid != KEY_OBJECT_SELECTION_DOCUMENT:
+            return
+        note = rejection_note(parsed.record)
+        if note is not None:
+            self.deletion.reject(note)
 
     def finalize(self, prepared: Prepared) -> StoreResult:
         """Steps 4–5: index the prepared instance (group commit), then answer."""
@@ -420,6 +459,8 @@ class Archive:
                 self.store.delete(name)
                 done.set_exception(exc)
                 return
+            if outcome.status is StoreStatus.STORED:
+                self.quota.add(prepared.result.size)
             try:
                 if outcome.new_blob_unused:
                     self.store.delete(name)
@@ -460,29 +501,34 @@ class Archive:
         """The stored Part 10 bytes, as they were received."""
         return self.store.open(self.get_instance(sop_instance_uid).blob_name)
 
-    def delete_instances(self, sop_instance_uids: list[str]) -> int:
-        """Delete instances: row first, then blob. Returns how many were deleted."""
+    def delete_instances(self, sop_instance_uids: list[str], *, force: bool = False) -> int:
+        """Delete instances (see :class:`DeletionService`); unknown UIDs are skipped.
+        Returns how many were deleted."""
         deleted = 0
         for uid in sop_instance_uids:
             try:
-                stored = self.index.delete_instance(uid)
+                deleted += self.deletion.delete(Selection("instance", uid), force=force).instances
             except NotFound:
                 continue
-            self.store.delete(stored.blob_name)
-            deleted += 1
         return deleted
 
-    def delete_study(self, study_instance_uid: str) -> int:
-        uids = self.index.instance_uids(study_instance_uid=study_instance_uid)
-        if not uids:
-            raise NotFound(f"no study with Study Instance UID {study_instance_uid}")
-        return self.delete_instances(uids)
+    def delete_study(self, study_instance_uid: str, *, force: bool = False) -> int:
+        """Delete a study; returns how many instances went.
 
-    def delete_series(self, series_instance_uid: str) -> int:
-        uids = self.index.instance_uids(series_instance_uid=series_instance_uid)
-        if not uids:
-            raise NotFound(f"no series with Series Instance UID {series_instance_uid}")
-        return self.delete_instances(uids)
+        Raises
+        ------
+        NotFound, Protected
+        """
+        return self.deletion.delete(Selection("study", study_instance_uid), force=force).instances
+
+    def delete_series(self, series_instance_uid: str, *, force: bool = False) -> int:
+        """Delete a series; returns how many instances went.
+
+        Raises
+        ------
+        NotFound, Protected
+        """
+        return self.deletion.delete(Selection("series", series_instance_uid), force=force).instances
 
     def stats(self) -> Stats:
         return self.index.stats()

@@ -2,7 +2,10 @@
 
 A crash between "blob durable" and "index committed" (DESIGN.md, life of an instance,
 steps 3–4) leaves a blob no row names; a crash while spooling leaves a temp file. Neither
-was ever acknowledged to a sender, so both are removed.
+was ever acknowledged to a sender, so both are removed. A crash in the middle of a
+deletion leaves rows in the deletion queue: :meth:`Archive.open` finishes them first
+(``DeletionService.finish_queue``), and blobs the queue still names (rejected instances
+in their grace period) are not orphans.
 """
 
 from __future__ import annotations
@@ -32,7 +35,8 @@ class VerifyReport:
 
 
 def find_orphans(index: Index, store: BlobStore) -> list[str]:
-    known = index.blob_names()
+    """Blobs neither an instance row nor the deletion queue names."""
+    known = index.blob_names() | index.deletions.queued_blob_names()
     return [name for name in store.names() if name not in known]
 
 

@@ -30,11 +30,12 @@ from dicomvault.index import users as sql
 from dicomvault.model.errors import DicomVaultError, NotFound
 
 #: What a role may do. Permissions: ``search`` (QIDO-RS, capabilities, metrics),
-#: ``retrieve`` (WADO-RS, rendered), ``store`` (STOW-RS), ``delete``, ``admin``.
+#: ``retrieve`` (WADO-RS, rendered), ``store`` (STOW-RS), ``worklist`` (add, change and
+#: cancel worklist items: a RIS account is an uploader, not an admin), ``delete``, ``admin``.
 ROLE_PERMISSIONS: dict[str, frozenset[str]] = {
     "viewer": frozenset({"search", "retrieve"}),
-    "uploader": frozenset({"search", "retrieve", "store"}),
-    "admin": frozenset({"search", "retrieve", "store", "delete", "admin"}),
+    "uploader": frozenset({"search", "retrieve", "store", "worklist"}),
+    "admin": frozenset({"search", "retrieve", "store", "worklist", "delete", "admin"}),
 }
 ROLES = tuple(ROLE_PERMISSIONS)
 PERMISSIONS = frozenset().union(*ROLE_PERMISSIONS.values())

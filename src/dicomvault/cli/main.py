@@ -12,11 +12,19 @@ from dicomvault.cli.archive_commands import (
     stats_command,
     verify_command,
 )
+from dicomvault.cli.commit_command import commit_command
+from dicomvault.cli.delete_commands import (
+    delete_command,
+    protect_command,
+    retention_group,
+    unprotect_command,
+)
 from dicomvault.cli.net_commands import echo_command, store_command
 from dicomvault.cli.qr_commands import find_command, get_command, move_command
 from dicomvault.cli.serve import serve_command
 from dicomvault.cli.tls_commands import tls_group
 from dicomvault.cli.user_commands import token_group, user_group
+from dicomvault.cli.worklist_commands import worklist_group
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -40,9 +48,15 @@ for command in (
     find_command,
     move_command,
     get_command,
+    commit_command,
     tls_group,
     user_group,
     token_group,
+    delete_command,
+    protect_command,
+    unprotect_command,
+    retention_group,
+    worklist_group,
 ):
     cli.add_command(command)
 

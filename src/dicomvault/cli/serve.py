@@ -22,6 +22,7 @@ import click
 
 from dicomvault.archive import Archive, users
 from dicomvault.cli.common import config_options, load_cli_settings, run_guarded
+from dicomvault.cli.services import background_services
 from dicomvault.config import Settings
 from dicomvault.dimse.server import serve_dicom
 from dicomvault.index import Index
@@ -104,6 +105,11 @@ def _run_one(
             )
         else:
             tls_ready.set()
+        servers += [
+            asyncio.ensure_future(service)
+            for service in background_services(archive, settings, stop, worker)
+        ]
+
         async def both() -> None:
             await dimse_ready.wait()
             await http_ready.wait()

@@ -59,9 +59,12 @@ from dataclasses import dataclass
 from dicomvault.config import ALL_PERMISSIONS, Permission, RemoteAE, Settings
 from dicomvault.net.handlers import AssociationInfo, RejectAssociation
 from dicomvault.net.uids import (
+    MODALITY_WORKLIST_FIND,
+    MPPS,
     PATIENT_ROOT_FIND,
     PATIENT_ROOT_GET,
     PATIENT_ROOT_MOVE,
+    STORAGE_COMMITMENT_PUSH,
     STORAGE_SOP_CLASSES,
     STUDY_ROOT_FIND,
     STUDY_ROOT_GET,
@@ -71,12 +74,6 @@ from dicomvault.net.uids import (
 
 log = logging.getLogger("dicomvault.dimse")
 
-#: Modality Worklist Information Model - FIND (PS3.4 K.6.1.1).
-MODALITY_WORKLIST_FIND = "1.2.840.10008.5.1.4.31"
-#: Storage Commitment Push Model SOP Class (PS3.4 J.3).
-STORAGE_COMMITMENT_PUSH = "1.2.840.10008.1.20.1"
-#: Modality Performed Procedure Step SOP Class (PS3.4 F.7.3).
-MPPS = "1.2.840.10008.3.1.2.3.3"
 #: Storage SOP classes live under this root (PS3.6 A), also those pydicom does not list.
 _STORAGE_ROOT = "1.2.840.10008.5.1.4.1.1."
 

@@ -11,13 +11,24 @@ from dicomvault.archive import Archive
 from dicomvault.archive.users import verify_password
 from dicomvault.config import Settings
 from dicomvault.dimse.access import AccessControl, UserCheck
+from dicomvault.dimse.commitment import CommitmentHandler, CommitmentReporter
 from dicomvault.dimse.find import FIND_SOP_CLASSES, ArchiveFindHandler, relational_reply
 from dicomvault.dimse.get import GET_SOP_CLASSES, ArchiveGetHandler
 from dicomvault.dimse.move import MOVE_SOP_CLASSES, ArchiveMoveHandler
+from dicomvault.dimse.mpps import MppsHandler
 from dicomvault.dimse.store import ArchiveStoreHandler
+from dicomvault.dimse.worklist import WORKLIST_SOP_CLASSES, ArchiveWorklistHandler
 from dicomvault.net.acceptor import AcceptorPolicy, serve
-from dicomvault.net.commands import C_FIND_RQ, C_GET_RQ, C_MOVE_RQ
+from dicomvault.net.commands import (
+    C_FIND_RQ,
+    C_GET_RQ,
+    C_MOVE_RQ,
+    N_ACTION_RQ,
+    N_CREATE_RQ,
+    N_SET_RQ,
+)
 from dicomvault.net.handlers import ServiceRegistry
+from dicomvault.net.uids import MPPS, STORAGE_COMMITMENT_PUSH
 
 log = logging.getLogger("dicomvault.dimse")
 
@@ -57,6 +68,18 @@ def registry_for(archive: Archive) -> ServiceRegistry:
     registry.add_query(C_FIND_RQ, ArchiveFindHandler(archive), FIND_SOP_CLASSES)
     registry.add_query(C_MOVE_RQ, ArchiveMoveHandler(archive), MOVE_SOP_CLASSES)
     registry.add_query(C_GET_RQ, ArchiveGetHandler(archive), GET_SOP_CLASSES)
+    if archive.settings.worklist.enabled:  # Modality Worklist FIND (PS3.4 K)
+        registry.add_query(C_FIND_RQ, ArchiveWorklistHandler(archive), WORKLIST_SOP_CLASSES)
+    # Storage Commitment Push Model SCP (PS3.4 J.3).
+    registry.add_normalized(
+        N_ACTION_RQ,
+        CommitmentHandler(archive, CommitmentReporter(archive)),
+        [STORAGE_COMMITMENT_PUSH],
+    )
+    # Modality Performed Procedure Step SCP (PS3.4 F.7.2).
+    mpps = MppsHandler(archive)
+    registry.add_normalized(N_CREATE_RQ, mpps, [MPPS])
+    registry.add_normalized(N_SET_RQ, mpps, [MPPS])
     return registry
 
 

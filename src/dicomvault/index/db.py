@@ -16,6 +16,7 @@ import threading
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import (
@@ -23,22 +24,20 @@ from sqlalchemy import (
     Engine,
     Select,
     create_engine,
-    delete,
     event,
     func,
     select,
-    update,
 )
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.pool import NullPool
 
 from dicomvault.index import migrate
+from dicomvault.index.deletion import Deletions, Selection
 from dicomvault.index.ingest import (
     Batch,
     InsertOutcome,
     PendingInsert,
     Sql,
-    refresh_study_sets,
 )
 from dicomvault.index.schema import instances, patients, series, studies
 from dicomvault.model.errors import (
@@ -134,6 +133,8 @@ class Index:
         self._probe = threading.local()
         self._probe_connections: list[Any] = []
         self._write_lock: int | None = None
+        #: Deletion, rejection, protection and retention transactions.
+        self.deletions = Deletions(self)
         database = self._write.url.database
         if self.is_sqlite and database and database != ":memory:":
             # Several processes (serve --workers, import beside serve) write one SQLite
@@ -236,54 +237,22 @@ class Index:
     def delete_instance(self, sop_instance_uid: str) -> StoredInstance:
         """Remove one instance's row (and emptied parents); returns what it was.
 
-        The caller deletes the blob after this commits, so a crash in between leaves an
-        orphan blob (removed by recovery), never a row without its bytes.
+        Its blob is queued in ``deletion_queue`` in the same transaction (see
+        :mod:`dicomvault.index.deletion`): the archive removes it after the commit, and
+        start-up finishes what a crash left, so no row ever names a missing blob.
         """
-        with self._writing() as conn:
-            stored = self._lookup(conn, sop_instance_uid)
-            if stored is None:
-                raise NotFound(f"no instance with SOP Instance UID {sop_instance_uid}")
-            self._delete_instance_rows(conn, sop_instance_uid)
-            return stored
-
-    def _delete_instance_rows(self, conn: Connection, sop_instance_uid: str) -> None:
-        row = conn.execute(
-            select(instances.c.pk, instances.c.series_pk, series.c.study_pk, studies.c.patient_pk)
-            .join(series, instances.c.series_pk == series.c.pk)
-            .join(studies, series.c.study_pk == studies.c.pk)
-            .where(instances.c.sop_instance_uid == sop_instance_uid)
-        ).one()
-        conn.execute(delete(instances).where(instances.c.pk == row.pk))
-        left = conn.execute(
-            update(series)
-            .where(series.c.pk == row.series_pk)
-            .values(number_of_instances=series.c.number_of_instances - 1)
-            .returning(series.c.number_of_instances)
-        ).scalar_one()
-        series_gone = left == 0
-        if series_gone:
-            conn.execute(delete(series).where(series.c.pk == row.series_pk))
-        study_left = conn.execute(
-            update(studies)
-            .where(studies.c.pk == row.study_pk)
-            .values(
-                number_of_instances=studies.c.number_of_instances - 1,
-                number_of_series=studies.c.number_of_series - (1 if series_gone else 0),
-            )
-            .returning(studies.c.number_of_instances)
-        ).scalar_one()
-        if study_left > 0:
-            refresh_study_sets(self._sql(conn), row.study_pk)
-            return
-        conn.execute(delete(studies).where(studies.c.pk == row.study_pk))
-        patient_left = conn.execute(
-            update(patients)
-            .where(patients.c.pk == row.patient_pk)
-            .values(number_of_studies=patients.c.number_of_studies - 1)
-            .returning(patients.c.number_of_studies)
-        ).scalar_one()
-        if patient_left == 0:
-            conn.execute(delete(patients).where(patients.c.pk == row.patient_pk))
+        stored = self.lookup_instance(sop_instance_uid)
+        if stored is None:
+            raise NotFound(f"no instance with SOP Instance UID {sop_instance_uid}")
+        now = datetime.now(UTC)
+        self.deletions.delete(
+            Selection("instance", sop_instance_uid),
+            force=True,
+            reason="manual",
+            now=now,
+            not_before=now,
+        )
+        return stored
 
     def instance_uids(
         self,
@@ -321,9 +290,9 @@ class Index:
         with self._read.connect() as conn:
             return self._lookup(conn, sop_instance_uid)
 
-    def has_instance(self, sop_instance_uid: str) -> bool:
-        """Cheap existence test on the ingest hot path: one indexed probe on this thread's
-        own DBAPI connection (a pool checkout per probe cost more than the probe)."""
+    def _probe_sql(self) -> Sql:
+        # This thread's own DBAPI connection: a pool checkout per probe cost more than
+        # the probe.
         sql: Sql | None = getattr(self._probe, "sql", None)
         if sql is None:
             raw = self._probe_engine.raw_connection()
@@ -331,8 +300,27 @@ class Index:
                 raw.dbapi_connection.autocommit = True  # type: ignore[union-attr]
             sql = self._probe.sql = Sql(raw, sqlite=self.is_sqlite)
             self._probe_connections.append(raw)
-        found = sql.one("SELECT 1 FROM instances WHERE sop_instance_uid = ?", (sop_instance_uid,))
+        return sql
+
+    def has_instance(self, sop_instance_uid: str) -> bool:
+        """Cheap existence test: one indexed probe on this thread's own connection."""
+        found = self._probe_sql().one(
+            "SELECT 1 FROM instances WHERE sop_instance_uid = ?", (sop_instance_uid,)
+        )
         return found is not None
+
+    def ingest_probe(self, sop_instance_uid: str) -> tuple[bool, str | None]:
+        """The ingest hot path's one probe: (is the instance stored, the SOP Instance UID
+        of the IOCM rejection note that rejected it or None) — two primary-key lookups
+        in one statement."""
+        row = self._probe_sql().one(
+            "SELECT (SELECT 1 FROM instances WHERE sop_instance_uid = ?),"
+            " (SELECT kos_sop_instance_uid FROM rejected_instances WHERE sop_instance_uid = ?)",
+            (sop_instance_uid, sop_instance_uid),
+        )
+        if row is None:  # pragma: no cover - a SELECT without FROM returns one row
+            return False, None
+        return row[0] is not None, row[1]
 
     def iter_instances(self, batch: int = 1000) -> Iterator[StoredInstance]:
         """Every instance, in insertion order, a page at a time (for verify)."""

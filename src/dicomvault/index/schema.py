@@ -173,3 +173,151 @@ api_tokens = Table(
     Column("revoked_at", DateTime(timezone=True)),
     Column("last_used_at", DateTime(timezone=True)),
 )
+
+
+# -- Modality Worklist (issue 6 part 2; revision 0004) ---------------------------------
+# One row per worklist item (a Requested Procedure, PS3.4 K.6.1.1.2) holding the item as
+# DICOM JSON, and one row per Scheduled Procedure Step of it: the C-FIND SCP answers one
+# response per step. The summary columns serve the SQL pre-filter only; matching is
+# finished on the stored JSON (archive/worklist.py). ``item_id`` is the archive's own key.
+
+worklist_items = Table(
+    "worklist_items",
+    metadata,
+    Column("pk", Integer, primary_key=True, autoincrement=True),
+    Column("item_id", String(32), nullable=False, unique=True),
+    Column("status", String(16), nullable=False),
+    Column("patient_id", Text, nullable=False),
+    Column("issuer_of_patient_id", Text, nullable=False, server_default=""),
+    Column("patient_name", Text),
+    Column("accession_number", Text),
+    Column("study_instance_uid", String(64), nullable=False),
+    Column("requested_procedure_id", Text),
+    Column("dataset_json", Text, nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+    Index("ix_worklist_items_patient_id", "patient_id"),
+    Index("ix_worklist_items_accession", "accession_number"),
+    Index("ix_worklist_items_study", "study_instance_uid"),
+)
+
+worklist_steps = Table(
+    "worklist_steps",
+    metadata,
+    Column("pk", Integer, primary_key=True, autoincrement=True),
+    Column(
+        "item_pk",
+        Integer,
+        ForeignKey("worklist_items.pk", ondelete="CASCADE"),
+        nullable=False,
+        index=True,
+    ),
+    #: Index of the step in the item's Scheduled Procedure Step Sequence (0040,0100).
+    Column("position", Integer, nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("scheduled_procedure_step_id", Text, nullable=False),
+    Column("modality", String(16)),
+    #: Scheduled Station AE Title (0040,0001), several values joined by a backslash.
+    Column("station_ae_titles", Text),
+    Column("start_date", String(8), nullable=False),
+    Column("start_time", String(32)),
+    Index("ix_worklist_steps_status_start", "status", "start_date"),
+    Index("ix_worklist_steps_sps_id", "scheduled_procedure_step_id"),
+)
+
+# -- end Modality Worklist --
+
+# -- deletion, rejection, retention (issue 6 part 4; revision 0005) --------------------
+
+# Blobs whose index rows are gone, written in the transaction that removes the rows:
+# removed after the commit (from ``not_before`` on), then their row. A crash in between
+# leaves the row, and the next start-up or runner pass finishes it.
+deletion_queue = Table(
+    "deletion_queue",
+    metadata,
+    Column("pk", Integer, primary_key=True, autoincrement=True),
+    Column("blob_name", String(80), nullable=False, unique=True),
+    Column("sop_instance_uid", String(64), nullable=False),
+    Column("study_instance_uid", String(64), nullable=False),
+    Column("size", BigInteger, nullable=False),
+    #: manual | rejected | retention | quota
+    Column("reason", String(32), nullable=False),
+    Column("queued_at", DateTime(timezone=True), nullable=False),
+    Column("not_before", DateTime(timezone=True), nullable=False),
+    Index("ix_deletion_queue_not_before", "not_before"),
+)
+
+# Instances named by an IOCM rejection note (IHE RAD TF-2 IOCM; PS3.16 CID 7011), kept
+# after their rows are gone so that a later copy of them is refused.
+rejected_instances = Table(
+    "rejected_instances",
+    metadata,
+    Column("sop_instance_uid", String(64), primary_key=True),
+    Column("study_instance_uid", String(64), nullable=False),
+    Column("series_instance_uid", String(64), nullable=False),
+    #: the rejection title's Code Value (113001, 113037, 113038, 113039)
+    Column("reason_code", String(16), nullable=False),
+    Column("kos_sop_instance_uid", String(64), nullable=False),
+    Column("rejected_at", DateTime(timezone=True), nullable=False),
+)
+
+# Studies that retention rules and quota recycling never delete (a manual delete needs
+# --force). Keyed by UID, not by row: protection is set on studies that exist.
+protected_studies = Table(
+    "protected_studies",
+    metadata,
+    Column("study_instance_uid", String(64), primary_key=True),
+    Column("protected_at", DateTime(timezone=True), nullable=False),
+    Column("note", Text, nullable=False, server_default=""),
+)
+
+# -- end deletion --
+
+# -- storage commitment and MPPS (issue 6 parts 1 and 3; revision 0006) -----------------
+
+#: Storage Commitment Push Model requests (PS3.4 J) whose report is owed or was sent: the
+#: job table any node may work from (DESIGN.md: nothing only in a node's memory). ``refs``
+#: and ``result`` hold JSON: [[class, instance], …] and {"committed": [[c, i], …],
+#: "failed": [[c, i, reason], …]}.
+commitment_jobs = Table(
+    "commitment_jobs",
+    metadata,
+    Column("pk", Integer, primary_key=True, autoincrement=True),
+    Column("transaction_uid", String(64), nullable=False, unique=True),
+    Column("calling_ae_title", Text, nullable=False),
+    Column("called_ae_title", Text, nullable=False),
+    Column("peer_host", Text, nullable=False, server_default=""),
+    Column("refs", Text, nullable=False),
+    Column("result", Text),
+    # pending: report owed; sent: delivered; expired: the deadline passed undelivered
+    Column("state", String(16), nullable=False),
+    Column("attempts", Integer, nullable=False, server_default="0"),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("next_attempt_at", DateTime(timezone=True), nullable=False),
+    Column("deadline", DateTime(timezone=True), nullable=False),
+    # A node working on the job owns it until then (a crashed node's claim runs out).
+    Column("claimed_until", DateTime(timezone=True)),
+    Column("sent_at", DateTime(timezone=True)),
+    Column("last_error", Text),
+    Index("ix_commitment_jobs_due", "state", "next_attempt_at"),
+)
+
+#: Modality Performed Procedure Steps (PS3.4 F), the data set as DICOM JSON (PS3.18 F.2).
+mpps = Table(
+    "mpps",
+    metadata,
+    Column("pk", Integer, primary_key=True, autoincrement=True),
+    Column("sop_instance_uid", String(64), nullable=False, unique=True),
+    Column("status", String(16), nullable=False),
+    Column("calling_ae_title", Text, nullable=False),
+    Column("patient_id", Text),
+    Column("study_instance_uid", Text),
+    Column("accession_number", Text),
+    Column("modality", Text),
+    Column("dataset", Text, nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+    Index("ix_mpps_study", "study_instance_uid"),
+)
+
+# -- end storage commitment and MPPS --

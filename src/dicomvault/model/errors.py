@@ -48,8 +48,30 @@ class HierarchyConflict(InvalidInstance):
     """Same SOP Instance UID already stored under another study or series."""
 
 
+class InstanceRejected(InvalidInstance):
+    """The instance was rejected by an IOCM rejection note (a Key Object Selection
+    Document with a PS3.16 CID 7011 title); later copies of it are refused."""
+
+    def __init__(self, message: str, kos_sop_instance_uid: str = "") -> None:
+        super().__init__(message)
+        self.kos_sop_instance_uid = kos_sop_instance_uid
+
+
 class OutOfResources(DicomVaultError):
     """Disk full or similar: the archive cannot store now (retry may work)."""
+
+
+class QuotaExceeded(OutOfResources):
+    """Storing would take the archive past ``retention.quota_bytes`` (policy ``reject``)."""
+
+
+class AmbiguousTarget(DicomVaultError):
+    """A deletion target that names more than one thing (a Patient ID that several
+    issuers use): the message says what to add."""
+
+
+class Protected(DicomVaultError):
+    """The study is protected (``dicomvault protect``): deleting it needs ``force``."""
 
 
 class IndexError_(DicomVaultError):
@@ -65,10 +87,15 @@ class NotFound(DicomVaultError):
 OUT_OF_RESOURCES = 0xA700
 DATA_SET_DOES_NOT_MATCH_SOP_CLASS = 0xA900
 CANNOT_UNDERSTAND = 0xC000
+#: In the A7xx "Refused" range of PS3.4 Table B.2-1 (the instance is refused by the
+#: archive's state, not misunderstood), the value dcm4chee-arc, the reference IOCM
+#: archive, answers for a "subsequent occurrence of a rejected object".
+SUBSEQUENT_OCCURRENCE_OF_REJECTED_OBJECT = 0xA771
 
 #: Ingest error class → status, first match wins; one table for C-STORE (dimse/status.py,
 #: which explains the choices) and STOW-RS (web/stow.py).
 INGEST_FAILURE_STATUS: tuple[tuple[type[BaseException], int], ...] = (
+    (InstanceRejected, SUBSEQUENT_OCCURRENCE_OF_REJECTED_OBJECT),
     (UIDMismatch, DATA_SET_DOES_NOT_MATCH_SOP_CLASS),
     (OutOfResources, OUT_OF_RESOURCES),
     (NotDicom, CANNOT_UNDERSTAND),

@@ -23,7 +23,19 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from dicomvault import metrics
 from dicomvault.archive import Archive
 from dicomvault.config import Settings
-from dicomvault.web import auth, capabilities, delete, qido, rendered, stow, wado, wado_frames
+from dicomvault.web import (
+    admin_api,
+    auth,
+    capabilities,
+    delete,
+    qido,
+    rendered,
+    stow,
+    wado,
+    wado_frames,
+    workflow_api,
+    worklist_api,
+)
 from dicomvault.web.common import DICOMWEB_ROOT
 from dicomvault.web.errors import EXCEPTION_HANDLERS
 
@@ -126,6 +138,9 @@ def create_app(archive: Archive, settings: Settings) -> Starlette:
     ]
     routes: list[BaseRoute] = [
         *capabilities.top_routes(),
+        *admin_api.routes(),
+        *worklist_api.routes(),
+        *workflow_api.routes(),
         Mount(DICOMWEB_ROOT, routes=dicomweb),
     ]
     auth.guard(routes)  # RuntimeError for a route without a declared permission

@@ -94,6 +94,25 @@ ROUTE_PERMISSIONS: dict[tuple[str, str], str] = {
     ("DELETE", _STUDY): "delete",
     ("DELETE", _SERIES): "delete",
     ("DELETE", _INSTANCE): "delete",
+    # Modality Worklist items (web/worklist_api.py); DELETE cancels an item
+    ("GET", "/api/worklist"): "search",
+    ("POST", "/api/worklist"): "worklist",
+    ("GET", "/api/worklist/{item_id}"): "search",
+    ("PUT", "/api/worklist/{item_id}"): "worklist",
+    ("DELETE", "/api/worklist/{item_id}"): "worklist",
+    # MPPS and storage commitment status (web/workflow_api.py)
+    ("GET", "/api/mpps"): "search",
+    ("GET", "/api/mpps/{uid}"): "search",
+    ("GET", "/api/commitments"): "admin",
+    ("GET", "/api/commitments/{uid}"): "admin",
+    # admin API of deletion (web/admin_api.py): role admin
+    ("DELETE", "/api/patients/{patient_id:path}"): "delete",
+    ("DELETE", "/api/studies/{study}"): "delete",
+    ("DELETE", "/api/studies/{study}/series/{series}"): "delete",
+    ("DELETE", "/api/studies/{study}/series/{series}/instances/{instance}"): "delete",
+    ("PUT", "/api/studies/{study}/protection"): "delete",
+    ("DELETE", "/api/studies/{study}/protection"): "delete",
+    ("GET", "/api/deletions"): "delete",
 }
 
 PUBLIC_PATHS = frozenset(path for (_, path), perm in ROUTE_PERMISSIONS.items() if perm == PUBLIC)

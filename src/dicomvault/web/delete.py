@@ -8,9 +8,12 @@ Reject transactions aside); archives offer ``DELETE`` on the WADO-RS resource pa
 - ``DELETE /studies/{study}``, ``…/series/{series}``, ``…/instances/{instance}``;
 - the path's hierarchy is checked: a series that is not in that study, or an instance
   not in that series, is 404 like an unknown UID (nothing is deleted);
-- index rows go first, then blobs (``Archive.delete_*``), so no reader is ever handed
-  a row whose blob is gone, and a crash in between leaves only orphan blobs, which
-  ``dicomvault verify --repair`` and start-up recovery remove;
+- one implementation with ``dicomvault delete`` and ``/api/…`` (``Archive.deletion``):
+  the index rows go and the blobs are queued in one transaction, the blobs are removed
+  after the commit, and a crash in between is finished at the next start-up, so no
+  reader is ever handed a row whose blob is gone;
+- a protected study (``dicomvault protect``) is 409 Conflict: the admin API's
+  ``?force=true`` deletes it;
 - success is ``204 No Content``; setting ``http.allow_delete = false`` answers 405 with
   an ``Allow`` header (dicomweb-client reports that as "may not support deletion").
 """
@@ -23,19 +26,16 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
-from dicomvault.archive import Archive
-from dicomvault.model.errors import NotFound
-from dicomvault.model.query import InformationModel, Level, Query, QueryKey
+from dicomvault.archive.deletion import DeletionReport, Selection
+from dicomvault.model.errors import AmbiguousTarget, Protected
 from dicomvault.web.common import archive_of, blocking, path_uid, settings_of
 from dicomvault.web.errors import HTTPProblem
 
 log = logging.getLogger("dicomvault.http")
 
-_STUDY = QueryKey(0x0020000D, "StudyInstanceUID", "UI", None)
-_SERIES = QueryKey(0x0020000E, "SeriesInstanceUID", "UI", None)
 
-
-def _allowed(request: Request, allow: str) -> None:
+def check_delete_allowed(request: Request, allow: str) -> None:
+    """405 with ``Allow: allow`` when ``http.allow_delete`` is off."""
     if not settings_of(request).http.allow_delete:
         raise HTTPProblem(
             405,
@@ -44,55 +44,54 @@ def _allowed(request: Request, allow: str) -> None:
         )
 
 
-def _delete_series(archive: Archive, study: str, series: str) -> int:
-    """Delete ``series`` after checking that it is in ``study``."""
-    query = Query(
-        InformationModel.STUDY_ROOT,
-        Level.SERIES,
-        (
-            QueryKey(_STUDY.tag, _STUDY.keyword, _STUDY.vr, study),
-            QueryKey(_SERIES.tag, _SERIES.keyword, _SERIES.vr, series),
-        ),
-    )
-    if not archive.retrieve_instances(query):
-        raise NotFound(f"no series {series} in study {study}")
-    return archive.delete_series(series)
+async def run_deletion(
+    request: Request, selection: Selection, *, force: bool = False, dry_run: bool = False
+) -> DeletionReport:
+    """Delete (or plan, ``dry_run``) ``selection`` through the archive's deletion
+    service, off the event loop.
 
-
-def _delete_instance(archive: Archive, study: str, series: str, instance: str) -> int:
-    """Delete ``instance`` after checking that it is in ``series`` of ``study``."""
-    stored = archive.get_instance(instance)  # NotFound when unknown
-    if stored.study_instance_uid != study or stored.series_instance_uid != series:
-        raise NotFound(f"no instance {instance} in series {series} of study {study}")
-    if not archive.delete_instances([instance]):
-        raise NotFound(f"no instance with SOP Instance UID {instance}")
-    return 1
+    Raises
+    ------
+    HTTPProblem
+        409 for a protected study without ``force``, 400 for an ambiguous patient.
+    NotFound
+        Nothing matches (404 through ``web/errors.py``).
+    """
+    deletion = archive_of(request).deletion
+    try:
+        if dry_run:
+            return await blocking(deletion.plan, selection)
+        return await blocking(deletion.delete, selection, force=force)
+    except Protected as exc:
+        raise HTTPProblem(409, str(exc)) from None
+    except AmbiguousTarget as exc:
+        raise HTTPProblem(400, str(exc)) from None
 
 
 async def delete_study(request: Request) -> Response:
     """Delete a study: every instance of it, index rows then blobs.
 
-    204 when done; 404 for an unknown study; 405 when ``http.allow_delete`` is off.
+    204 when done; 404 for an unknown study; 409 when it is protected; 405 when
+    ``http.allow_delete`` is off.
     """
-    _allowed(request, "GET, HEAD, POST")
+    check_delete_allowed(request, "GET, HEAD, POST")
     study = path_uid(request, "study", "Study Instance UID")
-    archive = archive_of(request)
-    count = await blocking(archive.delete_study, study)
-    log.info("DELETE study %s: %d instance(s)", study, count)
+    report = await run_deletion(request, Selection("study", study))
+    log.info("DELETE study %s: %d instance(s)", study, report.instances)
     return Response(status_code=204)
 
 
 async def delete_series(request: Request) -> Response:
     """Delete a series of a study: every instance of it, index rows then blobs.
 
-    204 when done; 404 when the series is unknown or not in that study; 405 when
-    ``http.allow_delete`` is off.
+    204 when done; 404 when the series is unknown or not in that study; 409 when the
+    study is protected; 405 when ``http.allow_delete`` is off.
     """
-    _allowed(request, "GET, HEAD")
+    check_delete_allowed(request, "GET, HEAD")
     study = path_uid(request, "study", "Study Instance UID")
     series = path_uid(request, "series", "Series Instance UID")
-    count = await blocking(_delete_series, archive_of(request), study, series)
-    log.info("DELETE series %s of study %s: %d instance(s)", series, study, count)
+    report = await run_deletion(request, Selection("series", series, study=study))
+    log.info("DELETE series %s of study %s: %d instance(s)", series, study, report.instances)
     return Response(status_code=204)
 
 
@@ -100,13 +99,13 @@ async def delete_instance(request: Request) -> Response:
     """Delete one instance, index row then blob.
 
     204 when done; 404 when the instance is unknown or not in that series and study;
-    405 when ``http.allow_delete`` is off.
+    409 when the study is protected; 405 when ``http.allow_delete`` is off.
     """
-    _allowed(request, "GET, HEAD")
+    check_delete_allowed(request, "GET, HEAD")
     study = path_uid(request, "study", "Study Instance UID")
     series = path_uid(request, "series", "Series Instance UID")
     instance = path_uid(request, "instance", "SOP Instance UID")
-    await blocking(_delete_instance, archive_of(request), study, series, instance)
+    await run_deletion(request, Selection("instance", instance, study=study, series=series))
     log.info("DELETE instance %s of series %s, study %s", instance, series, study)
     return Response(status_code=204)
 

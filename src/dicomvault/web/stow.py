@@ -17,7 +17,10 @@ stored only when its bytes are durable and indexed.
 
 The answer is the Store Instances Response Module (PS3.18 10.5.3, Annex I) as DICOM JSON
 with the statuses of Table 10.5.3-1: 200 all stored, 202 some stored and some failed,
-409 none stored. Failure Reason values (Table I.2-2): see :data:`FAILURE_REASONS`.
+409 none stored — 507 Insufficient Storage when none was stored because of the storage
+quota (``retention.quota_policy = "reject"``). Failure Reason values (Table I.2-2): see
+:data:`FAILURE_REASONS`; each failed item also has an Error Comment (0000,0902) naming
+the reason (e.g. the IOCM rejection note that rejected the instance).
 
 Requests that are wrong as a whole get a JSON problem body (``web/errors.py``): 415 for
 a Content-Type or Content-Encoding we do not take, 413 past ``http.max_body_bytes`` or
@@ -52,7 +55,7 @@ from dicomvault.archive.stow import (
 )
 from dicomvault.dicom.dicomxml import native_xml
 from dicomvault.dicom.fromjson import BulkData, load_metadata
-from dicomvault.model.errors import CannotParse, NotDicom, ingest_failure_status
+from dicomvault.model.errors import CannotParse, NotDicom, QuotaExceeded, ingest_failure_status
 from dicomvault.model.records import StoreResult
 from dicomvault.web.common import (
     archive_of,
@@ -363,6 +366,11 @@ def _ui(value: str | None) -> dict[str, Any]:
     return {"vr": "UI", "Value": [value]} if value else {"vr": "UI"}
 
 
+def _comment(exc: BaseException) -> str:
+    text = " ".join((str(exc) or type(exc).__name__).split())
+    return text if len(text) <= 64 else text[:61] + "..."
+
+
 def store_response(base: str, study: str | None, outcomes: list[Outcome]) -> dict[str, Any]:
     """The Store Instances Response Module (PS3.18 10.5.3, Annex I) as DICOM JSON.
 
@@ -396,6 +404,9 @@ def store_response(base: str, study: str | None, outcomes: list[Outcome]) -> dic
                     "00081150": _ui(outcome.sop_class_uid),
                     "00081155": _ui(outcome.sop_instance_uid),
                     "00081197": {"vr": "US", "Value": [failure_reason(outcome.error)]},
+                    # Error Comment (0000,0902) as C-STORE gives it (PS3.7 C.4.2.1.4):
+                    # why, e.g. "rejected by KOS <uid>", at most 64 characters (LO).
+                    "00000902": {"vr": "LO", "Value": [_comment(outcome.error)]},
                 }
             )
     target = study or (next(iter(studies)) if len(studies) == 1 else None)
@@ -533,6 +544,10 @@ async def store_instances(request: Request) -> Response:
         raise HTTPProblem(400, "the multipart/related body has no parts")
     stored = sum(o.result is not None for o in outcomes)
     status = 200 if stored == len(outcomes) else 202 if stored else 409
+    if not stored and all(isinstance(o.error, QuotaExceeded) for o in outcomes):
+        # RFC 4918 11.5 Insufficient Storage: the archive's quota, not the request, is
+        # what stands in the way (retention.quota_policy "reject").
+        status = 507
     if response_type == DICOM_XML:
         # PS3.18 10.5.3: the response module as one Native DICOM Model document.
         return Response(native_xml(body), status_code=status, media_type=DICOM_XML)
