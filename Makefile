@@ -24,12 +24,13 @@ $(DEV_STAMP): pyproject.toml | $(VENV)/bin/python
 serve: $(RUN_STAMP)
 	$(VENV)/bin/dicomvault serve $(ARGS)
 
-## tools: the external peers the tests and benchmarks talk to (DCMTK, openssl s_client),
-##        installed when absent
+## tools: the external peers the tests and benchmarks talk to (DCMTK, openssl s_client,
+##        Orthanc for storage commitment interoperability), installed when absent
 tools:
-	@if [ ! -x /usr/bin/storescu ] || [ ! -x /usr/bin/openssl ]; then \
-	  echo "installing DCMTK and OpenSSL (apt)"; \
-	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dcmtk openssl >/dev/null; \
+	@if [ ! -x /usr/bin/storescu ] || [ ! -x /usr/bin/openssl ] || [ ! -x /usr/sbin/Orthanc ]; then \
+	  echo "installing DCMTK, OpenSSL and Orthanc (apt)"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+	    --no-install-recommends dcmtk openssl orthanc >/dev/null; \
 	fi
 
 ## test: install everything the tests need and run the whole suite

@@ -10,7 +10,6 @@ import sys
 from pathlib import Path
 
 import click
-from rich.table import Table
 
 from dicomvault.archive import Archive
 from dicomvault.cli.common import config_options, console, load_cli_settings, out
@@ -73,13 +72,13 @@ def _print(result: CommitmentResult, as_json: bool) -> None:
         f"{len(result.failed)} failed",
         highlight=False,
     )
-    if result.failed:
-        table = Table(show_edge=False)
-        table.add_column("SOP Instance UID")
-        table.add_column("failure reason")
-        for ref, reason in result.failed:
-            table.add_row(ref.sop_instance_uid, f"0x{reason:04X} {REASONS.get(reason, '')}")
-        out.print(table)
+    for ref, reason in result.failed:
+        # One line per instance, never wrapped: UIDs stay whole for copy and paste.
+        out.print(
+            f"failed: {ref.sop_instance_uid}: 0x{reason:04X} {REASONS.get(reason, '')}".rstrip(),
+            soft_wrap=True,
+            highlight=False,
+        )
 
 
 @click.command("commit")
