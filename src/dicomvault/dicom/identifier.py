@@ -122,6 +122,29 @@ def _binary_text(raw: bytes, vr: str, little: bool) -> str:
     return raw.decode("latin-1").rstrip(" \0")
 
 
+def read_identifier(data: bytes, transfer_syntax_uid: str) -> tuple[DataSet, bool]:
+    """A C-FIND Identifier's data set (inflated first under Deflated Explicit VR Little
+    Endian), and whether it is little endian.
+
+    Raises
+    ------
+    InvalidQuery
+        0xC000 when the data set cannot be read (or inflated).
+    """
+    implicit, little, deflated = _encoding(transfer_syntax_uid)
+    if deflated:
+        try:
+            data = zlib.decompress(data, -zlib.MAX_WBITS)
+        except zlib.error:
+            raise InvalidQuery("the deflated Identifier cannot be inflated") from None
+    try:
+        reader = Reader(io.BytesIO(data), 0, len(data), bulk_threshold=1 << 30)
+        ds, _ = reader.read_dataset(0, None, implicit, little)
+    except CannotParse as exc:
+        raise InvalidQuery(f"the Identifier cannot be read: {exc}") from None
+    return ds, little
+
+
 def decode_identifier(
     data: bytes,
     transfer_syntax_uid: str,
@@ -155,17 +178,7 @@ def decode_identifier(
         0xA900 when Query/Retrieve Level (0008,0052) is missing or names no level of the
         model (PS3.4 C.4.1.1.3.1); 0xC000 when the data set cannot be read.
     """
-    implicit, little, deflated = _encoding(transfer_syntax_uid)
-    if deflated:
-        try:
-            data = zlib.decompress(data, -zlib.MAX_WBITS)
-        except zlib.error:
-            raise InvalidQuery("the deflated Identifier cannot be inflated") from None
-    try:
-        reader = Reader(io.BytesIO(data), 0, len(data), bulk_threshold=1 << 30)
-        ds, _ = reader.read_dataset(0, None, implicit, little)
-    except CannotParse as exc:
-        raise InvalidQuery(f"the Identifier cannot be read: {exc}") from None
+    ds, little = read_identifier(data, transfer_syntax_uid)
     level_element = ds.get(QUERY_RETRIEVE_LEVEL)
     raw_level = level_element.value if level_element is not None else None
     if not isinstance(raw_level, bytes) or not raw_level.strip(b" \0"):

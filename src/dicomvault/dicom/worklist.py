@@ -15,10 +15,8 @@
 from __future__ import annotations
 
 import datetime
-import io
 import json
 import re
-import zlib
 from collections.abc import Mapping
 from typing import Any, Final
 
@@ -31,10 +29,9 @@ from pydicom.uid import generate_uid
 from pydicom.valuerep import validate_value
 
 from dicomvault.dicom.dicomjson import VALID_VRS
-from dicomvault.dicom.identifier import _charset, _deflate, _encoding, _keys
-from dicomvault.dicom.reader import Reader
+from dicomvault.dicom.identifier import _charset, _deflate, _encoding, _keys, read_identifier
 from dicomvault.dicom.values import SINGLE_VALUED, decimal_string, integer_string
-from dicomvault.model.errors import CannotParse, DicomVaultError
+from dicomvault.model.errors import DicomVaultError
 from dicomvault.model.query import (
     IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS,
     InvalidQuery,
@@ -354,17 +351,7 @@ def decode_worklist_identifier(data: bytes, transfer_syntax_uid: str) -> tuple[Q
         0xC000 when the data set cannot be read; 0xA900 when the Scheduled Procedure
         Step Sequence has more than one item (Table K.6-1: a single item).
     """
-    implicit, little, deflated = _encoding(transfer_syntax_uid)
-    if deflated:
-        try:
-            data = zlib.decompress(data, -zlib.MAX_WBITS)
-        except zlib.error:
-            raise InvalidQuery("the deflated Identifier cannot be inflated") from None
-    try:
-        reader = Reader(io.BytesIO(data), 0, len(data), bulk_threshold=1 << 30)
-        ds, _ = reader.read_dataset(0, None, implicit, little)
-    except CannotParse as exc:
-        raise InvalidQuery(f"the Identifier cannot be read: {exc}") from None
+    ds, little = read_identifier(data, transfer_syntax_uid)
     sequence = ds.get(int(SPS_SEQUENCE, 16))
     if sequence is not None and isinstance(sequence.value, list) and len(sequence.value) > 1:
         raise InvalidQuery(

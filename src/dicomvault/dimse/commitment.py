@@ -41,12 +41,12 @@ from dicomvault.dicom.commitment import (
     parse_commitment_request,
 )
 from dicomvault.dimse.move import find_destination
+from dicomvault.dimse.remote import associate_remote
 from dicomvault.model.errors import ConfigError
 from dicomvault.net import commands as c
 from dicomvault.net.errors import NetError
 from dicomvault.net.handlers import SUCCESS, DimseStatus, NRequest, NResponse
 from dicomvault.net.items import RoleSelection
-from dicomvault.net.requestor import associate
 from dicomvault.net.service_user import ServiceUser
 from dicomvault.net.uids import (
     EXPLICIT_VR_LITTLE_ENDIAN,
@@ -54,7 +54,6 @@ from dicomvault.net.uids import (
     STORAGE_COMMITMENT_INSTANCE,
     STORAGE_COMMITMENT_PUSH,
 )
-from dicomvault.security.tls import client_context
 
 log = logging.getLogger("dicomvault.dimse")
 
@@ -159,20 +158,13 @@ class CommitmentReporter:
         remote = find_destination(settings.remotes, ae_title)
         if remote is None:
             raise ConfigError(f"no [remotes] entry for AE title {ae_title!r} to send the report to")
-        tls = client_context(settings.tls) if remote.tls else None
-        async with associate(
-            remote.host,
-            remote.port,
-            called_ae=remote.ae_title,
-            calling_ae=settings.dicom.ae_title,
-            contexts=[
-                (STORAGE_COMMITMENT_PUSH, [EXPLICIT_VR_LITTLE_ENDIAN, IMPLICIT_VR_LITTLE_ENDIAN])
-            ],
+        async with associate_remote(
+            settings,
+            remote,
+            [(STORAGE_COMMITMENT_PUSH, [EXPLICIT_VR_LITTLE_ENDIAN, IMPLICIT_VR_LITTLE_ENDIAN])],
             roles=[RoleSelection(STORAGE_COMMITMENT_PUSH, False, True)],
-            max_pdu=settings.dicom.max_pdu,
             timeout=min(settings.dicom.idle_timeout, 30.0),
             logger=log,
-            ssl=tls,
         ) as assoc:
             await self._send(assoc, result)
 

@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator, Sequence
 from dicomvault.archive import Archive
 from dicomvault.config import RemoteAE
 from dicomvault.dicom.transcode import LOSSLESS_ENCODINGS
+from dicomvault.dimse.remote import associate_remote
 from dicomvault.dimse.retrieve import SubOperations, run_sub_operations, select_instances
 from dicomvault.dimse.status import (
     MOVE_DESTINATION_UNKNOWN,
@@ -24,14 +25,12 @@ from dicomvault.model.errors import ConfigError
 from dicomvault.model.records import StoredInstance
 from dicomvault.net.errors import NetError
 from dicomvault.net.handlers import DimseStatus, QueryRequest, Response
-from dicomvault.net.requestor import associate
 from dicomvault.net.uids import (
     EXPLICIT_VR_LITTLE_ENDIAN,
     IMPLICIT_VR_LITTLE_ENDIAN,
     PATIENT_ROOT_MOVE,
     STUDY_ROOT_MOVE,
 )
-from dicomvault.security.tls import client_context
 
 log = logging.getLogger("dicomvault.dimse")
 
@@ -90,17 +89,8 @@ class ArchiveMoveHandler:
         try:
             # PS3.15 B.12: a destination configured with tls = true gets its instances
             # over TLS, verified against tls.ca_certificates, with our certificate.
-            tls = client_context(settings.tls) if remote.tls else None
-            async with associate(
-                remote.host,
-                remote.port,
-                called_ae=remote.ae_title,
-                calling_ae=settings.dicom.ae_title,
-                contexts=sub_association_contexts(instances),
-                max_pdu=settings.dicom.max_pdu,
-                timeout=settings.dicom.idle_timeout,
-                logger=log,
-                ssl=tls,
+            async with associate_remote(
+                settings, remote, sub_association_contexts(instances), logger=log
             ) as sub:
                 async for response in run_sub_operations(
                     self.archive,
