@@ -50,6 +50,7 @@ bench: $(DEV_STAMP) tools
 	$(PY) -m bench.bench_qr_orthanc $(ARGS)
 	$(PY) -m bench.bench_find --dimse $(ARGS)
 	$(PY) -m bench.bench_dicomweb $(ARGS)
+	$(PY) -m bench.bench_workflow $(ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache bench/.cache
