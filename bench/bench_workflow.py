@@ -75,6 +75,8 @@ class _Server:
     def close(self) -> None:
         self.loop.call_soon_threadsafe(self.stop.set)
         self.thread.join(30)
+        self.loop.close()
+        self.sock.close()
 
 
 def commitment(archive: Archive, port: int, files: list[Path]) -> dict[str, float]:
