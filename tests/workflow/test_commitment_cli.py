@@ -64,7 +64,10 @@ def test_commit_study_report_on_new_association(
 def test_commit_refused_and_unreachable(wf_server: Any, tmp_path: Path) -> None:
     proc = commit("--to", f"DICOMVAULT@127.0.0.1:{free_port()}", str(tmp_path), "--timeout", "5")
     assert proc.returncode == 2
-    proc = commit("--to", f"DICOMVAULT@127.0.0.1:{wf_server.port}", "--study", "1.2.3")
+    proc = commit(
+        "--to", f"DICOMVAULT@127.0.0.1:{wf_server.port}", "--study", "1.2.3",
+        "--data-dir", str(tmp_path / "elsewhere"),
+    )  # fmt: skip
     assert proc.returncode == 2 and "no study 1.2.3" in proc.stderr
 
 
