@@ -10,8 +10,16 @@ import os
 import tomllib
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from dicomvault.model.errors import ConfigError
@@ -154,7 +162,7 @@ class SecuritySettings(_Section):
     #: Peers on a loopback address may use every service.
     trust_loopback: bool = True
     #: User Identity Negotiation (PS3.7 D.3.3.7): ``required`` rejects an association
-    #: without a valid username and passcode (A-ASSOCIATE-RJ 1/1/1), except from loopback
+    #: without a valid username and passcode or JWT (A-ASSOCIATE-RJ 1/1/1), except from loopback
     #: peers while ``trust_loopback`` holds; ``optional`` lets a valid user add the
     #: services of their role to the calling AE's.
     user_identity: Literal["optional", "required"] = "optional"
@@ -237,6 +245,116 @@ class CommitmentSettings(_Section):
     poll_interval: float = Field(default=2.0, gt=0)
 
 
+class AuditSettings(_Section):
+    """Audit trail in the DICOM Audit Message format (PS3.15 A.5) (issue 7, part 5)."""
+
+    #: Record audit messages at all (file, index table, syslog).
+    enabled: bool = True
+    #: Append-only log of RFC 5424 lines, one message each; empty means
+    #: ``<storage.path>/audit/audit.log``.
+    file: str = ""
+    #: Audit repository to send each message to: ``udp://host:514`` (RFC 5426) or
+    #: ``tls://host:6514`` (RFC 5425, verified against ``tls.ca_certificates``); empty: none.
+    syslog: str = ""
+    #: Messages waiting for the background writer at most; beyond, new ones are dropped
+    #: (and counted in the log) rather than slow the archive down.
+    queue_size: int = Field(default=10000, ge=10)
+    #: AuditSourceID of every message; empty means ``dicom.ae_title``.
+    source_id: str = ""
+    #: AuditEnterpriseSiteID (e.g. the hospital); empty: not sent.
+    site_id: str = ""
+
+    @field_validator("syslog")
+    @classmethod
+    def _syslog(cls, value: str) -> str:
+        value = value.strip()
+        if value and not (value.startswith("udp://") or value.startswith("tls://")):
+            raise ValueError("must be udp://host:port, tls://host:port or empty")
+        return value
+
+
+#: JWS algorithms a JWT may be signed with (RFC 7518 3.1): public-key ones only. ``none``
+#: and the HMAC ``HS*`` family are never accepted: an HMAC "verified" with a public key
+#: as its secret is the algorithm-confusion attack.
+JwtAlgorithm = Literal[
+    "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA"
+]  # fmt: skip
+_JWT_DEFAULT_ALGS: list[JwtAlgorithm] = ["RS256", "ES256"]
+
+
+class JwtSettings(_Section):
+    """JSON Web Tokens from an identity provider (OpenID Connect) for HTTP and DIMSE user
+    identity (issue 7, parts 3 and 4). Off unless ``jwks_file`` or ``jwks_url`` is set."""
+
+    #: The identity provider's public keys as a JWK Set (RFC 7517 5) in a local file…
+    jwks_file: Path | None = None
+    #: …or fetched from this URL (https, or http on a loopback host), e.g. the
+    #: ``jwks_uri`` of the provider's OpenID configuration.
+    jwks_url: str = ""
+    #: Seconds to wait for the JWKS URL.
+    jwks_timeout_seconds: float = Field(default=5.0, gt=0, le=60)
+    #: A token naming an unknown key id refetches the JWKS at most this often (seconds).
+    jwks_refresh_seconds: float = Field(default=60.0, ge=0)
+    #: The fetched JWKS is refetched when older than this (seconds): removed keys stop
+    #: being trusted.
+    jwks_max_age_seconds: float = Field(default=3600.0, gt=0)
+    #: The ``iss`` every token must carry (RFC 7519 4.1.1), exactly.
+    issuer: str = ""
+    #: ``aud`` values accepted (RFC 7519 4.1.3): a token must name one of them.
+    audience: list[str] = Field(default_factory=list)
+    #: Clock skew tolerated on ``exp``, ``nbf`` and ``iat`` (seconds).
+    leeway_seconds: float = Field(default=30.0, ge=0, le=300)
+    algorithms: list[JwtAlgorithm] = Field(default_factory=lambda: _JWT_DEFAULT_ALGS.copy())
+    #: Claim holding the user's roles or groups: a name, or a dotted path into nested
+    #: objects (``realm_access.roles``); a list of strings or a space-separated string.
+    role_claim: str = "roles"
+    #: Identity provider role or group → our role; the highest mapped role wins.
+    role_map: dict[str, Literal["viewer", "uploader", "admin"]] = Field(default_factory=dict)
+    #: Claim naming the user in logs (``sub`` when the token lacks it).
+    username_claim: str = "preferred_username"
+
+    @field_validator("audience", mode="before")
+    @classmethod
+    def _one_audience(cls, value: Any) -> Any:
+        return [value] if isinstance(value, str) else value
+
+    @field_validator("jwks_url")
+    @classmethod
+    def _jwks_url(cls, value: str) -> str:
+        if not value:
+            return value
+        url = urlsplit(value)
+        loopback = url.hostname in ("localhost", "127.0.0.1", "::1")
+        if url.scheme != "https" and not (url.scheme == "http" and loopback):
+            raise ValueError("must be an https:// URL (http:// only to a loopback host)")
+        return value
+
+    @model_validator(mode="after")
+    def _complete(self) -> JwtSettings:
+        if not self.enabled:
+            return self
+        missing = [
+            key
+            for key, value in (
+                ("jwt.issuer", self.issuer),
+                ("jwt.audience", self.audience),
+                ("jwt.role_map", self.role_map),
+                ("jwt.algorithms", self.algorithms),
+            )
+            if not value
+        ]
+        if self.jwks_file is not None and self.jwks_url:
+            raise ValueError("set jwt.jwks_file or jwt.jwks_url, not both")
+        if missing:
+            raise ValueError(f"JWT bearer tokens need {', '.join(missing)} as well")
+        return self
+
+    @property
+    def enabled(self) -> bool:
+        """Whether JWTs are accepted: a JWKS is configured."""
+        return self.jwks_file is not None or bool(self.jwks_url)
+
+
 class Settings(BaseSettings):
     """The effective configuration (``dicomvault config show`` prints it)."""
 
@@ -256,6 +374,8 @@ class Settings(BaseSettings):
     worklist: WorklistSettings = Field(default_factory=WorklistSettings)
     retention: RetentionSettings = Field(default_factory=RetentionSettings)
     commitment: CommitmentSettings = Field(default_factory=CommitmentSettings)
+    audit: AuditSettings = Field(default_factory=AuditSettings)
+    jwt: JwtSettings = Field(default_factory=JwtSettings)
 
     @classmethod
     def settings_customise_sources(

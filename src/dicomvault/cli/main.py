@@ -12,6 +12,7 @@ from dicomvault.cli.archive_commands import (
     stats_command,
     verify_command,
 )
+from dicomvault.cli.audit_commands import audit_command
 from dicomvault.cli.commit_command import commit_command
 from dicomvault.cli.delete_commands import (
     delete_command,
@@ -52,6 +53,7 @@ for command in (
     tls_group,
     user_group,
     token_group,
+    audit_command,
     delete_command,
     protect_command,
     unprotect_command,

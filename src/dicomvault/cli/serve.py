@@ -20,7 +20,7 @@ from pathlib import Path
 
 import click
 
-from dicomvault.archive import Archive, users
+from dicomvault.archive import Archive, audit, users
 from dicomvault.cli.common import config_options, load_cli_settings, run_guarded
 from dicomvault.cli.services import background_services
 from dicomvault.config import Settings
@@ -52,7 +52,7 @@ def _refuse_if_exposed(settings: Settings) -> None:
     settings.storage.path.mkdir(parents=True, exist_ok=True)
     index = Index.open(settings.index_url)
     try:
-        refuse_if_exposed(settings.http.host, users.users_exist(index))
+        refuse_if_exposed(settings.http.host, users.users_exist(index) or settings.jwt.enabled)
     finally:
         index.close()
 
@@ -76,6 +76,8 @@ def _run_one(
     """One serving process: open the archive, serve DIMSE and HTTP until SIGTERM/SIGINT,
     close."""
     archive = Archive.open(settings, recover_on_start=worker == 0)
+    # Application Activity, start (PS3.15 A.5.3.1), once per serving process.
+    audit.application_activity(archive, started=True, launcher=_launcher())
     loop = _new_loop()
     stop = asyncio.Event()
 
@@ -153,8 +155,20 @@ def _run_one(
         loop.run_until_complete(main())
     finally:
         loop.close()
+        audit.application_activity(archive, started=False, launcher=_launcher())
+        audit.close_trail(archive)  # what is queued is written before the index closes
         archive.close()
         log.info("worker %d: stopped", worker)
+
+
+def _launcher() -> str | None:
+    """The operating-system user running the server (Application Launcher)."""
+    import getpass
+
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return None
 
 
 def _worker_main(settings: Settings, host: str, port: int, worker: int, level: str) -> None:

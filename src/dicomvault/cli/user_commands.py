@@ -13,7 +13,7 @@ from pathlib import Path
 import click
 from rich.table import Table
 
-from dicomvault.archive import users
+from dicomvault.archive import audit, users
 from dicomvault.cli.common import config_options, console, fail, load_cli_settings, out, run_guarded
 from dicomvault.index import Index
 
@@ -27,6 +27,21 @@ def _index(config: Path | None, data_dir: Path | None) -> Iterator[Index]:
         yield index
     finally:
         index.close()
+
+
+def _audit(
+    config: Path | None, data_dir: Path | None, index: Index, subject: str, what: str
+) -> None:
+    """Security Alert, Software Configuration (PS3.15 A.5.3.11) for a user or token
+    change, by the operating-system user running the command."""
+    import getpass
+
+    try:
+        who = getpass.getuser()
+    except (KeyError, OSError):
+        who = "unknown"
+    settings = load_cli_settings(config, data_dir)
+    audit.configuration_changed(settings, index, user=who, subject=subject, description=what)
 
 
 def _when(value: datetime | None) -> str:
@@ -74,6 +89,7 @@ def user_add(
             fail(problem, 2)
         with _index(config, data_dir) as index:
             users.add_user(index, name, password, role)
+            _audit(config, data_dir, index, name, f"user {name!r} added with role {role}")
         console.print(f"added user {name!r} with role {role}", highlight=False)
         return 0
 
@@ -132,6 +148,7 @@ def user_remove(name: str, force: bool, config: Path | None, data_dir: Path | No
     def body() -> int:
         with _index(config, data_dir) as index:
             users.remove_user(index, name, force=force)
+            _audit(config, data_dir, index, name, f"user {name!r} removed")
             left = len(users.list_users(index))
         console.print(f"removed user {name!r}", highlight=False)
         if not left:
@@ -168,6 +185,7 @@ def token_create(
         expires = None if expires_days is None else timedelta(days=expires_days)
         with _index(config, data_dir) as index:
             new = users.create_token(index, user, label, expires)
+            _audit(config, data_dir, index, user, f"API token {new.id} created for {user!r}")
         out.print(new.token, highlight=False, soft_wrap=True)
         until = f"expires {_when(new.expires_at)}" if new.expires_at else "does not expire"
         console.print(
@@ -238,6 +256,7 @@ def token_revoke(token_id: int, config: Path | None, data_dir: Path | None) -> N
     def body() -> int:
         with _index(config, data_dir) as index:
             users.revoke_token(index, token_id)
+            _audit(config, data_dir, index, str(token_id), f"API token {token_id} revoked")
         console.print(f"revoked token {token_id}")
         return 0
 

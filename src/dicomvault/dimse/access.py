@@ -35,11 +35,21 @@ rejected stays rejected, whoever logs in, and no argon2 work is spent on it):
   the empty server response of PS3.7 D.3.3.7.2.
 - Username only (type 1) identifies but does not authenticate (PS3.7 D.3.3.7: no
   passcode): no extra rights, no positive response; it does not satisfy ``required``.
-- JWT (type 5), Kerberos (3), SAML (4) and unknown types are not validated (no key or
-  identity provider is configured): logged, no extra rights, no positive response; they
-  do not satisfy ``required``.
-- ``security.user_identity = "required"``: an association without a valid username and
-  passcode (none, another type, a wrong passcode) is rejected A-ASSOCIATE-RJ
+- JSON Web Token (type 5), when ``[jwt]`` is configured: the primary field is the same
+  compact JWS as an HTTP bearer (PS3.7 D.3.3.7 note 3), validated in the loop's executor
+  by :class:`~dicomvault.security.jwt.JwtValidator` (RFC 7519, OpenID Connect Core 1.0
+  3.1.3.7): signature against the identity provider's JWKS, issuer, audience, expiry;
+  its role from ``jwt.role_map`` adds that role's services like a username and passcode.
+  The positive response, when asked for, has an empty server response: PS3.7 D.3.3.7.2
+  defines its content for Kerberos and SAML only, and echoing the bearer token back
+  would only put the credential on the wire once more. A token that is invalid or maps
+  to no role counts as no user. Without ``[jwt]`` a JWT is logged and ignored.
+- Kerberos (3), SAML (4) and unknown types are not validated (no key or identity
+  provider is configured): logged, no extra rights, no positive response; they do not
+  satisfy ``required``.
+- ``security.user_identity = "required"``: an association without a valid user
+  (username and passcode, or JWT; none, another type, a wrong passcode, an invalid
+  token or one without a mapped role) is rejected A-ASSOCIATE-RJ
   rejected-permanent (1), source service-user (1), reason no-reason-given (1) (PS3.8
   Table 9-21: the reasons of source 1 are 1, 2, 3 and 7; an identity failure is none of
   2, 3, 7). Loopback peers under ``trust_loopback`` are exempt. With ``optional`` a wrong
@@ -58,6 +68,7 @@ from dataclasses import dataclass
 
 from dicomvault.config import ALL_PERMISSIONS, Permission, RemoteAE, Settings
 from dicomvault.net.handlers import AssociationInfo, RejectAssociation
+from dicomvault.net.items import UserIdentity
 from dicomvault.net.uids import (
     MODALITY_WORKLIST_FIND,
     MPPS,
@@ -71,6 +82,7 @@ from dicomvault.net.uids import (
     STUDY_ROOT_MOVE,
     VERIFICATION,
 )
+from dicomvault.security.jwt import JwksUnavailable, JwtError, validator_for
 
 log = logging.getLogger("dicomvault.dimse")
 
@@ -197,6 +209,8 @@ class AccessControl:
         self.identity_required = settings.security.user_identity == "required"
         #: Username and passcode check (``None``: no user store, every passcode fails).
         self.users = users
+        #: JWT validation (``None``: ``[jwt]`` not configured, JWTs are ignored).
+        self.jwt = validator_for(settings.jwt)
         self.by_title: dict[str, list[tuple[str, RemoteAE]]] = {}
         for name, remote in settings.remotes.items():
             self.by_title.setdefault(remote.ae_title.strip(), []).append((name, remote))
@@ -224,7 +238,8 @@ class AccessControl:
                 )
             return grant
         name, role = user
-        info.user_identity_response = b""  # accepted: PS3.7 D.3.3.7.2, empty for type 2
+        # Accepted: PS3.7 D.3.3.7.2, an empty server response for types 2 and 5.
+        info.user_identity_response = b""
         return Grant(
             grant.permissions | ROLE_PERMISSIONS.get(role, frozenset()),
             f"{grant.reason} + user {name} ({role})",
@@ -239,10 +254,13 @@ class AccessControl:
             log.warning("%s: no user identity (security.user_identity is required)", where)
             return None
         kind = _IDENTITY_TYPES.get(ident.type, f"unknown type {ident.type}")
+        if ident.type == 5 and self.jwt is not None:
+            return await self._jwt_user(ident, where)
         if ident.type != 2:
             why = {
                 1: "a username alone is not authenticated: no extra rights",
-                5: "JWT identities are not supported (no key to validate them): ignored",
+                5: "JWT identities are not supported (no jwt.jwks_file or jwt.jwks_url "
+                "to validate them): ignored",
             }.get(ident.type, "not supported: ignored")
             log.warning("%s: user identity %s: %s", where, kind, why)
             return None
@@ -266,6 +284,29 @@ class AccessControl:
             return None
         log.info("%s: user %r authenticated, role %s", where, name, role)
         return name, role
+
+    async def _jwt_user(self, ident: UserIdentity, where: str) -> tuple[str, str] | None:
+        """The (user name, role) of a JSON Web Token identity (PS3.7 D.3.3.7.1: the
+        primary field is the token, base64url parts), validated off the event loop."""
+        assert self.jwt is not None
+        try:
+            token = ident.primary_field.decode("ascii").strip()
+        except UnicodeDecodeError:
+            log.warning("%s: user identity JWT is not ASCII: ignored", where)
+            return None
+        loop = asyncio.get_running_loop()
+        try:
+            identity = await loop.run_in_executor(None, self.jwt.validate, token)
+        except (JwtError, JwksUnavailable) as exc:
+            log.warning(
+                "%s: user identity JWT refused: %s%s",
+                where,
+                exc,
+                "" if self.identity_required else " (going on with the AE's rights only)",
+            )
+            return None
+        log.info("%s: JWT user %r authenticated, role %s", where, identity.name, identity.role)
+        return identity.name, identity.role
 
     def _by_ae(self, info: AssociationInfo) -> Grant | Awaitable[Grant | None] | None:
         """The decision on the calling AE alone (steps 2 and 3 of the module docstring)."""

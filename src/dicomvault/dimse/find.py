@@ -21,7 +21,7 @@ from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Final
 
-from dicomvault.archive import Archive
+from dicomvault.archive import Archive, audit
 from dicomvault.dicom.identifier import IdentifierEncoder, decode_identifier
 from dicomvault.dimse.status import (
     CANCEL,
@@ -86,12 +86,22 @@ class ArchiveFindHandler:
         self.archive = archive
 
     async def handle(self, request: QueryRequest) -> AsyncIterator[Response]:
+        assoc = request.association
         try:
             query = decode_request(request)
         except InvalidQuery as exc:
             log.info("assoc=%s C-FIND refused: %s", request.association.id, exc)
+            audit.queried(
+                self.archive, assoc.calling_ae_title, assoc.peer_host, request.sop_class_uid,
+                request.identifier, transfer_syntax=request.transfer_syntax_uid, failure=str(exc),
+            )  # fmt: skip
             yield Response(status_for_query_error(exc))
             return
+        # Query (PS3.15 A.5.3.10): the Identifier as received, queued (never waited on).
+        audit.queried(
+            self.archive, assoc.calling_ae_title, assoc.peer_host, request.sop_class_uid,
+            request.identifier, transfer_syntax=request.transfer_syntax_uid,
+        )  # fmt: skip
         encoder = IdentifierEncoder(
             query,
             request.transfer_syntax_uid,

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 
-from dicomvault.archive import Archive
+from dicomvault.archive import Archive, audit
 from dicomvault.dimse.retrieve import SubOperations, run_sub_operations, select_instances
 from dicomvault.dimse.status import UNABLE_TO_PERFORM_SUB_OPERATIONS
 from dicomvault.net.handlers import DimseStatus, QueryRequest, Response
@@ -44,5 +44,19 @@ class ArchiveGetHandler:
             )
             yield response
             return
+        assoc = request.association
+        # Begin Transferring / Instances Transferred (PS3.15 A.5.3.3, A.5.3.4): the
+        # requestor is the destination.
+        who = {
+            "requestor": assoc.calling_ae_title,
+            "requestor_host": assoc.peer_host,
+            "destination": assoc.calling_ae_title,
+            "destination_host": assoc.peer_host,
+        }
+        audit.retrieve_started(self.archive, instances, **who)
         async for response in run_sub_operations(self.archive, channel, instances, request):
+            if not response.pending:
+                audit.retrieve_finished(
+                    self.archive, instances, failed=response.failed or 0, **who
+                )
             yield response

@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator, Sequence
 
-from dicomvault.archive import Archive
+from dicomvault.archive import Archive, audit
 from dicomvault.config import RemoteAE
 from dicomvault.dicom.transcode import LOSSLESS_ENCODINGS
 from dicomvault.dimse.remote import associate_remote
@@ -86,6 +86,14 @@ class ArchiveMoveHandler:
             return
         syntax = request.transfer_syntax_uid
         ops = SubOperations(len(instances))
+        # Begin Transferring / Instances Transferred (PS3.15 A.5.3.3, A.5.3.4).
+        who = {
+            "requestor": request.association.calling_ae_title,
+            "requestor_host": request.association.peer_host,
+            "destination": remote.ae_title,
+            "destination_host": remote.host,
+        }
+        audit.retrieve_started(self.archive, instances, **who)
         try:
             # PS3.15 B.12: a destination configured with tls = true gets its instances
             # over TLS, verified against tls.ca_certificates, with our certificate.
@@ -101,6 +109,9 @@ class ArchiveMoveHandler:
                 ):
                     yield response
                     if not response.pending:
+                        audit.retrieve_finished(
+                            self.archive, instances, failed=response.failed or 0, **who
+                        )
                         return
         except (NetError, OSError, TimeoutError, ConfigError) as exc:
             log.warning(
@@ -110,4 +121,7 @@ class ArchiveMoveHandler:
                 exc or type(exc).__name__,
             )
             ops.fail_rest(instances, 0)
+            audit.retrieve_finished(
+                self.archive, instances, failed=len(instances), description=str(exc), **who
+            )
             yield ops.final(syntax, f"{destination}: {exc or type(exc).__name__}")

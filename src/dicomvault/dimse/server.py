@@ -7,7 +7,7 @@ import logging
 import socket
 import ssl as _ssl
 
-from dicomvault.archive import Archive
+from dicomvault.archive import Archive, audit
 from dicomvault.archive.users import verify_password
 from dicomvault.config import Settings
 from dicomvault.dimse.access import AccessControl, UserCheck
@@ -27,13 +27,44 @@ from dicomvault.net.commands import (
     N_CREATE_RQ,
     N_SET_RQ,
 )
-from dicomvault.net.handlers import ServiceRegistry
+from dicomvault.net.handlers import AssociationInfo, ServiceRegistry
 from dicomvault.net.uids import MPPS, STORAGE_COMMITMENT_PUSH
 
 log = logging.getLogger("dicomvault.dimse")
 
 
-def policy_from_settings(settings: Settings, users: UserCheck | None = None) -> AcceptorPolicy:
+class AuditObserver:
+    """The acceptor's events into the audit trail (PS3.15 A.5.3): a rejected
+    association or failed TLS handshake is a Security Alert (Node Authentication); the
+    end of an association emits its DICOM Instances Transferred messages."""
+
+    def __init__(self, archive: Archive) -> None:
+        self.archive = archive
+        self.trail = audit.trail_of(archive)
+
+    def rejected(self, info: AssociationInfo, result: int, source: int, reason: int) -> None:
+        if reason == 2 and source == 3:  # local limit: load, not security
+            return
+        audit.association_rejected(
+            self.archive,
+            info.calling_ae_title,
+            info.called_ae_title,
+            info.peer_host,
+            f"A-ASSOCIATE-RJ result {result} source {source} reason {reason}",
+        )
+
+    def closed(self, info: AssociationInfo) -> None:
+        self.trail.association_ended(info.id)
+
+    def tls_failed(self, host: str, port: int, reason: str) -> None:
+        audit.tls_failed(self.archive, host, port, reason)
+
+
+def policy_from_settings(
+    settings: Settings,
+    users: UserCheck | None = None,
+    observer: AuditObserver | None = None,
+) -> AcceptorPolicy:
     """The acceptor policy of the ``[dicom]``, ``[security]`` and ``[remotes]`` sections.
 
     Access control (:class:`~dicomvault.dimse.access.AccessControl`, PS3.8 7.1.1.3,
@@ -56,6 +87,7 @@ def policy_from_settings(settings: Settings, users: UserCheck | None = None) -> 
         artim_timeout=dicom.artim_timeout,
         extended_negotiation=relational_reply,
         access=AccessControl(settings, users),
+        observer=observer,
     )
 
 
@@ -122,7 +154,7 @@ async def serve_dicom(
     """
     await serve(
         registry_for(archive),
-        policy_from_settings(settings, _user_check(archive)),
+        policy_from_settings(settings, _user_check(archive), AuditObserver(archive)),
         host=settings.dicom.host,
         port=settings.dicom.port,
         sock=sock,

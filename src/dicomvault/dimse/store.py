@@ -12,6 +12,7 @@ import logging
 
 from dicomvault import metrics
 from dicomvault.archive import Archive, Reception
+from dicomvault.archive.audit import AuditTrail, trail_of
 from dicomvault.dimse.status import status_for_error, status_for_result
 from dicomvault.model.records import StoreResult
 from dicomvault.net.handlers import DimseStatus, StoreRequest
@@ -31,10 +32,13 @@ class ArchiveSink:
     loop when the first batch is full and streams from then on (memory stays bounded).
     """
 
-    __slots__ = ("_archive", "_buffer", "_failed", "_reception", "_request")
+    __slots__ = ("_archive", "_audit", "_buffer", "_failed", "_reception", "_request")
 
-    def __init__(self, archive: Archive, request: StoreRequest) -> None:
+    def __init__(
+        self, archive: Archive, request: StoreRequest, audit: AuditTrail | None = None
+    ) -> None:
         self._archive = archive
+        self._audit = audit
         self._request = request
         self._reception: Reception | None = None
         self._buffer = bytearray()
@@ -97,6 +101,11 @@ class ArchiveSink:
             metrics.INGEST_INSTANCES.inc("dimse", "failed")
             return status_for_error(exc)
         metrics.INGEST_INSTANCES.inc("dimse", result.status.value)
+        if self._audit is not None:  # counted in memory; one message per study at the end
+            assoc = request.association
+            self._audit.stored(
+                assoc.id, assoc.calling_ae_title, assoc.called_ae_title, assoc.peer_host, result
+            )
         metrics.INGEST_BYTES.inc("dimse", amount=result.size)
         if result.warnings:
             log.info(
@@ -118,6 +127,7 @@ class ArchiveStoreHandler:
 
     def __init__(self, archive: Archive) -> None:
         self.archive = archive
+        self.audit = trail_of(archive)
 
     def begin_store(self, request: StoreRequest) -> ArchiveSink:
-        return ArchiveSink(self.archive, request)
+        return ArchiveSink(self.archive, request, self.audit)

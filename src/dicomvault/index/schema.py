@@ -321,3 +321,27 @@ mpps = Table(
 )
 
 # -- end storage commitment and MPPS --
+
+# -- audit trail (issue 7 part 5; revision 0007) ------------------------------------------
+
+#: DICOM Audit Messages (PS3.15 A.5): the XML as sent, plus the fields searched on.
+audit_events = Table(
+    "audit_events",
+    metadata,
+    Column("pk", Integer, primary_key=True, autoincrement=True),
+    Column("event_time", DateTime(timezone=True), nullable=False),
+    Column("event_id", String(16), nullable=False),
+    Column("event_type", String(16), nullable=False, server_default=""),
+    Column("action", String(1), nullable=False),
+    Column("outcome", Integer, nullable=False),
+    Column("user_id", Text, nullable=False, server_default=""),
+    Column("peer", Text, nullable=False, server_default=""),
+    # backslash-joined when the message names several
+    Column("patient_id", Text, nullable=False, server_default=""),
+    Column("study_instance_uid", Text, nullable=False, server_default=""),
+    Column("xml", Text, nullable=False),
+    Index("ix_audit_events_time", "event_time"),
+    Index("ix_audit_events_event", "event_id", "event_time"),
+)
+
+# -- end audit trail --

@@ -17,6 +17,7 @@ import ssl
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import dicomvault
 from dicomvault.net.handlers import (
@@ -59,6 +60,29 @@ REASON_APPLICATION_CONTEXT_NOT_SUPPORTED = 2
 REASON_CALLING_AE_NOT_RECOGNIZED = 3
 REASON_CALLED_AE_NOT_RECOGNIZED = 7
 REASON_LOCAL_LIMIT_EXCEEDED = 2  # with source 3
+
+
+class AssociationObserver(Protocol):
+    """Hooks an application (the audit trail) may attach to an acceptor."""
+
+    def rejected(self, info: AssociationInfo, result: int, source: int, reason: int) -> None:
+        """An A-ASSOCIATE-RJ was sent (PS3.8 Table 9-21 result, source, reason)."""
+
+    def closed(self, info: AssociationInfo) -> None:
+        """An accepted association ended (released or aborted)."""
+
+    def tls_failed(self, host: str, port: int, reason: str) -> None:
+        """A TLS handshake on the DICOM-over-TLS port failed (PS3.15 B.12)."""
+
+
+def notify(log: logging.Logger, hook: Callable[..., None] | None, *args: object) -> None:
+    """Call an observer hook; its failure is logged, never raised."""
+    if hook is None:
+        return
+    try:
+        hook(*args)
+    except Exception:
+        log.exception("association observer failed")
 
 
 @dataclass(slots=True)
@@ -106,6 +130,9 @@ class AcceptorPolicy:
     user_identity: UserIdentityPolicy | None = None
     extended_negotiation: Callable[[str, bytes], bytes | None] | None = None
     access: AccessPolicy | None = None
+    #: Told of rejected associations, ended ones and failed TLS handshakes (the audit
+    #: trail, PS3.15 A.5.3.11 / A.5.3.4); a failing observer is logged, never fatal.
+    observer: AssociationObserver | None = None
     _syntax_set: frozenset[str] = field(default=frozenset(), init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -357,7 +384,13 @@ class AcceptorAssociation(ServiceUser):
             exc.reason,
             exc.why or "by the access policy",
         )
+        self._observe_rejection(exc.result, exc.source, exc.reason)
         self.reject(A_ASSOCIATE_RJ(exc.result, exc.source, exc.reason))
+
+    def _observe_rejection(self, result: int, source: int, reason: int) -> None:
+        observer = self.server.policy.observer
+        if observer is not None:
+            notify(self.log, observer.rejected, self.info, result, source, reason)
 
     def _decide(self, rq: A_ASSOCIATE_RQ, access: ContextFilter | None, refused: bool) -> None:
         server = self.server
@@ -387,6 +420,7 @@ class AcceptorAssociation(ServiceUser):
                 decision.source,
                 decision.reason,
             )
+            self._observe_rejection(decision.result, decision.source, decision.reason)
             self.reject(decision)
             return
         server.active += 1
@@ -457,6 +491,8 @@ class AcceptorAssociation(ServiceUser):
         if self._counted:
             self._counted = False
             self.server.active -= 1
+            if self.server.policy.observer is not None:
+                notify(self.log, self.server.policy.observer.closed, self.info)
             self.log.info(
                 "assoc=%s closed calling=%s messages=%d duration=%.3f s%s",
                 self.info.id,

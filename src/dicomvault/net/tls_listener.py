@@ -79,6 +79,12 @@ class TlsListener:
                 *peer,
                 _tls_reason(exc),
             )
+            observer = state.policy.observer
+            if observer is not None:
+                try:
+                    observer.tls_failed(peer[0], peer[1], _tls_reason(exc))
+                except Exception:
+                    state.log.exception("association observer failed")
             conn.close()
             return
         if made and state.log.isEnabledFor(logging.INFO):

@@ -25,6 +25,7 @@ from dicomvault.archive import Archive
 from dicomvault.config import Settings
 from dicomvault.web import (
     admin_api,
+    audit_api,
     auth,
     capabilities,
     delete,
@@ -139,6 +140,7 @@ def create_app(archive: Archive, settings: Settings) -> Starlette:
     routes: list[BaseRoute] = [
         *capabilities.top_routes(),
         *admin_api.routes(),
+        *audit_api.routes(),
         *worklist_api.routes(),
         *workflow_api.routes(),
         Mount(DICOMWEB_ROOT, routes=dicomweb),

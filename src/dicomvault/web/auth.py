@@ -13,6 +13,12 @@ limit, and the security headers of every response.
 - Failed logins are limited per client address (:class:`FailureLimiter`): past the limit
   every request from that address is 429 with ``Retry-After`` until the window passes,
   without checking the credentials.
+- With ``[jwt]`` configured (:mod:`dicomvault.security.jwt`), a bearer that has the shape
+  of a JWT (RFC 7515 compact serialisation; our API tokens start with ``dvt_`` and never
+  have it) is validated against the identity provider's JWKS (RFC 7519, OpenID Connect
+  Core 1.0 3.1.3.7) in the thread pool, and its mapped role is the request's; a valid
+  token that maps to no role is 403. Authentication is then required even before the
+  first local user exists. A failed JWT counts as a failed login.
 - Password checks (argon2, slow by design) run in the HTTP thread pool; a good Basic
   login is remembered in memory for :data:`BASIC_CACHE_SECONDS` (keyed by an HMAC of the
   credentials under a per-process key) so a viewer's hundreds of requests do not each
@@ -37,7 +43,15 @@ from starlette.routing import BaseRoute, Mount, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from dicomvault.archive import Archive, users
-from dicomvault.archive.users import AuthFailed, Principal
+from dicomvault.archive.users import TOKEN_PREFIX, AuthFailed, Principal
+from dicomvault.security.jwt import (
+    JwksUnavailable,
+    JwtError,
+    JwtNoRole,
+    looks_like_jwt,
+    validator_for,
+)
+from dicomvault.web.audit_api import audit_login
 from dicomvault.web.common import DICOMWEB_ROOT, blocking
 from dicomvault.web.errors import problem_response
 
@@ -113,6 +127,8 @@ ROUTE_PERMISSIONS: dict[tuple[str, str], str] = {
     ("PUT", "/api/studies/{study}/protection"): "delete",
     ("DELETE", "/api/studies/{study}/protection"): "delete",
     ("GET", "/api/deletions"): "delete",
+    # audit trail (web/audit_api.py, PS3.15 A.5)
+    ("GET", "/api/audit"): "admin",
 }
 
 PUBLIC_PATHS = frozenset(path for (_, path), perm in ROUTE_PERMISSIONS.items() if perm == PUBLIC)
@@ -221,8 +237,12 @@ class Authentication:
         self._users_checked = 0.0
         self._basic_key = secrets.token_bytes(32)
         self._basic: OrderedDict[bytes, tuple[Principal, float]] = OrderedDict()
+        #: Bearer JWTs of the identity provider (``None``: ``[jwt]`` not configured).
+        self.jwt = validator_for(archive.settings.jwt)
 
     async def _have_users(self) -> bool:
+        if self.jwt is not None:
+            return True  # an identity provider is configured: never open
         now = time.monotonic()
         if self._users_exist is None or now - self._users_checked > USERS_EXIST_SECONDS:
             self._users_exist = await blocking(users.users_exist, self.archive)
@@ -262,10 +282,20 @@ class Authentication:
         except AuthFailed as exc:
             if str(exc) != "no credentials":
                 self.limiter.fail(client)
+                audit_login(self.archive, scope, None, str(exc))  # PS3.15 A.5.3.12
             response = problem_response(401, str(exc), {"WWW-Authenticate": CHALLENGE})
             await response(scope, receive, send)
             return
+        except JwtNoRole as exc:  # authenticated, but no role of jwt.role_map
+            response = problem_response(403, str(exc), user=exc.name)
+            await response(scope, receive, send)
+            return
+        except JwksUnavailable as exc:  # the identity provider's keys: not the client's fault
+            response = problem_response(503, str(exc), {"Retry-After": "30"})
+            await response(scope, receive, send)
+            return
         scope[AUTH_KEY] = principal
+        audit_login(self.archive, scope, principal, None)  # once per user and address
         await self.app(scope, receive, send)
 
     async def _authenticate(self, scope: Scope) -> Principal:
@@ -279,6 +309,18 @@ class Authentication:
         scheme, _, credentials = header.decode("latin-1").strip().partition(" ")
         credentials = credentials.strip()
         if scheme.lower() == "bearer" and credentials:
+            if (
+                self.jwt is not None
+                and not credentials.startswith(TOKEN_PREFIX)
+                and looks_like_jwt(credentials)
+            ):
+                try:
+                    identity = await blocking(self.jwt.validate, credentials)
+                except JwtNoRole:
+                    raise
+                except JwtError as exc:
+                    raise AuthFailed(str(exc)) from None
+                return Principal(identity.name, identity.role, "token")
             return await blocking(users.authenticate_token, self.archive, credentials)
         if scheme.lower() == "basic" and credentials:
             try:

@@ -28,6 +28,7 @@ from starlette.routing import BaseRoute, Route
 
 from dicomvault.archive.deletion import DeletionReport, Selection
 from dicomvault.model.errors import AmbiguousTarget, Protected
+from dicomvault.web.audit_api import audit_deleted, subjects_before_deleting
 from dicomvault.web.common import archive_of, blocking, path_uid, settings_of
 from dicomvault.web.errors import HTTPProblem
 
@@ -61,7 +62,10 @@ async def run_deletion(
     try:
         if dry_run:
             return await blocking(deletion.plan, selection)
-        return await blocking(deletion.delete, selection, force=force)
+        subjects = await subjects_before_deleting(request, selection)
+        report = await blocking(deletion.delete, selection, force=force)
+        audit_deleted(request, selection, report, subjects)  # PS3.15 A.5.3.5
+        return report
     except Protected as exc:
         raise HTTPProblem(409, str(exc)) from None
     except AmbiguousTarget as exc:

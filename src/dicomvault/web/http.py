@@ -102,7 +102,8 @@ async def serve_http(
         config.load()
         config.ssl = server_context(settings.tls)
     host = settings.http.host if sock is None else str(sock.getsockname()[0])
-    refuse_if_exposed(host, users.users_exist(archive))
+    # Users of an identity provider (``[jwt]``) count: every request must authenticate.
+    refuse_if_exposed(host, users.users_exist(archive) or settings.jwt.enabled)
     if sock is None:
         sock = config.bind_socket()
     if sock.family in (socket.AF_INET, socket.AF_INET6):

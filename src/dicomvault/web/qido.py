@@ -58,6 +58,7 @@ from dicomvault.model.query import (
     Query,
     QueryKey,
 )
+from dicomvault.web.audit_api import audit_query
 from dicomvault.web.common import (
     archive_of,
     base_url,
@@ -429,6 +430,7 @@ async def search(request: Request, resource: Resource) -> Response:
     """Answer one Search transaction (PS3.18 10.6)."""
     media = _negotiate(request)
     parsed = parse(request, resource)
+    audit_query(request)  # Query (PS3.15 A.5.3.10): queued, never waited on
     archive, base = archive_of(request), base_url(request)
     if media == DICOM_XML:
         datasets, truncated = await blocking(run_datasets, archive, parsed.query, base)

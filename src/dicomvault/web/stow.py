@@ -57,6 +57,7 @@ from dicomvault.dicom.dicomxml import native_xml
 from dicomvault.dicom.fromjson import BulkData, load_metadata
 from dicomvault.model.errors import CannotParse, NotDicom, QuotaExceeded, ingest_failure_status
 from dicomvault.model.records import StoreResult
+from dicomvault.web.audit_api import audit_stored
 from dicomvault.web.common import (
     archive_of,
     base_url,
@@ -525,6 +526,7 @@ async def store_instances(request: Request) -> Response:
     except ClientDisconnect:
         outcomes = await store.outcomes()
         _record(outcomes)
+        audit_stored(request, [o.result for o in outcomes if o.result is not None])
         log.warning(
             "STOW-RS client went away after %d part(s); %d stored",
             reader.parts,
@@ -533,6 +535,8 @@ async def store_instances(request: Request) -> Response:
         return Response(status_code=400)
     outcomes = await store.outcomes()
     _record(outcomes)
+    # Instances Transferred, action C, per study of the request (PS3.15 A.5.3.4).
+    audit_stored(request, [o.result for o in outcomes if o.result is not None])
     base = base_url(request)
     body = store_response(base, study, outcomes)
     if problem is not None:

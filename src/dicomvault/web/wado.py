@@ -52,6 +52,7 @@ from dicomvault.dicom.frames import (
 )
 from dicomvault.model.records import StoredInstance
 from dicomvault.model.uid import uid_problem
+from dicomvault.web.audit_api import audit_retrieve
 from dicomvault.web.caching import cache_headers, instances_tag, not_modified
 from dicomvault.web.common import (
     archive_of,
@@ -176,6 +177,7 @@ async def retrieve_instances(request: Request) -> Response:
     cached = not_modified(request, etag)
     if cached is not None:
         return cached
+    audit_retrieve(request, instances)  # Instances Transferred, per study (PS3.15 A.5.3.4)
     boundary = new_boundary()
     params = {} if syntax == ANY else {"transfer_syntax": syntax}
     as_stored = all(syntax in (ANY, i.transfer_syntax_uid) for i in instances)
@@ -360,6 +362,7 @@ async def retrieve_metadata(request: Request) -> Response:
     cached = not_modified(request, etag)
     if cached is not None:
         return cached
+    audit_retrieve(request, [i for i, _ in found], accessed=True)  # PS3.15 A.5.3.2
     escaped = json.dumps(base)[1:-1]
     parts = []
     for instance, text in found:

@@ -1,0 +1,850 @@
+"""The audit trail service (issue 7 part 5; PS3.15 A.5): producers in ``dimse/``,
+``web/`` and ``cli/`` hand audit messages to :class:`AuditTrail`, which never blocks
+them; a background writer thread appends each message to the audit log file (RFC 5424
+lines, opened ``O_APPEND``), records it in the index table ``audit_events``, and passes
+it to the syslog sender (RFC 5426 over UDP or RFC 5425 over TLS), which has its own
+thread and bounded queue so that an unreachable audit repository delays nothing else.
+
+Hot paths only append to memory: a C-STORE adds its instance to the association's
+ledger (:meth:`AuditTrail.stored`), and ONE "DICOM Instances Transferred" message per
+study is produced when the association ends; the patient of each study is looked up in
+the writer thread, not while storing.
+
+The trail of an open archive is :func:`trail_of` (one per archive object, started on
+first use); ``serve`` closes it (:func:`close_trail`) before the archive.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import queue
+import socket
+import ssl
+import threading
+import time
+import weakref
+from collections import defaultdict, deque
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Final
+from urllib.parse import urlsplit
+
+from dicomvault.config import Settings
+from dicomvault.index import Index
+from dicomvault.index.audit import MAX_LIMIT, AuditFilter, AuditRow, insert_events, study_subjects
+from dicomvault.index.audit import search as search_events
+from dicomvault.model.errors import ConfigError
+from dicomvault.security import audit as msg
+from dicomvault.security.audit import ActiveParticipant, AuditMessage, AuditSource
+
+if TYPE_CHECKING:
+    from dicomvault.archive.archive import Archive
+    from dicomvault.model.records import StoredInstance, StoreResult
+
+__all__ = ["MAX_LIMIT", "AuditFilter", "AuditRow", "AuditTrail", "search", "trail_of"]
+
+log = logging.getLogger("dicomvault.audit")
+
+#: Messages the writer takes per batch (one file write, one index transaction).
+BATCH: Final = 256
+#: Messages waiting for the syslog target at most; the oldest goes first when full.
+SYSLOG_QUEUE: Final = 10000
+#: Seconds between reconnection attempts to a failing syslog target, at most.
+SYSLOG_BACKOFF_MAX: Final = 30.0
+SYSLOG_TIMEOUT: Final = 5.0
+#: Associations whose C-STOREs are tallied at once, at most.
+MAX_LEDGERS: Final = 10000
+#: A successful login of the same user from the same address is audited once per this
+#: many seconds (HTTP clients authenticate every request).
+LOGIN_REPEAT_SECONDS: Final = 300.0
+
+#: Study Instance UID → (Patient ID, Accession Number).
+Subjects = Callable[[Sequence[str]], Mapping[str, tuple[str, str]]]
+#: A message to build in the writer thread, once the patients of its studies are known.
+Deferred = Callable[[Subjects], AuditMessage | None]
+
+_STOP: Final = object()
+
+
+def audit_log_path(settings: Settings) -> Path:
+    """``audit.file``, or ``<storage.path>/audit/audit.log``."""
+    return (
+        Path(settings.audit.file)
+        if settings.audit.file
+        else (settings.storage.path / "audit" / "audit.log")
+    )
+
+
+def event_row(message: AuditMessage, xml: str) -> dict[str, Any]:
+    """The ``audit_events`` row of ``message``."""
+    return {
+        "event_time": message.time,
+        "event_id": message.event_id.code,
+        "event_type": message.type_code,
+        "action": message.action,
+        "outcome": message.outcome,
+        "user_id": message.user,
+        "peer": message.peer,
+        "patient_id": "\\".join(dict.fromkeys(message.patient_ids)),
+        "study_instance_uid": "\\".join(dict.fromkeys(message.study_uids)),
+        "xml": xml,
+    }
+
+
+# -- syslog (RFC 5424 over RFC 5426 UDP or RFC 5425 TLS) -----------------------------
+
+
+class SyslogSender:
+    """Sends RFC 5424 messages to ``udp://host:port`` or ``tls://host:port`` from its own
+    thread. A failing target is retried with growing pauses (at most
+    :data:`SYSLOG_BACKOFF_MAX` s); meanwhile messages wait in a bounded queue, the oldest
+    dropped first when it is full. Nothing here ever blocks a producer."""
+
+    def __init__(self, url: str, context: ssl.SSLContext | None = None) -> None:
+        parts = urlsplit(url)
+        if parts.scheme not in ("udp", "tls") or not parts.hostname:
+            raise ConfigError(f"audit.syslog: {url!r} is not udp://host:port or tls://host:port")
+        self.scheme = parts.scheme
+        self.host = parts.hostname
+        self.port = parts.port or (514 if parts.scheme == "udp" else 6514)
+        self._context = context
+        self._pending: deque[bytes] = deque(maxlen=SYSLOG_QUEUE)
+        self._wake = threading.Condition()
+        self._closed = False
+        self._sock: socket.socket | None = None
+        self.dropped = 0
+        self.sent = 0
+        self._thread = threading.Thread(target=self._run, name="audit-syslog", daemon=True)
+        self._thread.start()
+
+    def send(self, line: str) -> None:
+        data = line.encode("utf-8")
+        with self._wake:
+            if len(self._pending) == self._pending.maxlen:
+                self.dropped += 1
+            self._pending.append(data)
+            self._wake.notify()
+
+    def close(self, timeout: float = 2.0) -> None:
+        """Stop after trying what is queued for at most ``timeout`` seconds."""
+        with self._wake:
+            self._closed = True
+            self._wake.notify()
+        self._thread.join(timeout)
+        self._disconnect()
+
+    def _connect(self) -> socket.socket:
+        if self.scheme == "udp":
+            info = socket.getaddrinfo(self.host, self.port, type=socket.SOCK_DGRAM)[0]
+            sock = socket.socket(info[0], socket.SOCK_DGRAM)
+            sock.connect(info[4])
+            return sock
+        raw = socket.create_connection((self.host, self.port), timeout=SYSLOG_TIMEOUT)
+        try:
+            assert self._context is not None
+            tls = self._context.wrap_socket(raw, server_hostname=self.host)
+        except BaseException:
+            raw.close()
+            raise
+        tls.settimeout(SYSLOG_TIMEOUT)
+        return tls
+
+    def _disconnect(self) -> None:
+        if self._sock is not None:
+            with contextlib.suppress(OSError):
+                self._sock.close()
+            self._sock = None
+
+    def _frame(self, data: bytes) -> bytes:
+        # RFC 5425 4.3: octet counting, "MSG-LEN SP SYSLOG-MSG"; UDP: one datagram each.
+        return f"{len(data)} ".encode() + data if self.scheme == "tls" else data
+
+    def _run(self) -> None:
+        backoff = 0.5
+        while True:
+            with self._wake:
+                while not self._pending and not self._closed:
+                    self._wake.wait()
+                if not self._pending:
+                    return
+                data = self._pending[0]
+            try:
+                if self._sock is None:
+                    self._sock = self._connect()
+                self._sock.sendall(self._frame(data))
+            except (OSError, ssl.SSLError, ValueError) as exc:
+                self._disconnect()
+                log.warning(
+                    "audit: syslog %s://%s:%d failed: %s; retrying in %.1f s",
+                    self.scheme, self.host, self.port, exc, backoff,
+                )  # fmt: skip
+                with self._wake:
+                    if self._closed:
+                        return
+                    self._wake.wait(backoff)
+                backoff = min(backoff * 2, SYSLOG_BACKOFF_MAX)
+                continue
+            backoff = 0.5
+            with self._wake:
+                if self._pending and self._pending[0] is data:
+                    self._pending.popleft()
+                self.sent += 1
+
+
+def syslog_sender(settings: Settings) -> SyslogSender | None:
+    """The sender of ``audit.syslog`` (``None`` when unset); a TLS target is verified
+    against ``tls.ca_certificates`` and gets our certificate when configured."""
+    url = settings.audit.syslog
+    if not url:
+        return None
+    context = None
+    if url.startswith("tls://"):
+        from dicomvault.security.tls import client_context
+
+        context = client_context(settings.tls)
+    return SyslogSender(url, context)
+
+
+# -- the trail ------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class _Ledger:
+    """What one association stored: study → SOP class → count, and who sent it."""
+
+    calling_ae: str
+    called_ae: str
+    host: str
+    studies: dict[str, dict[str, int]] = field(default_factory=lambda: defaultdict(dict))
+    replaced: bool = False
+
+
+class AuditTrail:
+    """Non-blocking recorder of audit messages with a background writer thread."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.enabled = settings.audit.enabled
+        self.source = AuditSource(
+            settings.audit.source_id or settings.dicom.ae_title,
+            settings.audit.site_id or None,
+        )
+        self.hostname = socket.gethostname()
+        self._queue: queue.Queue[object] = queue.Queue(maxsize=settings.audit.queue_size)
+        self._lock = threading.Lock()
+        self._idle = threading.Condition(self._lock)
+        self._unfinished = 0
+        self._thread: threading.Thread | None = None
+        self._closed = False
+        self._index: Index | None = None
+        self._fd: int | None = None
+        self._syslog: SyslogSender | None = None
+        self._ledgers: dict[str, _Ledger] = {}
+        self._logins: dict[tuple[str, str], float] = {}
+        self.dropped = 0
+        self.written = 0
+
+    # -- participants ---------------------------------------------------------------
+
+    def archive_participant(
+        self, *, requestor: bool = False, roles: Sequence[msg.Code] = ()
+    ) -> ActiveParticipant:
+        """The archive (our AE title, this process, this host)."""
+        return msg.archive_participant(
+            self.settings.dicom.ae_title,
+            self.hostname,
+            requestor=requestor,
+            roles=roles,
+            process_id=str(os.getpid()),
+        )
+
+    # -- recording ------------------------------------------------------------------
+
+    def record(self, message: AuditMessage | Deferred) -> None:
+        """Queue a message (or a function building it from the patients of its studies)
+        for the writer. Never blocks: when the queue is full the message is dropped and
+        counted."""
+        if not self.enabled:
+            return
+        with self._lock:
+            if self._closed:
+                return
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="audit-writer", daemon=True)
+                self._thread.start()
+            try:
+                self._queue.put_nowait(message)
+            except queue.Full:
+                self.dropped += 1
+                if self.dropped in (1, 10, 100) or self.dropped % 1000 == 0:
+                    log.error("audit: queue full, %d message(s) dropped so far", self.dropped)
+                return
+            self._unfinished += 1
+
+    def flush(self, timeout: float = 10.0) -> bool:
+        """Wait until every message queued so far is written; False on timeout."""
+        deadline = time.monotonic() + timeout
+        with self._idle:
+            while self._unfinished:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._idle.wait(left)
+        return True
+
+    def close(self) -> None:
+        """Write what is queued, then stop the writer and the syslog sender."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            thread = self._thread
+        if thread is not None:
+            self._queue.put(_STOP)
+            thread.join()
+        if self._syslog is not None:
+            self._syslog.close()
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+        if self._index is not None:
+            self._index.close()
+            self._index = None
+
+    def _open_sinks(self) -> None:
+        path = audit_log_path(self.settings)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
+        self._index = Index(self.settings.index_url)
+        try:
+            self._syslog = syslog_sender(self.settings)
+        except ConfigError as exc:
+            log.error("audit: no syslog: %s", exc)
+
+    def _subjects(self, uids: Sequence[str]) -> Mapping[str, tuple[str, str]]:
+        assert self._index is not None
+        try:
+            return study_subjects(self._index, uids)
+        except Exception:
+            log.exception("audit: cannot look up the patients of %d studies", len(uids))
+            return {}
+
+    def _run(self) -> None:
+        try:
+            self._open_sinks()
+        except Exception as exc:  # the writer must keep draining the queue regardless
+            log.error("audit: cannot open the audit log or the index: %s", exc)
+        stop = False
+        while not stop:
+            batch = [self._queue.get()]
+            while len(batch) < BATCH:
+                try:
+                    batch.append(self._queue.get_nowait())
+                except queue.Empty:
+                    break
+            if _STOP in batch:
+                stop = True
+                batch = [item for item in batch if item is not _STOP]
+            try:
+                self._write(batch)
+            except Exception:  # never let the writer die
+                log.exception("audit: writing %d message(s) failed", len(batch))
+            with self._idle:
+                self._unfinished -= len(batch)
+                self._idle.notify_all()
+
+    def _write(self, batch: list[object]) -> None:
+        messages: list[AuditMessage] = []
+        for item in batch:
+            if isinstance(item, AuditMessage):
+                messages.append(item)
+            else:
+                try:
+                    built = item(self._subjects)  # type: ignore[operator]
+                except Exception:
+                    log.exception("audit: building a message failed")
+                    continue
+                if built is not None:
+                    messages.append(built)
+        if not messages:
+            return
+        rows: list[dict[str, Any]] = []
+        lines: list[str] = []
+        pid = str(os.getpid())
+        for message in messages:
+            xml = message.to_xml()
+            rows.append(event_row(message, xml))
+            lines.append(
+                msg.syslog_line(
+                    xml,
+                    outcome=message.outcome,
+                    when=message.time,
+                    hostname=self.hostname,
+                    process_id=pid,
+                )
+            )
+        if self._fd is not None:
+            try:
+                os.write(self._fd, "".join(line + "\n" for line in lines).encode("utf-8"))
+            except OSError as exc:
+                log.error("audit: appending to the audit log failed: %s", exc)
+        if self._index is not None:
+            try:
+                insert_events(self._index, rows)
+            except Exception as exc:
+                log.error("audit: recording %d message(s) in the index failed: %s", len(rows), exc)
+        if self._syslog is not None:
+            for line in lines:
+                self._syslog.send(line)
+        self.written += len(messages)
+
+    # -- C-STORE ledger (one Instances Transferred per association and study) --------
+
+    def stored(
+        self, association_id: str, calling_ae: str, called_ae: str, host: str, result: StoreResult
+    ) -> None:
+        """An instance arrived on an association: count it (memory only)."""
+        if not self.enabled:
+            return
+        with self._lock:
+            ledger = self._ledgers.get(association_id)
+            if ledger is None:
+                if len(self._ledgers) >= MAX_LEDGERS:
+                    # No acceptor tells us of ended associations (no observer attached):
+                    # forget the oldest tally rather than grow without bound.
+                    self._ledgers.pop(next(iter(self._ledgers)))
+                ledger = self._ledgers[association_id] = _Ledger(calling_ae, called_ae, host)
+            counts = ledger.studies[result.study_instance_uid]
+            counts[result.sop_class_uid] = counts.get(result.sop_class_uid, 0) + 1
+            if result.status.value == "overwritten":
+                ledger.replaced = True
+
+    def association_ended(self, association_id: str) -> None:
+        """The association is gone: one DICOM Instances Transferred (PS3.15 A.5.3.4,
+        action C, or U when an instance was replaced) per study it stored."""
+        with self._lock:
+            ledger = self._ledgers.pop(association_id, None)
+        if ledger is None or not ledger.studies:
+            return
+        sender = msg.peer_participant(ledger.calling_ae, ledger.host, roles=(msg.ROLE_SOURCE,))
+        receiver = self.archive_participant(roles=(msg.ROLE_DESTINATION,))
+        source = self.source
+        when = datetime.now(UTC)
+        for study, counts in ledger.studies.items():
+            self.record(
+                _transferred(source, sender, receiver, {study: dict(counts)},
+                             action="U" if ledger.replaced else "C", when=when)
+            )  # fmt: skip
+
+    # -- logins ---------------------------------------------------------------------
+
+    def login(self, user: str, host: str, *, failure: str | None = None) -> None:
+        """User Authentication (PS3.15 A.5.3.12): every failure; a success once per
+        :data:`LOGIN_REPEAT_SECONDS` per user and address."""
+        if not self.enabled:
+            return
+        if failure is None:
+            now = time.monotonic()
+            key = (user, host)
+            with self._lock:
+                last = self._logins.get(key)
+                if last is not None and now - last < LOGIN_REPEAT_SECONDS:
+                    return
+                self._logins[key] = now
+                if len(self._logins) > 10000:
+                    self._logins.clear()
+        self.record(
+            msg.user_authentication(
+                self.source,
+                msg.peer_participant(user, host),
+                self.archive_participant(),
+                outcome=msg.SUCCESS if failure is None else msg.MINOR_FAILURE,
+                outcome_description=failure,
+            )
+        )
+
+
+def _transferred(
+    source: AuditSource,
+    sender: ActiveParticipant,
+    receiver: ActiveParticipant,
+    studies: Mapping[str, Mapping[str, int]],
+    *,
+    action: msg.ActionCode,
+    outcome: int = msg.SUCCESS,
+    description: str | None = None,
+    when: datetime | None = None,
+    extra: Sequence[ActiveParticipant] = (),
+) -> Deferred:
+    def build(subjects: Subjects) -> AuditMessage:
+        known = subjects(list(studies))
+        message = msg.instances_transferred(
+            source, sender, receiver, studies, {uid: pid for uid, (pid, _) in known.items()},
+            action=action, outcome=outcome, outcome_description=description, when=when,
+        )  # fmt: skip
+        if extra:
+            from dataclasses import replace
+
+            message = replace(message, participants=(*message.participants, *extra))
+        return message
+
+    return build
+
+
+def _by_study(instances: Iterable[StoredInstance]) -> dict[str, dict[str, int]]:
+    studies: dict[str, dict[str, int]] = {}
+    for inst in instances:
+        counts = studies.setdefault(inst.study_instance_uid, {})
+        counts[inst.sop_class_uid] = counts.get(inst.sop_class_uid, 0) + 1
+    return studies
+
+
+# -- one trail per open archive -------------------------------------------------------
+
+_TRAILS: weakref.WeakKeyDictionary[Archive, AuditTrail] = weakref.WeakKeyDictionary()
+_TRAILS_LOCK = threading.Lock()
+
+
+def trail_of(archive: Archive) -> AuditTrail:
+    """The audit trail of ``archive`` (created on first use; closed with the process or
+    by :func:`close_trail`)."""
+    trail = _TRAILS.get(archive)
+    if trail is None:
+        with _TRAILS_LOCK:
+            trail = _TRAILS.get(archive)
+            if trail is None:
+                trail = _TRAILS[archive] = AuditTrail(archive.settings)
+                weakref.finalize(archive, trail.close)
+    return trail
+
+
+def close_trail(archive: Archive) -> None:
+    """Write what is queued and stop the trail of ``archive`` (before closing it)."""
+    with _TRAILS_LOCK:
+        trail = _TRAILS.pop(archive, None)
+    if trail is not None:
+        trail.close()
+
+
+# -- what the adapters call (dimse/, web/, cli/) --------------------------------------
+
+
+def application_activity(archive: Archive, *, started: bool, launcher: str | None = None) -> None:
+    """Application Activity start / stop (PS3.15 A.5.3.1)."""
+    trail = trail_of(archive)
+    trail.record(
+        msg.application_activity(
+            trail.source,
+            trail.archive_participant(roles=(msg.ROLE_APPLICATION,)),
+            started=started,
+            launcher=(
+                msg.peer_participant(launcher, None, roles=(msg.ROLE_APPLICATION_LAUNCHER,))
+                if launcher
+                else None
+            ),
+        )
+    )
+
+
+def security_alert(
+    archive: Archive,
+    alert_type: msg.Code,
+    *,
+    user: str,
+    host: str | None,
+    subject: str,
+    description: str,
+    subject_type: msg.Code = msg.NODE_ID,
+) -> None:
+    """A Security Alert (PS3.15 A.5.3.11) caused by ``user`` at ``host``."""
+    trail = trail_of(archive)
+    trail.record(
+        msg.security_alert(
+            trail.source,
+            trail.archive_participant(),
+            alert_type,
+            performer=msg.peer_participant(user, host),
+            subject=subject,
+            subject_type=subject_type,
+            description=description,
+        )
+    )
+
+
+def association_rejected(
+    archive: Archive, calling_ae: str, called_ae: str, host: str, reason: str
+) -> None:
+    """An A-ASSOCIATE-RJ: Security Alert, Node Authentication (PS3.15 A.5.3.11)."""
+    security_alert(
+        archive,
+        msg.NODE_AUTHENTICATION,
+        user=calling_ae,
+        host=host,
+        subject=f"{calling_ae}@{host}",
+        description=f"association from {calling_ae!r} to {called_ae!r} rejected: {reason}",
+    )
+
+
+def tls_failed(archive: Archive, host: str, port: int, reason: str) -> None:
+    """A failed TLS handshake: Security Alert, Node Authentication (PS3.15 A.5.3.11)."""
+    security_alert(
+        archive,
+        msg.NODE_AUTHENTICATION,
+        user=host,
+        host=host,
+        subject=host,
+        description=f"TLS handshake from {host}:{port} failed: {reason}",
+    )
+
+
+def queried(
+    archive: Archive,
+    user: str,
+    host: str | None,
+    sop_class_uid: str,
+    query_bytes: bytes,
+    *,
+    transfer_syntax: str | None = None,
+    failure: str | None = None,
+) -> None:
+    """Query (PS3.15 A.5.3.10): a C-FIND Identifier or a QIDO-RS query string."""
+    trail = trail_of(archive)
+    trail.record(
+        msg.query(
+            trail.source,
+            msg.peer_participant(user, host, roles=(msg.ROLE_SOURCE,)),
+            trail.archive_participant(roles=(msg.ROLE_DESTINATION,)),
+            sop_class_uid,
+            query_bytes,
+            transfer_syntax=transfer_syntax,
+            outcome=msg.SUCCESS if failure is None else msg.MINOR_FAILURE,
+            outcome_description=failure,
+        )
+    )
+
+
+def retrieve_started(
+    archive: Archive,
+    instances: Sequence[StoredInstance],
+    *,
+    requestor: str,
+    requestor_host: str,
+    destination: str,
+    destination_host: str | None,
+) -> None:
+    """Begin Transferring DICOM Instances (PS3.15 A.5.3.3) for a C-MOVE / C-GET: one
+    message naming every study about to be sent."""
+    trail = trail_of(archive)
+    if not trail.enabled or not instances:
+        return
+    studies = _by_study(instances)
+    sender = trail.archive_participant(roles=(msg.ROLE_SOURCE,))
+    receiver = msg.peer_participant(
+        destination, destination_host, requestor=destination == requestor,
+        roles=(msg.ROLE_DESTINATION,),
+    )  # fmt: skip
+    extra = [] if destination == requestor else [msg.peer_participant(requestor, requestor_host)]
+    source = trail.source
+
+    def build(subjects: Subjects) -> AuditMessage:
+        known = subjects(list(studies))
+        message = msg.begin_transferring(
+            source, sender, receiver, studies, {u: p for u, (p, _) in known.items()}
+        )
+        if extra:
+            from dataclasses import replace
+
+            message = replace(message, participants=(*message.participants, *extra))
+        return message
+
+    trail.record(build)
+
+
+def retrieve_finished(
+    archive: Archive,
+    instances: Sequence[StoredInstance],
+    *,
+    requestor: str,
+    requestor_host: str,
+    destination: str,
+    destination_host: str | None,
+    failed: int,
+    description: str | None = None,
+) -> None:
+    """DICOM Instances Transferred (PS3.15 A.5.3.4), action R, one per study sent by
+    C-MOVE / C-GET; outcome 4 when some sub-operations failed, 8 when all did."""
+    trail = trail_of(archive)
+    if not trail.enabled or not instances:
+        return
+    outcome = msg.SUCCESS
+    if failed:
+        outcome = msg.SERIOUS_FAILURE if failed >= len(instances) else msg.MINOR_FAILURE
+    sender = trail.archive_participant(roles=(msg.ROLE_SOURCE,))
+    receiver = msg.peer_participant(
+        destination, destination_host, requestor=destination == requestor,
+        roles=(msg.ROLE_DESTINATION,),
+    )  # fmt: skip
+    extra = [] if destination == requestor else [msg.peer_participant(requestor, requestor_host)]
+    for study, counts in _by_study(instances).items():
+        trail.record(
+            _transferred(trail.source, sender, receiver, {study: counts}, action="R",
+                         outcome=outcome, description=description, extra=extra)
+        )  # fmt: skip
+
+
+def http_instances(
+    archive: Archive,
+    instances: Iterable[StoredInstance],
+    *,
+    user: str,
+    host: str | None,
+    accessed: bool = False,
+) -> None:
+    """WADO-RS: DICOM Instances Transferred, action R, per study (PS3.15 A.5.3.4) when
+    DICOM objects were sent, DICOM Instances Accessed (A.5.3.2) for metadata and
+    rendered images (``accessed``)."""
+    trail = trail_of(archive)
+    if not trail.enabled:
+        return
+    studies = _by_study(instances)
+    if not studies:
+        return
+    client = msg.peer_participant(user, host, roles=(msg.ROLE_DESTINATION,))
+    ours = trail.archive_participant(roles=(msg.ROLE_SOURCE,))
+    source = trail.source
+    for study, counts in studies.items():
+        if accessed:
+
+            def build(
+                subjects: Subjects, study: str = study, counts: dict[str, int] = counts
+            ) -> AuditMessage:
+                known = subjects([study])
+                return msg.instances_accessed(
+                    source, msg.peer_participant(user, host), {study: counts},
+                    {u: p for u, (p, _) in known.items()},
+                )  # fmt: skip
+
+            trail.record(build)
+        else:
+            trail.record(_transferred(source, ours, client, {study: counts}, action="R"))
+
+
+def http_stored(
+    archive: Archive, results: Iterable[StoreResult], *, user: str, host: str | None
+) -> None:
+    """STOW-RS: DICOM Instances Transferred, action C, per study of the request."""
+    trail = trail_of(archive)
+    if not trail.enabled:
+        return
+    studies: dict[str, dict[str, int]] = {}
+    for result in results:
+        counts = studies.setdefault(result.study_instance_uid, {})
+        counts[result.sop_class_uid] = counts.get(result.sop_class_uid, 0) + 1
+    client = msg.peer_participant(user, host, roles=(msg.ROLE_SOURCE,))
+    ours = trail.archive_participant(roles=(msg.ROLE_DESTINATION,))
+    for study, counts in studies.items():
+        trail.record(_transferred(trail.source, client, ours, {study: counts}, action="C"))
+
+
+def study_subjects_now(archive: Archive, study_uids: Sequence[str]) -> dict[str, tuple[str, str]]:
+    """Patient and accession of studies, looked up now (e.g. before deleting them)."""
+    if not trail_of(archive).enabled or not study_uids:
+        return {}
+    return study_subjects(archive.index, study_uids)
+
+
+def deleted(
+    archive: Archive,
+    studies: Mapping[str, Mapping[str, int]],
+    subjects: Mapping[str, tuple[str, str]],
+    *,
+    user: str,
+    host: str | None,
+    description: str | None = None,
+) -> None:
+    """DICOM Study Deleted (PS3.15 A.5.3.5), one per study touched; ``subjects`` from
+    :func:`study_subjects_now` before the deletion."""
+    trail = trail_of(archive)
+    if not trail.enabled:
+        return
+    who = msg.peer_participant(user, host)
+    for study, counts in studies.items():
+        trail.record(
+            msg.study_deleted(
+                trail.source, who, {study: counts},
+                {u: p for u, (p, _) in subjects.items() if u == study},
+                outcome_description=description,
+            )
+        )  # fmt: skip
+
+
+def login(archive: Archive, user: str, host: str, *, failure: str | None = None) -> None:
+    """User Authentication Login, success or failure (PS3.15 A.5.3.12)."""
+    trail_of(archive).login(user, host, failure=failure)
+
+
+def record_now(settings: Settings, index: Index, message: AuditMessage) -> None:
+    """Record one message synchronously (CLI commands that change users, tokens or
+    settings: no writer thread there). The syslog target gets it with a short wait."""
+    if not settings.audit.enabled:
+        return
+    xml = message.to_xml()
+    line = msg.syslog_line(
+        xml, outcome=message.outcome, when=message.time, hostname=socket.gethostname(),
+        process_id=str(os.getpid()),
+    )  # fmt: skip
+    path = audit_log_path(settings)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
+    try:
+        os.write(fd, (line + "\n").encode("utf-8"))
+    finally:
+        os.close(fd)
+    insert_events(index, [event_row(message, xml)])
+    try:
+        sender = syslog_sender(settings)
+    except ConfigError as exc:
+        log.error("audit: no syslog: %s", exc)
+        return
+    if sender is not None:
+        sender.send(line)
+        sender.close(timeout=SYSLOG_TIMEOUT)
+
+
+def configuration_changed(
+    settings: Settings, index: Index, *, user: str, subject: str, description: str
+) -> None:
+    """Security Alert, Software Configuration (PS3.15 A.5.3.11): a user, token or
+    setting changed from the command line (``user`` is the operating-system user)."""
+    trail_source = AuditSource(
+        settings.audit.source_id or settings.dicom.ae_title, settings.audit.site_id or None
+    )
+    reporter = msg.archive_participant(
+        settings.dicom.ae_title, socket.gethostname(), process_id=str(os.getpid())
+    )
+    record_now(
+        settings,
+        index,
+        msg.security_alert(
+            trail_source,
+            reporter,
+            msg.SOFTWARE_CONFIGURATION,
+            performer=msg.peer_participant(user, socket.gethostname()),
+            subject=subject,
+            subject_type=msg.USER_IDENTIFIER,
+            description=description,
+            outcome=msg.SUCCESS,
+        ),
+    )
+
+
+# -- searching (dicomvault audit, GET /api/audit) -------------------------------------
+
+
+def search(archive: Archive, where: AuditFilter) -> list[AuditRow]:
+    """Recorded audit messages matching ``where``, newest first (``audit_events``)."""
+    return search_events(archive.index, where)
