@@ -88,6 +88,7 @@ def test_every_role_on_every_route(secured: WebServer, tmp_path: Path) -> None:
     values = {
         "study": STUDY, "series": SERIES, "instance": instance, "frames": "1",
         "item_id": "0" * 32, "uid": "1.2.3", "patient_id": "NOSUCHPATIENT",
+        "name": "NOSUCHREMOTE",
     }  # fmt: skip
     routes = _app_routes(secured)
     # Deletes last (an admin's delete empties the archive), the study's last of all.

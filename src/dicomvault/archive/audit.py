@@ -43,6 +43,7 @@ from dicomvault.security.audit import ActiveParticipant, AuditMessage, AuditSour
 
 if TYPE_CHECKING:
     from dicomvault.archive.archive import Archive
+    from dicomvault.archive.deletion import DeletionReport, Selection
     from dicomvault.model.records import StoredInstance, StoreResult
 
 __all__ = ["MAX_LIMIT", "AuditFilter", "AuditRow", "AuditTrail", "search", "trail_of"]
@@ -424,7 +425,7 @@ class AuditTrail:
                 ledger.replaced = True
 
     def association_ended(self, association_id: str) -> None:
-        """The association is gone: one DICOM Instances Transferred (PS3.15 A.5.3.4,
+        """The association is gone: one DICOM Instances Transferred (PS3.15 A.5.3.7,
         action C, or U when an instance was replaced) per study it stored."""
         with self._lock:
             ledger = self._ledgers.pop(association_id, None)
@@ -675,7 +676,7 @@ def retrieve_finished(
     failed: int,
     description: str | None = None,
 ) -> None:
-    """DICOM Instances Transferred (PS3.15 A.5.3.4), action R, one per study sent by
+    """DICOM Instances Transferred (PS3.15 A.5.3.7), action R, one per study sent by
     C-MOVE / C-GET; outcome 4 when some sub-operations failed, 8 when all did."""
     trail = trail_of(archive)
     if not trail.enabled or not instances:
@@ -704,8 +705,8 @@ def http_instances(
     host: str | None,
     accessed: bool = False,
 ) -> None:
-    """WADO-RS: DICOM Instances Transferred, action R, per study (PS3.15 A.5.3.4) when
-    DICOM objects were sent, DICOM Instances Accessed (A.5.3.2) for metadata and
+    """WADO-RS: DICOM Instances Transferred, action R, per study (PS3.15 A.5.3.7) when
+    DICOM objects were sent, DICOM Instances Accessed (A.5.3.6) for metadata and
     rendered images (``accessed``)."""
     trail = trail_of(archive)
     if not trail.enabled:
@@ -766,7 +767,7 @@ def deleted(
     host: str | None,
     description: str | None = None,
 ) -> None:
-    """DICOM Study Deleted (PS3.15 A.5.3.5), one per study touched; ``subjects`` from
+    """DICOM Study Deleted (PS3.15 A.5.3.8), one per study touched; ``subjects`` from
     :func:`study_subjects_now` before the deletion."""
     trail = trail_of(archive)
     if not trail.enabled:
@@ -840,6 +841,153 @@ def configuration_changed(
             outcome=msg.SUCCESS,
         ),
     )
+
+
+# -- producers added for the remaining events (issue 7 part 5, "auditgaps") -----------
+
+
+def os_user() -> str:
+    """The operating-system user running a CLI command (``unknown`` when it has none)."""
+    import getpass
+
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return "unknown"
+
+
+def procedure_record(
+    archive: Archive,
+    *,
+    action: msg.ActionCode,
+    user: str,
+    host: str | None,
+    patient_id: str | None,
+    study_uid: str | None,
+    accession: str | None = None,
+    description: str | None = None,
+) -> None:
+    """Procedure Record (PS3.15 A.5.3.15): a worklist item or an MPPS created (C) or
+    changed (U) by ``user`` (a user name, an AE title, an HL7 sending application) at
+    ``host``, and the archive process that changed it. Memory only (queued)."""
+    trail = trail_of(archive)
+    if not trail.enabled:
+        return
+    trail.record(
+        msg.procedure_record(
+            trail.source,
+            (msg.peer_participant(user, host), trail.archive_participant()),
+            action=action,
+            patient_id=patient_id or "",
+            study_uid=study_uid,
+            accession=accession,
+            outcome_description=description,
+        )
+    )
+
+
+def subjects_of_selection(archive: Archive, selection: Selection) -> dict[str, tuple[str, str]]:
+    """The patient of the study a deletion names, looked up before it goes (as the
+    HTTP deletion does, web/audit_api.py)."""
+    study = selection.uid if selection.level == "study" else selection.study
+    return study_subjects_now(archive, [study]) if study else {}
+
+
+def selection_deleted(
+    archive: Archive,
+    selection: Selection,
+    report: DeletionReport,
+    subjects: Mapping[str, tuple[str, str]],
+    *,
+    user: str,
+    host: str | None,
+    reason: str | None = None,
+) -> None:
+    """DICOM Study Deleted (PS3.15 A.5.3.8 as :func:`deleted`; the same in the
+    current edition) per study a deletion touched: the same messages as the HTTP
+    deletion, for ``dicomvault delete`` and the retention / quota runner."""
+    studies = dict.fromkeys([*subjects, *report.study_instance_uids])
+    if not studies or report.dry_run:
+        return
+    known = dict(subjects)
+    if selection.level == "patient":
+        known.update({uid: (selection.uid, "") for uid in studies})
+    what = f"{report.instances} instance(s) of {selection.describe()} deleted"
+    deleted(
+        archive, {uid: {} for uid in studies}, known, user=user, host=host,
+        description=f"{what} ({reason})" if reason else what,
+    )  # fmt: skip
+
+
+def restricted_function(
+    archive: Archive, *, user: str, host: str | None, function: str, description: str
+) -> None:
+    """Security Alert, Use of Restricted Function (PS3.15 A.5.3.11, 110132): ``user``
+    tried ``function`` (an HTTP method and path, a DIMSE service) its role or the
+    archive's access rules do not allow (HTTP 403, DIMSE 0x0124)."""
+    security_alert(
+        archive,
+        msg.USE_OF_RESTRICTED_FUNCTION,
+        user=user,
+        host=host,
+        subject=function,
+        subject_type=msg.URI,
+        description=description,
+    )
+
+
+def import_tally() -> tuple[dict[str, dict[str, int]], Callable[[object], None]]:
+    """A per-study tally of an import (study → SOP class → instances) and the function
+    that counts one file's outcome into it (stored or overwritten instances only;
+    thread-safe, memory only) — for :func:`imported` at the end."""
+    from dicomvault.model.records import StoreResult, StoreStatus
+
+    tally: dict[str, dict[str, int]] = {}
+    lock = threading.Lock()
+
+    def count(outcome: object) -> None:
+        if not isinstance(outcome, StoreResult) or outcome.status not in (
+            StoreStatus.STORED, StoreStatus.OVERWRITTEN,
+        ):  # fmt: skip
+            return
+        with lock:
+            counts = tally.setdefault(outcome.study_instance_uid, {})
+            counts[outcome.sop_class_uid] = counts.get(outcome.sop_class_uid, 0) + 1
+
+    return tally, count
+
+
+def imported(
+    archive: Archive,
+    studies: Mapping[str, Mapping[str, int]],
+    *,
+    user: str,
+    media: str,
+    failed: int = 0,
+) -> None:
+    """Data Import (PS3.15 A.5.3.5, 110107), one message per study imported from
+    ``media`` (a folder or a DICOMDIR) by ``user``; aggregated by the caller, recorded
+    once at the end (never per instance). Outcome 4 when some files failed."""
+    trail = trail_of(archive)
+    if not trail.enabled or not studies:
+        return
+    who = msg.peer_participant(user, trail.hostname, roles=(msg.ROLE_DESTINATION,))
+    source_media = msg.peer_participant(media, None, requestor=False, roles=(msg.ROLE_SOURCE,))
+    source = trail.source
+    outcome = msg.MINOR_FAILURE if failed else msg.SUCCESS
+    note = f"{failed} file(s) could not be imported" if failed else None
+    for study, counts in studies.items():
+
+        def build(
+            subjects: Subjects, study: str = study, counts: Mapping[str, int] = counts
+        ) -> AuditMessage:
+            known = subjects([study])
+            return msg.data_import(
+                source, who, source_media, {study: counts},
+                {u: p for u, (p, _) in known.items()}, outcome=outcome, outcome_description=note,
+            )  # fmt: skip
+
+        trail.record(build)
 
 
 # -- searching (dicomvault audit, GET /api/audit) -------------------------------------

@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
+from dicomvault.archive import audit
 from dicomvault.archive.deletion import DeletionReport
 from dicomvault.index.deletion import Selection
 from dicomvault.model.errors import NotFound
@@ -134,7 +135,15 @@ def _study(archive: Archive, uid: str, reason: str, dry_run: bool) -> DeletionRe
             return archive.deletion.plan(Selection("study", uid))
         except NotFound:
             return DeletionReport(f"study {uid}", dry_run=True)
-    return archive.deletion.delete_unprotected_study(uid, reason)
+    selection = Selection("study", uid)
+    subjects = audit.subjects_of_selection(archive, selection)
+    report = archive.deletion.delete_unprotected_study(uid, reason)
+    # DICOM Study Deleted (PS3.15 A.5.3.5) by the archive itself, per study; queued.
+    audit.selection_deleted(
+        archive, selection, report, subjects, user=archive.settings.dicom.ae_title,
+        host=None, reason=reason,
+    )  # fmt: skip
+    return report
 
 
 def run_once(archive: Archive, *, dry_run: bool = False) -> RetentionReport:

@@ -16,7 +16,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from dicomvault.archive import Archive
+from dicomvault.archive import Archive, audit
 from dicomvault.archive.importer import ImportReport, import_paths
 from dicomvault.cli.common import (
     config_options,
@@ -113,7 +113,12 @@ def import_command(
                     counted[0] += n
                     progress.update(task, total=counted[0])
 
-                def done(*_: object) -> None:
+                # Data Import (PS3.15 A.5.3.5): tallied per study in memory, one message
+                # per study recorded when the import ends (never per file).
+                tally, tally_done = audit.import_tally()
+
+                def done(source: object, outcome: object) -> None:
+                    tally_done(outcome)
                     elapsed = time.perf_counter() - start
                     completed = progress.tasks[0].completed + 1
                     progress.update(task, advance=1, rate=f"{completed / max(elapsed, 1e-9):.0f}")
@@ -128,6 +133,12 @@ def import_command(
                     )
                 except FileNotFoundError as exc:
                     fail(str(exc), 2)
+            audit.imported(
+                archive, tally, user=audit.os_user(),
+                media=", ".join(str(p.resolve()) for p in paths),
+                failed=len(report.failed) + len(report.rejected),
+            )  # fmt: skip
+            audit.close_trail(archive)
         seconds = time.perf_counter() - start
         if as_json:
             out.print_json(json.dumps({**report.as_dict(), "seconds": round(seconds, 3)}))

@@ -4,13 +4,14 @@ line (issue 6 part 4), through the archive's one deletion service."""
 from __future__ import annotations
 
 import json
+import socket
 import sys
 from pathlib import Path
 
 import click
 from rich.table import Table
 
-from dicomvault.archive import Archive
+from dicomvault.archive import Archive, audit
 from dicomvault.archive.deletion import DeletionReport, Selection
 from dicomvault.archive.retention import RetentionReport, run_once
 from dicomvault.cli.common import (
@@ -142,7 +143,13 @@ def delete_command(
                 if not click.confirm("delete these for good?", default=False):
                     console.print("nothing deleted")
                     return 1
+            subjects = audit.subjects_of_selection(archive, selection)
             report = archive.deletion.delete(selection, force=force)
+            audit.selection_deleted(  # DICOM Study Deleted per study, PS3.15 A.5.3.5
+                archive, selection, report, subjects, user=audit.os_user(),
+                host=socket.gethostname(), reason="dicomvault delete",
+            )  # fmt: skip
+            audit.close_trail(archive)
         _show(report, as_json)
         return 0
 
@@ -235,6 +242,7 @@ def retention_run(dry_run: bool, as_json: bool, config: Path | None, data_dir: P
         settings = load_cli_settings(config, data_dir)
         with Archive.open(settings) as archive:
             report = run_once(archive, dry_run=dry_run)
+            audit.close_trail(archive)  # its Study Deleted messages written before closing
         if as_json:
             out.print_json(json.dumps(report.as_dict()))
         else:

@@ -22,6 +22,7 @@ from dicomvault.cli.delete_commands import (
 )
 from dicomvault.cli.net_commands import echo_command, store_command
 from dicomvault.cli.qr_commands import find_command, get_command, move_command
+from dicomvault.cli.remote_commands import remote_group
 from dicomvault.cli.serve import serve_command
 from dicomvault.cli.tls_commands import tls_group
 from dicomvault.cli.user_commands import token_group, user_group
@@ -53,6 +54,7 @@ for command in (
     tls_group,
     user_group,
     token_group,
+    remote_group,
     audit_command,
     delete_command,
     protect_command,

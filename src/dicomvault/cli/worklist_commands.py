@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -12,8 +13,9 @@ from typing import Any
 import click
 from rich.table import Table
 
-from dicomvault.archive import Archive, worklist
+from dicomvault.archive import Archive, audit, worklist
 from dicomvault.cli.common import config_options, console, fail, load_cli_settings, out, run_guarded
+from dicomvault.security.audit import ActionCode
 
 
 @contextmanager
@@ -21,6 +23,17 @@ def _archive(config: Path | None, data_dir: Path | None) -> Iterator[Archive]:
     # No start-up recovery: a server may be running on the same data directory.
     with Archive.open(load_cli_settings(config, data_dir), recover_on_start=False) as archive:
         yield archive
+
+
+def _audit(archive: Archive, item: worklist.WorklistItem, action: ActionCode, what: str) -> None:
+    """Procedure Record (PS3.15 A.5.3.15) by the operating-system user, written before the
+    archive closes."""
+    audit.procedure_record(
+        archive, action=action, user=audit.os_user(), host=socket.gethostname(),
+        patient_id=item.patient_id, study_uid=item.study_instance_uid,
+        accession=item.accession_number, description=f"worklist item {item.id} {what}",
+    )  # fmt: skip
+    audit.close_trail(archive)
 
 
 def _read_item(source: str) -> dict[str, Any]:
@@ -153,6 +166,7 @@ def worklist_add(
             item = _from_options(options)
         with _archive(config, data_dir) as archive:
             added = worklist.add_item(archive, item)
+            _audit(archive, added, "C", "added")
         if as_json:
             out.print_json(json.dumps(added.to_json()))
         else:
@@ -252,6 +266,7 @@ def worklist_cancel(item_id: str, config: Path | None, data_dir: Path | None) ->
     def body() -> int:
         with _archive(config, data_dir) as archive:
             item = worklist.cancel_item(archive, item_id)
+            _audit(archive, item, "U", "cancelled")
         _print_item(item)
         return 0
 

@@ -7,9 +7,11 @@ acceptor, see :func:`dicomvault.dimse.server.policy_from_settings`):
 1. A peer on a loopback address may use every service while
    ``security.trust_loopback`` is true (the default).
 2. Otherwise the calling AE title (PS3.8 7.1.1.3) is looked up among the
-   ``[remotes.NAME]`` entries. An entry with ``check_host`` only counts when the peer's
-   address is ``host`` or one of ``hosts`` (names are resolved with ``getaddrinfo`` once
-   per association, off the event loop). A known AE gets its ``permissions``.
+   ``[remotes.NAME]`` entries and those managed over HTTP (``/api/remotes``, read through
+   :func:`dicomvault.archive.remotes.effective_remotes`). An entry with ``check_host``
+   only counts when the peer's address is ``host`` or one of ``hosts`` (names are
+   resolved with ``getaddrinfo`` once per association, off the event loop).
+   A known AE gets its ``permissions``.
 3. A calling AE no entry names gets ``security.unknown_ae_permissions``; when that list is
    empty, or a known AE calls from a host that does not match, the association is
    rejected: A-ASSOCIATE-RJ rejected-permanent, source service-user, reason 3 "calling
@@ -63,7 +65,7 @@ import inspect
 import ipaddress
 import logging
 import socket
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 from dicomvault.config import ALL_PERMISSIONS, Permission, RemoteAE, Settings
@@ -203,7 +205,12 @@ class AccessControl:
     and ``[security]``; call it with an association's
     :class:`~dicomvault.net.handlers.AssociationInfo`."""
 
-    def __init__(self, settings: Settings, users: UserCheck | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        users: UserCheck | None = None,
+        remotes: Callable[[], Mapping[str, RemoteAE]] | None = None,
+    ) -> None:
         self.trust_loopback = settings.security.trust_loopback
         self.unknown = frozenset(settings.security.unknown_ae_permissions)
         self.identity_required = settings.security.user_identity == "required"
@@ -211,9 +218,25 @@ class AccessControl:
         self.users = users
         #: JWT validation (``None``: ``[jwt]`` not configured, JWTs are ignored).
         self.jwt = validator_for(settings.jwt)
+        #: The remote AEs now: ``[remotes.NAME]`` plus those managed over HTTP
+        #: (:func:`dicomvault.archive.remotes.effective_remotes`, cached there for a
+        #: few seconds); the file's alone when not given.
+        self.remotes: Callable[[], Mapping[str, RemoteAE]] = remotes or (
+            lambda: settings.remotes
+        )
+        self._remotes_seen: Mapping[str, RemoteAE] | None = None
         self.by_title: dict[str, list[tuple[str, RemoteAE]]] = {}
-        for name, remote in settings.remotes.items():
-            self.by_title.setdefault(remote.ae_title.strip(), []).append((name, remote))
+        self._titles()
+
+    def _titles(self) -> dict[str, list[tuple[str, RemoteAE]]]:
+        """The entries by AE title, rebuilt when the remote AEs changed."""
+        current = self.remotes()
+        if current is not self._remotes_seen:
+            by_title: dict[str, list[tuple[str, RemoteAE]]] = {}
+            for name, remote in current.items():
+                by_title.setdefault(remote.ae_title.strip(), []).append((name, remote))
+            self.by_title, self._remotes_seen = by_title, current
+        return self.by_title
 
     def __call__(self, info: AssociationInfo) -> Grant | Awaitable[Grant | None] | None:
         if self.trust_loopback and is_loopback(info.peer_host):
@@ -223,6 +246,10 @@ class AccessControl:
             return by_ae
         return self._with_identity(info, by_ae)
 
+    #: Told of every User Identity outcome (the audit trail, PS3.15 A.5.3.12; set by
+    #: dimse/server.py): the association and the (user, role), ``None`` when refused.
+    on_identity: Callable[[AssociationInfo, tuple[str, str] | None], None] | None = None
+
     async def _with_identity(
         self, info: AssociationInfo, by_ae: Grant | Awaitable[Grant | None] | None
     ) -> Grant | None:
@@ -231,6 +258,8 @@ class AccessControl:
         if grant is None:
             return None
         user = await self._user(info)
+        if self.on_identity is not None and info.user_identity is not None:
+            self.on_identity(info, user)
         if user is None:
             if self.identity_required:
                 raise RejectAssociation(
@@ -311,7 +340,7 @@ class AccessControl:
     def _by_ae(self, info: AssociationInfo) -> Grant | Awaitable[Grant | None] | None:
         """The decision on the calling AE alone (steps 2 and 3 of the module docstring)."""
         title = info.calling_ae_title.strip()
-        entries = self.by_title.get(title)
+        entries = self._titles().get(title)
         if not entries:
             if not self.unknown:
                 log.warning(

@@ -33,6 +33,7 @@ from typing import Final
 
 from dicomvault.archive import Archive
 from dicomvault.archive import commitment as jobs
+from dicomvault.archive.remotes import effective_remotes
 from dicomvault.dicom.commitment import (
     REQUEST_COMMITMENT,
     CommitmentResult,
@@ -155,7 +156,7 @@ class CommitmentReporter:
 
     async def _send_new_association(self, ae_title: str, result: CommitmentResult) -> None:
         settings = self.archive.settings
-        remote = find_destination(settings.remotes, ae_title)
+        remote = find_destination(effective_remotes(self.archive), ae_title)
         if remote is None:
             raise ConfigError(f"no [remotes] entry for AE title {ae_title!r} to send the report to")
         async with associate_remote(

@@ -14,6 +14,7 @@ import logging
 from collections.abc import AsyncIterator, Sequence
 
 from dicomvault.archive import Archive, audit
+from dicomvault.archive.remotes import effective_remotes
 from dicomvault.config import RemoteAE
 from dicomvault.dicom.transcode import LOSSLESS_ENCODINGS
 from dicomvault.dimse.remote import associate_remote
@@ -56,7 +57,9 @@ def sub_association_contexts(instances: Sequence[StoredInstance]) -> list[tuple[
 
 
 def find_destination(remotes: dict[str, RemoteAE], ae_title: str) -> RemoteAE | None:
-    """The ``[remotes]`` entry whose AE title is ``ae_title`` (or whose name is)."""
+    """The ``[remotes]`` entry whose AE title is ``ae_title`` (or whose name is); pass
+    :func:`~dicomvault.archive.remotes.effective_remotes` to include those managed over
+    HTTP."""
     for remote in remotes.values():
         if remote.ae_title == ae_title:
             return remote
@@ -72,7 +75,7 @@ class ArchiveMoveHandler:
     async def handle(self, request: QueryRequest) -> AsyncIterator[Response]:
         settings = self.archive.settings
         destination = request.move_destination or ""
-        remote = find_destination(settings.remotes, destination)
+        remote = find_destination(effective_remotes(self.archive), destination)
         if remote is None:
             yield Response(
                 DimseStatus(

@@ -13,9 +13,9 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from dicomvault.archive import Archive
+from dicomvault.archive import Archive, audit
 from dicomvault.archive import mpps as steps
-from dicomvault.dicom.mpps import MppsError, parse_create
+from dicomvault.dicom.mpps import MppsError, parse_create, summary
 from dicomvault.model.uid import uid_problem
 from dicomvault.net import commands as c
 from dicomvault.net.handlers import SUCCESS, DimseStatus, NRequest, NResponse
@@ -65,6 +65,14 @@ class MppsHandler:
             ds,
             calling_ae_title=request.association.calling_ae_title,
         )
+        step = summary(ds)
+        audit.procedure_record(  # PS3.15 A.5.3.15, action C; queued
+            self.archive, action="C", user=request.association.calling_ae_title,
+            host=request.association.peer_host, patient_id=step.patient_id,
+            study_uid=step.study_instance_uid,
+            accession=next((s[1] for s in step.scheduled if s[1]), None),
+            description=f"MPPS {uid} created {step.status}",
+        )  # fmt: skip
         log.info(
             "assoc=%s MPPS %s created IN PROGRESS by %s",
             request.association.id,
@@ -81,6 +89,13 @@ class MppsHandler:
             request.data_set,
             request.transfer_syntax_uid,
         )
+        done = await asyncio.to_thread(steps.get_step, self.archive, request.sop_instance_uid)
+        audit.procedure_record(  # PS3.15 A.5.3.15, action U; queued
+            self.archive, action="U", user=request.association.calling_ae_title,
+            host=request.association.peer_host, patient_id=done.patient_id,
+            study_uid=done.study_instance_uid, accession=done.accession_number,
+            description=f"MPPS {request.sop_instance_uid} set {status}",
+        )  # fmt: skip
         log.info(
             "assoc=%s MPPS %s now %s", request.association.id, request.sop_instance_uid, status
         )

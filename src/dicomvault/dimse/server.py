@@ -6,10 +6,12 @@ import asyncio
 import logging
 import socket
 import ssl as _ssl
+from collections.abc import Callable, Mapping
 
 from dicomvault.archive import Archive, audit
+from dicomvault.archive.remotes import effective_remotes
 from dicomvault.archive.users import verify_password
-from dicomvault.config import Settings
+from dicomvault.config import RemoteAE, Settings
 from dicomvault.dimse.access import AccessControl, UserCheck
 from dicomvault.dimse.commitment import CommitmentHandler, CommitmentReporter
 from dicomvault.dimse.find import FIND_SOP_CLASSES, ArchiveFindHandler, relational_reply
@@ -59,11 +61,43 @@ class AuditObserver:
     def tls_failed(self, host: str, port: int, reason: str) -> None:
         audit.tls_failed(self.archive, host, port, reason)
 
+    def refused(self, info: AssociationInfo, abstract_syntax: str, command: str) -> None:
+        """A request answered 0x0124: Security Alert, Use of Restricted Function
+        (PS3.15 A.5.3.11, 110132)."""
+        audit.restricted_function(
+            self.archive, user=info.calling_ae_title.strip(), host=info.peer_host,
+            function=f"{command} {abstract_syntax}",
+            description=f"DIMSE 0x0124 Not Authorized: {command} on {abstract_syntax}",
+        )  # fmt: skip
+
+    def identity(self, info: AssociationInfo, user: tuple[str, str] | None) -> None:
+        """A User Identity Negotiation outcome (PS3.7 D.3.3.7): User Authentication,
+        Login (PS3.15 A.5.3.12), every refusal and a success once per user and address."""
+        ident = info.user_identity
+        if ident is None:
+            return
+        if user is not None:
+            audit.login(self.archive, user[0], info.peer_host)
+            return
+        if ident.type == 5:
+            name, why = "(jwt token)", "JWT user identity refused"
+        else:
+            name = ident.primary_field.decode("utf-8", "replace")[:128] or "-"
+            why = (
+                "wrong user name or passcode" if ident.type == 2
+                else f"user identity type {ident.type} does not authenticate"
+            )  # fmt: skip
+        audit.login(
+            self.archive, name, info.peer_host,
+            failure=f"{why} (calling AE {info.calling_ae_title.strip()!r})",
+        )  # fmt: skip
+
 
 def policy_from_settings(
     settings: Settings,
     users: UserCheck | None = None,
     observer: AuditObserver | None = None,
+    remotes: Callable[[], Mapping[str, RemoteAE]] | None = None,
 ) -> AcceptorPolicy:
     """The acceptor policy of the ``[dicom]``, ``[security]`` and ``[remotes]`` sections.
 
@@ -73,10 +107,14 @@ def policy_from_settings(
     included): a calling AE title not in it is rejected with A-ASSOCIATE-RJ 1/1/3 whatever
     ``[remotes]`` and ``[security]`` say. The called AE title is checked before both
     (``dicom.check_called_ae``, RJ 1/1/7). ``users`` checks the username and passcode of
-    User Identity Negotiation (PS3.7 D.3.3.7, ``security.user_identity``).
+    User Identity Negotiation (PS3.7 D.3.3.7, ``security.user_identity``). ``remotes``
+    gives the remote AEs now (default: ``[remotes]`` of the file only).
     """
     dicom = settings.dicom
     allowed = frozenset(title.strip() for title in dicom.allowed_calling_aes)
+    access = AccessControl(settings, users, remotes)
+    if observer is not None:
+        access.on_identity = observer.identity  # User Authentication, PS3.15 A.5.3.12
     return AcceptorPolicy(
         ae_title=dicom.ae_title,
         check_called_ae=dicom.check_called_ae,
@@ -86,7 +124,7 @@ def policy_from_settings(
         idle_timeout=dicom.idle_timeout,
         artim_timeout=dicom.artim_timeout,
         extended_negotiation=relational_reply,
-        access=AccessControl(settings, users),
+        access=access,
         observer=observer,
     )
 
@@ -154,7 +192,12 @@ async def serve_dicom(
     """
     await serve(
         registry_for(archive),
-        policy_from_settings(settings, _user_check(archive), AuditObserver(archive)),
+        policy_from_settings(
+            settings,
+            _user_check(archive),
+            AuditObserver(archive),
+            remotes=lambda: effective_remotes(archive),
+        ),
         host=settings.dicom.host,
         port=settings.dicom.port,
         sock=sock,

@@ -24,7 +24,7 @@ from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Final
 
-from dicomvault.archive import Archive
+from dicomvault.archive import Archive, audit
 from dicomvault.archive.worklist_find import WorklistMatches, find
 from dicomvault.dicom.worklist import decode_worklist_identifier, encode_worklist_response
 from dicomvault.dimse.status import (
@@ -59,8 +59,10 @@ class ArchiveWorklistHandler:
             keys = decode_worklist_identifier(request.identifier, request.transfer_syntax_uid)
         except InvalidQuery as exc:
             log.info("assoc=%s worklist C-FIND refused: %s", assoc, exc)
+            _audit_query(self.archive, request, str(exc))
             yield Response(status_for_query_error(exc))
             return
+        _audit_query(self.archive, request)  # Query (PS3.15 A.5.3.10): queued, never waited on
         loop = asyncio.get_running_loop()
         # One thread for the whole query: the cursor stays on the thread that opened it.
         worker = ThreadPoolExecutor(1, thread_name_prefix="mwl-find")
@@ -102,6 +104,16 @@ class ArchiveWorklistHandler:
             if result is not None and not result.closed:
                 await loop.run_in_executor(worker, result.close)
             worker.shutdown(wait=False)
+
+
+def _audit_query(archive: Archive, request: QueryRequest, failure: str | None = None) -> None:
+    """Query (PS3.15 A.5.3.10; a worklist query is audited as a Query, as the note of
+    A.5.3.15 says): the Identifier as received, with its SOP class and transfer syntax."""
+    assoc = request.association
+    audit.queried(
+        archive, assoc.calling_ae_title, assoc.peer_host, request.sop_class_uid,
+        request.identifier, transfer_syntax=request.transfer_syntax_uid, failure=failure,
+    )  # fmt: skip
 
 
 def _open(

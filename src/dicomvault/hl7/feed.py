@@ -17,7 +17,7 @@ import socket
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 
-from dicomvault.archive import Archive, worklist
+from dicomvault.archive import Archive, audit, worklist
 from dicomvault.config import Settings
 from dicomvault.hl7.message import (
     APPLICATION_INTERNAL_ERROR,
@@ -31,6 +31,7 @@ from dicomvault.hl7.message import (
 from dicomvault.hl7.mllp import MllpServer, Reply
 from dicomvault.hl7.orm import Order, map_orders, parse_orm
 from dicomvault.model.errors import ConfigError, DicomVaultError, NotFound
+from dicomvault.security.audit import ActionCode
 
 log = logging.getLogger("dicomvault.hl7")
 
@@ -181,22 +182,25 @@ def worklist_applier(archive: Archive) -> Applier:
         steps = plan(orders)
         undo: list[Callable[[], object]] = []
         done: list[str] = []
+        changed: list[tuple[ActionCode, str, worklist.WorklistItem]] = []
         try:
             for action, order, item in steps:
                 if action == "add":
                     added = worklist.add_item(archive, order.item)
+                    changed.append(("C", order.control, added))
                     undo.append(functools.partial(worklist.cancel_item, archive, added.id))
                     done.append(f"{order.control} {order.accession_number}: add {added.id}")
                 elif action == "update":
                     assert item is not None
-                    worklist.update_item(archive, item.id, order.item)
+                    updated = worklist.update_item(archive, item.id, order.item)
+                    changed.append(("U", order.control, updated))
                     undo.append(
                         functools.partial(worklist.update_item, archive, item.id, item.dataset)
                     )
                     done.append(f"{order.control} {order.accession_number}: update {item.id}")
                 else:
                     assert item is not None
-                    worklist.cancel_item(archive, item.id)
+                    changed.append(("U", order.control, worklist.cancel_item(archive, item.id)))
                     done.append(f"{order.control} {order.accession_number}: cancel {item.id}")
         except Exception:
             for revert in reversed(undo):
@@ -205,6 +209,14 @@ def worklist_applier(archive: Archive) -> Applier:
                 except Exception:
                     log.exception("HL7: undoing a partly applied message failed")
             raise
+        for code, control, changed_item in changed:  # Procedure Record, PS3.15 A.5.3.15
+            audit.procedure_record(
+                archive, action=code, user="HL7", host=None, patient_id=changed_item.patient_id,
+                study_uid=changed_item.study_instance_uid,
+                accession=changed_item.accession_number,
+                description=f"HL7 ORC-1 {control}: worklist item {changed_item.id}"
+                f" {changed_item.status}",
+            )  # fmt: skip
         return "; ".join(done) or "nothing to change (already cancelled)"
 
     return apply

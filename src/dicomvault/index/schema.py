@@ -345,3 +345,27 @@ audit_events = Table(
 )
 
 # -- end audit trail --
+
+# -- remote AEs managed over HTTP (issue 7 part 2; revision 0008) ------------------------
+
+# Remote AEs added, changed and removed at run time (``PUT /api/remotes/{name}``,
+# ``dicomvault remote add``), next to the read-only ``[remotes.NAME]`` of the TOML file.
+# ``permissions`` and ``hosts`` are JSON arrays of strings.
+
+remote_aes = Table(
+    "remote_aes",
+    metadata,
+    Column("pk", Integer, primary_key=True, autoincrement=True),
+    Column("name", String(64), nullable=False, unique=True),
+    Column("ae_title", String(16), nullable=False),
+    Column("host", Text, nullable=False),
+    Column("port", Integer, nullable=False),
+    Column("tls", Boolean, nullable=False, server_default=false()),
+    Column("permissions", Text, nullable=False),
+    Column("check_host", Boolean, nullable=False, server_default=false()),
+    Column("hosts", Text, nullable=False, server_default="[]"),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+)
+
+# -- end remote AEs --

@@ -74,6 +74,9 @@ class AssociationObserver(Protocol):
     def tls_failed(self, host: str, port: int, reason: str) -> None:
         """A TLS handshake on the DICOM-over-TLS port failed (PS3.15 B.12)."""
 
+    def refused(self, info: AssociationInfo, abstract_syntax: str, command: str) -> None:
+        """A request was answered 0x0124 Refused: Not Authorized (PS3.7 C.5)."""
+
 
 def notify(log: logging.Logger, hook: Callable[..., None] | None, *args: object) -> None:
     """Call an observer hook; its failure is logged, never raised."""
@@ -312,6 +315,11 @@ class AcceptorAssociation(ServiceUser):
         self._counted = False
         self._idle: asyncio.TimerHandle | None = None
         self._last_activity = 0.0
+
+    def refused(self, abstract_syntax: str, command: str) -> None:
+        observer = self.server.policy.observer
+        if observer is not None:
+            notify(self.log, observer.refused, self.info, abstract_syntax, command)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)

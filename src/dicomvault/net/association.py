@@ -172,6 +172,10 @@ class Association(UpperLayer):
             self._incoming = None
             self._data_set_received(incoming)
 
+    def refused(self, abstract_syntax: str, command: str) -> None:
+        """A request was answered 0x0124 Refused: Not Authorized (PS3.7 C.5). Nothing
+        here; the acceptor tells its observer (the audit trail)."""
+
     def _sink_failed(self, incoming: Incoming, exc: Exception) -> None:
         self.log.warning("assoc=%s handler failed: %r", self.info.id, exc)
         if incoming.sink is not None:
@@ -215,6 +219,7 @@ class Association(UpperLayer):
             status = DimseStatus(
                 STATUS_NOT_AUTHORIZED, f"{self.info.calling_ae_title} may not use this service"
             )
+            self.refused(context.abstract_syntax, incoming.name)
         elif field == c.C_ECHO_RQ and self.registry.verification:
             status = SUCCESS
         elif field == c.C_STORE_RQ:

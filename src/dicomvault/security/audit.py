@@ -63,6 +63,8 @@ INSTANCES_ACCESSED: Final = _dcm("110103", "DICOM Instances Accessed")
 INSTANCES_TRANSFERRED: Final = _dcm("110104", "DICOM Instances Transferred")
 STUDY_DELETED: Final = _dcm("110105", "DICOM Study Deleted")
 EXPORT: Final = _dcm("110106", "Export")
+DATA_IMPORT: Final = _dcm("110107", "Import")
+PROCEDURE_RECORD: Final = _dcm("110111", "Procedure Record")
 QUERY: Final = _dcm("110112", "Query")
 SECURITY_ALERT: Final = _dcm("110113", "Security Alert")
 USER_AUTHENTICATION: Final = _dcm("110114", "User Authentication")
@@ -505,7 +507,7 @@ def instances_transferred(
     outcome_description: str | None = None,
     when: datetime | None = None,
 ) -> AuditMessage:
-    """DICOM Instances Transferred (PS3.15 A.5.3.4): 110104; action C (Create) when we
+    """DICOM Instances Transferred (PS3.15 A.5.3.7): 110104; action C (Create) when we
     received and stored them (C-STORE, STOW-RS), R (Read) when we sent them (C-MOVE,
     C-GET, WADO-RS); U when an existing instance was replaced."""
     return AuditMessage(
@@ -530,7 +532,7 @@ def instances_accessed(
     outcome: int = SUCCESS,
     when: datetime | None = None,
 ) -> AuditMessage:
-    """DICOM Instances Accessed (PS3.15 A.5.3.2): 110103; instances read without being
+    """DICOM Instances Accessed (PS3.15 A.5.3.6): 110103; instances read without being
     transferred as DICOM objects (WADO-RS metadata, rendered images)."""
     return AuditMessage(
         event_id=INSTANCES_ACCESSED,
@@ -553,7 +555,7 @@ def study_deleted(
     outcome_description: str | None = None,
     when: datetime | None = None,
 ) -> AuditMessage:
-    """DICOM Study Deleted (PS3.15 A.5.3.5): 110105, action D; the study (or the part
+    """DICOM Study Deleted (PS3.15 A.5.3.8): 110105, action D; the study (or the part
     of it that went) and its patient."""
     return AuditMessage(
         event_id=STUDY_DELETED,
@@ -577,7 +579,7 @@ def export(
     outcome: int = SUCCESS,
     when: datetime | None = None,
 ) -> AuditMessage:
-    """Export (PS3.15 A.5.3.6): 110106, action R; ``media`` is the destination
+    """Export (PS3.15 A.5.3.4): 110106, action R; ``media`` is the destination
     (role 110152) such as a directory or a remote that is not a DICOM node."""
     return AuditMessage(
         event_id=EXPORT,
@@ -587,6 +589,65 @@ def export(
         participants=(exporter, media),
         source=source,
         objects=_studies(studies, patients),
+    )
+
+
+def data_import(
+    source: AuditSource,
+    importer: ActiveParticipant,
+    media: ActiveParticipant,
+    studies: Mapping[str, Mapping[str, int]],
+    patients: Mapping[str, str],
+    *,
+    outcome: int = SUCCESS,
+    outcome_description: str | None = None,
+    when: datetime | None = None,
+) -> AuditMessage:
+    """Data Import (PS3.15 A.5.3.5 of the current edition; "Import" 110107), action C:
+    ``importer`` is who imported (role 110152 Destination), ``media`` where the data came
+    from (role 110153 Source: a folder, a DICOMDIR's media)."""
+    return AuditMessage(
+        event_id=DATA_IMPORT,
+        action="C",
+        outcome=outcome,
+        time=_now(when),
+        participants=(importer, media),
+        source=source,
+        objects=_studies(studies, patients),
+        outcome_description=outcome_description,
+    )
+
+
+def procedure_record(
+    source: AuditSource,
+    participants: Sequence[ActiveParticipant],
+    *,
+    action: ActionCode,
+    patient_id: str,
+    study_uid: str | None = None,
+    accession: str | None = None,
+    outcome: int = SUCCESS,
+    outcome_description: str | None = None,
+    when: datetime | None = None,
+) -> AuditMessage:
+    """Procedure Record (PS3.15 A.5.3.15 in the 2024/2025 editions): 110111, a worklist
+    item or a performed procedure step created (C), updated (U), read (R) or deleted
+    (D). One or two participants (the person and / or the process); the study (ID type
+    110180, with its Accession Number) when known; exactly ONE patient, as the standard
+    asks ("only information about a single patient")."""
+    objects: list[ParticipantObject] = []
+    if study_uid:
+        objects.append(study_object(study_uid, accessions=(accession,) if accession else ()))
+    objects.append(patient_object(patient_id or "-"))
+    return AuditMessage(
+        event_id=PROCEDURE_RECORD,
+        action=action,
+        outcome=outcome,
+        time=_now(when),
+        participants=tuple(participants),
+        source=source,
+        objects=tuple(objects),
+        outcome_description=outcome_description,
     )
 
 

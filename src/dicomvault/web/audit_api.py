@@ -155,7 +155,7 @@ def audit_deleted(
     report: DeletionReport,
     subjects: dict[str, tuple[str, str]],
 ) -> None:
-    """DICOM Study Deleted (PS3.15 A.5.3.5) per study the deletion touched."""
+    """DICOM Study Deleted (PS3.15 A.5.3.8) per study the deletion touched."""
     user, host = requester(request.scope)
     studies = dict.fromkeys([*subjects, *report.study_instance_uids])
     known = dict(subjects)

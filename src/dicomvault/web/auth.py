@@ -42,7 +42,7 @@ from collections.abc import Sequence
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from dicomvault.archive import Archive, users
+from dicomvault.archive import Archive, audit, users
 from dicomvault.archive.users import TOKEN_PREFIX, AuthFailed, Principal
 from dicomvault.security.jwt import (
     JwksUnavailable,
@@ -129,6 +129,11 @@ ROUTE_PERMISSIONS: dict[tuple[str, str], str] = {
     ("GET", "/api/deletions"): "delete",
     # audit trail (web/audit_api.py, PS3.15 A.5)
     ("GET", "/api/audit"): "admin",
+    # remote AEs managed at run time (web/remotes_api.py, issue 7 part 2)
+    ("GET", "/api/remotes"): "admin",
+    ("GET", "/api/remotes/{name}"): "admin",
+    ("PUT", "/api/remotes/{name}"): "admin",
+    ("DELETE", "/api/remotes/{name}"): "admin",
 }
 
 PUBLIC_PATHS = frozenset(path for (_, path), perm in ROUTE_PERMISSIONS.items() if perm == PUBLIC)
@@ -367,6 +372,14 @@ class _Guarded:
         if not isinstance(auth, Principal):  # never authenticated: fail closed
             response = problem_response(401, "no credentials", {"WWW-Authenticate": CHALLENGE})
         elif permission is None or not auth.may(permission):
+            app = scope.get("app")
+            if app is not None:  # Security Alert, Use of Restricted Function (PS3.15 A.5.3.11)
+                client = scope.get("client")
+                audit.restricted_function(
+                    app.state.archive, user=auth.name, host=str(client[0]) if client else None,
+                    function=f"{method} {scope.get('path', self.template)}",
+                    description=f"HTTP 403: role {auth.role} lacks {permission or method}",
+                )  # fmt: skip
             response = problem_response(
                 403,
                 f"user {auth.name!r} (role {auth.role}) may not {permission or method} here",

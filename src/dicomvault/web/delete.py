@@ -64,7 +64,7 @@ async def run_deletion(
             return await blocking(deletion.plan, selection)
         subjects = await subjects_before_deleting(request, selection)
         report = await blocking(deletion.delete, selection, force=force)
-        audit_deleted(request, selection, report, subjects)  # PS3.15 A.5.3.5
+        audit_deleted(request, selection, report, subjects)  # PS3.15 A.5.3.8
         return report
     except Protected as exc:
         raise HTTPProblem(409, str(exc)) from None

@@ -177,7 +177,7 @@ async def retrieve_instances(request: Request) -> Response:
     cached = not_modified(request, etag)
     if cached is not None:
         return cached
-    audit_retrieve(request, instances)  # Instances Transferred, per study (PS3.15 A.5.3.4)
+    audit_retrieve(request, instances)  # Instances Transferred, per study (PS3.15 A.5.3.7)
     boundary = new_boundary()
     params = {} if syntax == ANY else {"transfer_syntax": syntax}
     as_stored = all(syntax in (ANY, i.transfer_syntax_uid) for i in instances)
@@ -362,7 +362,7 @@ async def retrieve_metadata(request: Request) -> Response:
     cached = not_modified(request, etag)
     if cached is not None:
         return cached
-    audit_retrieve(request, [i for i, _ in found], accessed=True)  # PS3.15 A.5.3.2
+    audit_retrieve(request, [i for i, _ in found], accessed=True)  # PS3.15 A.5.3.6
     escaped = json.dumps(base)[1:-1]
     parts = []
     for instance, text in found:

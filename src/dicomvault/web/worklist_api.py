@@ -28,7 +28,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from dicomvault.archive import worklist
+from dicomvault.archive import audit, worklist
+from dicomvault.security.audit import ActionCode
+from dicomvault.web.audit_api import requester
 from dicomvault.web.common import archive_of, blocking, settings_of
 from dicomvault.web.errors import HTTPProblem
 
@@ -37,6 +39,9 @@ log = logging.getLogger("dicomvault.http")
 #: Where the worklist API lives (not under /dicom-web: it is not a DICOMweb service).
 WORKLIST_ROOT = "/api/worklist"
 MAX_LIMIT = 10000
+#: The SOP class a worklist read is audited under (PS3.15 A.5.3.10): Modality Worklist
+#: Information Model - FIND (PS3.4 K.6.1.2); web/ does not import net/.
+MODALITY_WORKLIST_FIND = "1.2.840.10008.5.1.4.31"
 
 
 def _problem(exc: worklist.WorklistError) -> HTTPProblem:
@@ -100,7 +105,9 @@ async def list_items(request: Request) -> Response:
             worklist.list_items, archive_of(request), limit=_limit(request), **filters
         )
     except worklist.WorklistError as exc:
+        _audit_query(request, str(exc))
         raise _problem(exc) from None
+    _audit_query(request)  # Query (PS3.15 A.5.3.10), queued
     return JSONResponse([item.to_json() for item in items])
 
 
@@ -111,6 +118,7 @@ async def add_item(request: Request) -> Response:
         item = await blocking(worklist.add_item, archive_of(request), body)
     except worklist.WorklistError as exc:
         raise _problem(exc) from None
+    _audit_item(request, item, "C", "added")
     log.info("worklist item %s added (patient %s)", item.id, item.patient_id)
     return JSONResponse(
         item.to_json(), status_code=201, headers={"Location": f"{WORKLIST_ROOT}/{item.id}"}
@@ -121,6 +129,7 @@ async def get_item(request: Request) -> Response:
     """One worklist item; 404 when unknown."""
     item_id: str = request.path_params["item_id"]
     item = await blocking(worklist.get_item, archive_of(request), item_id)
+    _audit_item(request, item, "R", "read")
     return JSONResponse(item.to_json())
 
 
@@ -132,6 +141,7 @@ async def update_item(request: Request) -> Response:
         item = await blocking(worklist.update_item, archive_of(request), item_id, body)
     except worklist.WorklistError as exc:
         raise _problem(exc) from None
+    _audit_item(request, item, "U", "updated")
     log.info("worklist item %s updated", item.id)
     return JSONResponse(item.to_json())
 
@@ -143,8 +153,31 @@ async def cancel_item(request: Request) -> Response:
         item = await blocking(worklist.cancel_item, archive_of(request), item_id)
     except worklist.WorklistError as exc:
         raise _problem(exc) from None
+    _audit_item(request, item, "U", "cancelled")
     log.info("worklist item %s cancelled", item.id)
     return JSONResponse(item.to_json())
+
+
+def _audit_query(request: Request, failure: str | None = None) -> None:
+    """Query (PS3.15 A.5.3.10) for ``GET /api/worklist``: the path and query string,
+    under the Modality Worklist FIND SOP class."""
+    user, host = requester(request.scope)
+    text = request.url.path + ("?" + request.url.query if request.url.query else "")
+    audit.queried(
+        archive_of(request), user, host, MODALITY_WORKLIST_FIND, text.encode(), failure=failure
+    )
+
+
+def _audit_item(
+    request: Request, item: worklist.WorklistItem, action: ActionCode, what: str
+) -> None:
+    """Procedure Record (PS3.15 A.5.3.15) for one item read or changed over HTTP."""
+    user, host = requester(request.scope)
+    audit.procedure_record(
+        archive_of(request), action=action, user=user, host=host,
+        patient_id=item.patient_id, study_uid=item.study_instance_uid,
+        accession=item.accession_number, description=f"worklist item {item.id} {what}",
+    )  # fmt: skip
 
 
 def routes() -> list[BaseRoute]:
