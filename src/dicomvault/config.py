@@ -126,7 +126,8 @@ class RemoteAE(_Section):
     ae_title: str
     host: str
     port: int = Field(ge=1, le=65535)
-    #: Associate with this AE over TLS (PS3.15 B.12) as an SCU, and expect it to.
+    #: Associate with this AE over TLS (PS3.15 B.12) as an SCU, and recognize it only
+    #: when it calls the DICOM over TLS port.
     tls: bool = False
     #: The services this AE may use when it calls us.
     permissions: list[Permission] = Field(default_factory=lambda: list(ALL_PERMISSIONS))

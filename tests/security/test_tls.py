@@ -378,3 +378,43 @@ def test_c_move_sub_association_over_tls(
         thread.close()
         source.close()
     assert tls_server.archive.stats().instances == 1
+
+
+@pytest.mark.dcmtk
+def test_a_tls_remote_must_call_over_tls(tmp_path: Path, certs: DevCerts) -> None:
+    """A ``[remotes]`` entry with ``tls = true`` is recognized on the TLS port only: over
+    plain TCP its AE title is refused (A-ASSOCIATE-RJ 1/1/3), so the title alone does not
+    carry its rights (PS3.15 B.12)."""
+    settings = tls_settings(tmp_path, certs)
+    settings.security.trust_loopback = False
+    settings.security.unknown_ae_permissions = []
+    settings.remotes["ct"] = RemoteAE(ae_title="CT1", host="127.0.0.1", port=104, tls=True)
+    archive = Archive.open(settings)
+    context = server_context(settings.tls)
+    plain_sock = socket.socket()
+    plain_sock.bind(("127.0.0.1", 0))
+    plain_sock.listen(16)
+    plain_sock.setblocking(False)
+    plain_port = plain_sock.getsockname()[1]
+
+    async def make(sock: socket.socket, ready: asyncio.Event, stop: asyncio.Event) -> None:
+        both = asyncio.Event()
+        await asyncio.gather(
+            serve_dicom(archive, settings, ready=ready, stop=stop, sock=sock, ssl=context),
+            serve_dicom(archive, settings, ready=both, stop=stop, sock=plain_sock),
+        )
+
+    thread = ServerThread(make).start()
+    try:
+        over_tls = dcmtk(
+            "echoscu", *dcmtk_tls(certs), "-aet", "CT1", "-aec", "DICOMVAULT", "localhost",
+            str(thread.port),
+        )  # fmt: skip
+        assert over_tls.returncode == 0, over_tls.stderr
+        plain = dcmtk("echoscu", "-aet", "CT1", "-aec", "DICOMVAULT", "127.0.0.1", str(plain_port))
+        assert plain.returncode != 0
+        assert "Calling AE Title Not Recognized" in plain.stdout + plain.stderr
+    finally:
+        thread.close()
+        archive.close()
+        plain_sock.close()

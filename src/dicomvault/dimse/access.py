@@ -11,7 +11,8 @@ acceptor, see :func:`dicomvault.dimse.server.policy_from_settings`):
    :func:`dicomvault.archive.remotes.effective_remotes`). An entry with ``check_host``
    only counts when the peer's address is ``host`` or one of ``hosts`` (names are
    resolved with ``getaddrinfo`` once per association, off the event loop).
-   A known AE gets its ``permissions``.
+   A known AE gets its ``permissions`` — an entry with ``tls = true`` only on the DICOM
+   over TLS listener: over plain TCP its title is not recognized (PS3.15 B.12).
 3. A calling AE no entry names gets ``security.unknown_ae_permissions``; when that list is
    empty, or a known AE calls from a host that does not match, the association is
    rejected: A-ASSOCIATE-RJ rejected-permanent, source service-user, reason 3 "calling
@@ -210,8 +211,13 @@ class AccessControl:
         settings: Settings,
         users: UserCheck | None = None,
         remotes: Callable[[], Mapping[str, RemoteAE]] | None = None,
+        *,
+        secure: bool = False,
     ) -> None:
         self.trust_loopback = settings.security.trust_loopback
+        #: The listener speaks DICOM over TLS (PS3.15 B.12): remote AEs configured with
+        #: ``tls = true`` are only recognized on such a listener.
+        self.secure = secure
         self.unknown = frozenset(settings.security.unknown_ae_permissions)
         self.identity_required = settings.security.user_identity == "required"
         #: Username and passcode check (``None``: no user store, every passcode fails).
@@ -221,9 +227,7 @@ class AccessControl:
         #: The remote AEs now: ``[remotes.NAME]`` plus those managed over HTTP
         #: (:func:`dicomvault.archive.remotes.effective_remotes`, cached there for a
         #: few seconds); the file's alone when not given.
-        self.remotes: Callable[[], Mapping[str, RemoteAE]] = remotes or (
-            lambda: settings.remotes
-        )
+        self.remotes: Callable[[], Mapping[str, RemoteAE]] = remotes or (lambda: settings.remotes)
         self._remotes_seen: Mapping[str, RemoteAE] | None = None
         self.by_title: dict[str, list[tuple[str, RemoteAE]]] = {}
         self._titles()
@@ -355,13 +359,38 @@ class AccessControl:
             return Grant(self.unknown, "unknown AE")
         for name, remote in entries:
             if not remote.check_host:
-                return Grant(frozenset(remote.permissions), f"remote {name}")
+                return self._grant(info, name, remote)
         peer = _address(info.peer_host)
         names = [h for _, r in entries for h in _hosts(r) if _address(h) is None]
         decided = self._match(entries, peer, {})
         if decided is not None or not names or peer is None:
-            return decided if decided is not None else self._mismatch(info, entries)
+            return (
+                self._chosen(info, decided)
+                if decided is not None
+                else self._mismatch(info, entries)
+            )
         return self._match_resolved(info, entries, peer, names)
+
+    def _grant(self, info: AssociationInfo, name: str, remote: RemoteAE) -> Grant | None:
+        """The permissions of the ``[remotes]`` entry the association matched — unless the
+        entry says ``tls = true`` and the association came over plain TCP: an AE the
+        archive must talk to over TLS must also call it over TLS (PS3.15 B.12), or its
+        AE title alone would let anyone on the network take its rights."""
+        if remote.tls and not self.secure:
+            log.warning(
+                "assoc=%s calling AE %r from %s:%d rejected: [remotes.%s] has tls = true, "
+                "so it must call the DICOM over TLS port (tls.dicom_port)",
+                info.id,
+                info.calling_ae_title.strip(),
+                info.peer_host,
+                info.peer_port,
+                name,
+            )
+            return None
+        return Grant(frozenset(remote.permissions), f"remote {name}")
+
+    def _chosen(self, info: AssociationInfo, chosen: tuple[str, RemoteAE] | None) -> Grant | None:
+        return None if chosen is None else self._grant(info, *chosen)
 
     async def _match_resolved(
         self,
@@ -371,23 +400,23 @@ class AccessControl:
         names: list[str],
     ) -> Grant | None:
         decided = self._match(entries, peer, await _resolve(names))
-        return decided if decided is not None else self._mismatch(info, entries)
+        return self._chosen(info, decided) if decided is not None else self._mismatch(info, entries)
 
     @staticmethod
     def _match(
         entries: list[tuple[str, RemoteAE]],
         peer: _Address | None,
         resolved: dict[str, set[_Address]],
-    ) -> Grant | None:
-        """The grant of the first entry whose ``host``/``hosts`` (addresses, or names
-        in ``resolved``) include the peer's address, else ``None``."""
+    ) -> tuple[str, RemoteAE] | None:
+        """The first entry whose ``host``/``hosts`` (addresses, or names in ``resolved``)
+        include the peer's address, else ``None``."""
         if peer is None:
             return None
         for name, remote in entries:
             for host in _hosts(remote):
                 literal = _address(host)
                 if literal == peer or (literal is None and peer in resolved.get(host, ())):
-                    return Grant(frozenset(remote.permissions), f"remote {name}")
+                    return name, remote
         return None
 
     @staticmethod

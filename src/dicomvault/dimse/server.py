@@ -98,6 +98,8 @@ def policy_from_settings(
     users: UserCheck | None = None,
     observer: AuditObserver | None = None,
     remotes: Callable[[], Mapping[str, RemoteAE]] | None = None,
+    *,
+    secure: bool = False,
 ) -> AcceptorPolicy:
     """The acceptor policy of the ``[dicom]``, ``[security]`` and ``[remotes]`` sections.
 
@@ -108,11 +110,12 @@ def policy_from_settings(
     ``[remotes]`` and ``[security]`` say. The called AE title is checked before both
     (``dicom.check_called_ae``, RJ 1/1/7). ``users`` checks the username and passcode of
     User Identity Negotiation (PS3.7 D.3.3.7, ``security.user_identity``). ``remotes``
-    gives the remote AEs now (default: ``[remotes]`` of the file only).
+    gives the remote AEs now (default: ``[remotes]`` of the file only). ``secure``: the
+    listener speaks DICOM over TLS (remote AEs with ``tls = true`` are refused elsewhere).
     """
     dicom = settings.dicom
     allowed = frozenset(title.strip() for title in dicom.allowed_calling_aes)
-    access = AccessControl(settings, users, remotes)
+    access = AccessControl(settings, users, remotes, secure=secure)
     if observer is not None:
         access.on_identity = observer.identity  # User Authentication, PS3.15 A.5.3.12
     return AcceptorPolicy(
@@ -197,6 +200,7 @@ async def serve_dicom(
             _user_check(archive),
             AuditObserver(archive),
             remotes=lambda: effective_remotes(archive),
+            secure=ssl is not None,
         ),
         host=settings.dicom.host,
         port=settings.dicom.port,
