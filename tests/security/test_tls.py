@@ -7,6 +7,7 @@ import asyncio
 import ipaddress
 import logging
 import os
+import signal
 import socket
 import ssl
 import stat
@@ -418,3 +419,56 @@ def test_a_tls_remote_must_call_over_tls(tmp_path: Path, certs: DevCerts) -> Non
         thread.close()
         archive.close()
         plain_sock.close()
+
+
+def _served_serial(port: int) -> int:
+    """The serial number of the certificate a TLS server presents (no verification)."""
+    probe = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    probe.check_hostname = False
+    probe.verify_mode = ssl.CERT_NONE
+    with (
+        socket.create_connection(("127.0.0.1", port), timeout=10) as raw,
+        probe.wrap_socket(raw) as tls,
+    ):
+        der = tls.getpeercert(binary_form=True)
+    assert der is not None
+    return x509.load_der_x509_certificate(der).serial_number
+
+
+@pytest.mark.dcmtk
+def test_sighup_reloads_the_certificates(tmp_path: Path) -> None:
+    """``kill -HUP``: renewed certificates are served to new connections without a
+    restart; broken files leave the loaded ones in use (and say why)."""
+    from tests.core.test_serve import Server, free_port
+
+    first = make_dev_certs(tmp_path / "first")
+    live = tmp_path / "live"
+    live.mkdir()
+    cert, key, ca = live / "server.pem", live / "server-key.pem", live / "ca.pem"
+    cert.write_bytes(first.server_certificate.read_bytes())
+    key.write_bytes(first.server_key.read_bytes())
+    ca.write_bytes(first.ca_certificate.read_bytes())
+    tls_port = free_port()
+    config = tmp_path / "dv.toml"
+    config.write_text(
+        f'[tls]\nenabled = true\ndicom_port = {tls_port}\ncertificate = "{cert}"\n'
+        f'private_key = "{key}"\nca_certificates = "{ca}"\nclient_certificates = "optional"\n'
+    )
+    server = Server(tmp_path / "data", "--config", str(config))
+    try:
+        before = _served_serial(tls_port)
+        second = make_dev_certs(tmp_path / "second")
+        cert.write_bytes(second.server_certificate.read_bytes())
+        key.write_bytes(second.server_key.read_bytes())
+        ca.write_bytes(second.ca_certificate.read_bytes())
+        server.proc.send_signal(signal.SIGHUP)
+        server.wait_for_log("TLS certificate, key and CA bundle reloaded", timeout=20)
+        after = _served_serial(tls_port)
+        assert after != before
+        assert after == x509.load_pem_x509_certificate(cert.read_bytes()).serial_number
+        key.write_text("not a key")  # broken: the loaded certificate stays
+        server.proc.send_signal(signal.SIGHUP)
+        server.wait_for_log("TLS files not reloaded", timeout=20)
+        assert _served_serial(tls_port) == after
+    finally:
+        assert server.stop() == 0

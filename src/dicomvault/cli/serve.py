@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import multiprocessing
 import os
@@ -26,7 +27,8 @@ from dicomvault.cli.services import background_services
 from dicomvault.config import Settings
 from dicomvault.dimse.server import serve_dicom
 from dicomvault.index import Index
-from dicomvault.security.tls import server_context
+from dicomvault.model.errors import ConfigError
+from dicomvault.security.tls import reload_server_contexts, server_context
 from dicomvault.web.auth import is_loopback
 from dicomvault.web.http import refuse_if_exposed, serve_http
 
@@ -81,9 +83,31 @@ def _run_one(
     loop = _new_loop()
     stop = asyncio.Event()
 
+    def reload_tls() -> None:
+        """SIGHUP: serve renewed TLS certificates to new connections, no restart."""
+        try:
+            count = reload_server_contexts()
+        except ConfigError as exc:
+            log.error("worker %d: TLS files not reloaded, the loaded ones stay: %s", worker, exc)
+            return
+        log.info("worker %d: TLS certificate, key and CA bundle reloaded (%d)", worker, count)
+        if count:  # a Security Alert, Software Configuration (PS3.15 A.5.3.11)
+            loop.run_in_executor(
+                None,
+                functools.partial(
+                    audit.configuration_changed,
+                    settings,
+                    archive.index,
+                    user=_launcher() or "dicomvault",
+                    subject="tls",
+                    description="TLS certificate, key and CA bundle reloaded (SIGHUP)",
+                ),
+            )
+
     async def main() -> None:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(signal.SIGHUP, reload_tls)
         dimse_ready = asyncio.Event()
         http_ready = asyncio.Event()
         tls_ready = asyncio.Event()
@@ -287,6 +311,7 @@ def serve_command(
 
         signal.signal(signal.SIGTERM, forward)
         signal.signal(signal.SIGINT, forward)
+        signal.signal(signal.SIGHUP, forward)  # TLS reload in every worker
         for proc in procs:
             proc.join()
         return max((proc.exitcode or 0) for proc in procs)

@@ -21,6 +21,7 @@ against ``tls.ca_certificates`` (the system's CAs when unset) and presents our c
 from __future__ import annotations
 
 import ssl
+import weakref
 from pathlib import Path
 from typing import Protocol
 
@@ -139,7 +140,49 @@ def server_context(tls: TlsFiles) -> ssl.SSLContext:
         )
     else:
         ctx.verify_mode = ssl.CERT_NONE
+    _SERVING[ctx] = tls
     return ctx
+
+
+#: Every live server context with the settings it was made from, for
+#: :func:`reload_server_contexts` (weak: a closed listener's context goes).
+_SERVING: weakref.WeakKeyDictionary[ssl.SSLContext, TlsFiles] = weakref.WeakKeyDictionary()
+
+
+def reload_server_contexts() -> int:
+    """Load the certificate, private key and CA bundle again into every live server
+    context (``dicomvault serve`` does it on SIGHUP): renewed certificates are served to
+    new connections at once, without a restart; connections already open keep theirs.
+    CA certificates are added to those already trusted (OpenSSL cannot drop one from a
+    live context: removing a CA needs a restart).
+
+    Each context is checked first with a throw-away context made from the same files, so
+    a broken file changes nothing.
+
+    Returns
+    -------
+    int
+        How many contexts were reloaded.
+
+    Raises
+    ------
+    ConfigError
+        A file is unreadable or not PEM, or the key does not match the certificate (the
+        message names the setting); nothing was changed.
+    """
+    live = list(_SERVING.items())
+    for _, tls in live:
+        trial = _base(ssl.PROTOCOL_TLS_SERVER)
+        assert tls.certificate is not None and tls.private_key is not None
+        _load_chain(trial, tls.certificate, tls.private_key)
+        if tls.ca_certificates is not None:
+            _load_cas(trial, tls.ca_certificates)
+    for ctx, tls in live:
+        assert tls.certificate is not None and tls.private_key is not None
+        _load_chain(ctx, tls.certificate, tls.private_key)
+        if tls.ca_certificates is not None:
+            _load_cas(ctx, tls.ca_certificates)
+    return len(live)
 
 
 def client_context(tls: TlsFiles) -> ssl.SSLContext:
