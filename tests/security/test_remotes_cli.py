@@ -3,13 +3,21 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import socket
+import sys
 from pathlib import Path
 
 import pytest
 
-from dicomvault.archive import remotes
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "net"))
+
+from peers import ServerThread
+
+from dicomvault.archive import Archive, remotes
 from dicomvault.config import Settings, load_settings
+from dicomvault.dimse.server import serve_dicom
 from dicomvault.index import Index
 from dicomvault.model.errors import NotFound
 from tests.security.test_users import dv_here
@@ -108,3 +116,37 @@ def test_service_functions(tmp_path: Path, backend: str) -> None:
             remotes.get_remote(place, "ct1")
     finally:
         index.close()
+
+
+def test_scu_commands_know_the_remotes_of_the_index(tmp_path: Path) -> None:
+    """``echo NAME`` (and store/find/move/get/commit) find a remote added with
+    ``dicomvault remote add`` in the index of ``storage.path``, not only the file's."""
+    served = load_settings(
+        None,
+        {"storage": {"path": tmp_path / "served", "fsync": False},
+         "dicom": {"host": "127.0.0.1", "port": 0}},
+    )  # fmt: skip
+    archive = Archive.open(served)
+
+    async def make(sock: socket.socket, ready: asyncio.Event, stop: asyncio.Event) -> None:
+        await serve_dicom(archive, served, ready=ready, stop=stop, sock=sock)
+
+    thread = ServerThread(make).start()
+    try:
+        config = tmp_path / "client.toml"
+        config.write_text(f'[storage]\npath = "{tmp_path / "client"}"\n')
+        unknown = dv_here("echo", "pacs", "--config", config)
+        assert unknown.returncode == 2 and "neither AET@HOST:PORT nor a known remote" in (
+            unknown.stdout + unknown.stderr
+        )
+        added = dv_here(
+            "remote", "add", "pacs", "--ae-title", "DICOMVAULT", "--host", "127.0.0.1",
+            "--port", str(thread.port), "--config", config,
+        )  # fmt: skip
+        assert added.returncode == 0, added.stdout + added.stderr
+        echoed = dv_here("echo", "pacs", "--config", config)
+        assert echoed.returncode == 0, echoed.stdout + echoed.stderr
+        assert "success" in echoed.stdout
+    finally:
+        thread.close()
+        archive.close()

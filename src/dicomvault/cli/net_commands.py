@@ -14,9 +14,11 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from dicomvault.archive.remotes import get_remote
 from dicomvault.cli.common import load_cli_settings
-from dicomvault.config import Settings
-from dicomvault.model.errors import ConfigError
+from dicomvault.config import RemoteAE, Settings
+from dicomvault.index import Index
+from dicomvault.model.errors import ConfigError, DicomVaultError, NotFound
 from dicomvault.net import AssociationAborted, AssociationRejected, NetError, associate
 from dicomvault.net.sender import SendResult, collect_files, send_files
 from dicomvault.net.uids import VERIFICATION
@@ -28,8 +30,30 @@ _err = Console(stderr=True)
 _out = Console()
 
 
+def remote_named(name: str, settings: Settings) -> RemoteAE | None:
+    """The ``[remotes.NAME]`` entry of the file, else one managed over the admin API
+    (``/api/remotes``, ``dicomvault remote add``) in the index of ``storage.path`` /
+    ``index.url`` — read only, and only when that index exists."""
+    remote = settings.remotes.get(name)
+    if remote is not None:
+        return remote
+    if not settings.index.url and not (settings.storage.path / "index.sqlite3").exists():
+        return None
+    try:
+        index = Index.open(settings.index_url, create=False)
+    except DicomVaultError:  # outdated or unreachable: the file's remotes only
+        return None
+    try:
+        return get_remote((settings, index), name).remote
+    except NotFound:
+        return None
+    finally:
+        index.close()
+
+
 def resolve_target(target: str, settings: Settings) -> tuple[str, str, int]:
-    """``AET@HOST:PORT`` or the name of a ``[remotes.NAME]`` entry -> (AE title, host, port)."""
+    """``AET@HOST:PORT`` or the name of a remote AE (:func:`remote_named`) -> (AE title,
+    host, port)."""
     match = _TARGET.match(target)
     if match:
         host = match["host"].strip("[]")
@@ -37,7 +61,7 @@ def resolve_target(target: str, settings: Settings) -> tuple[str, str, int]:
         if not 1 <= port <= 65535:
             raise click.BadParameter(f"port {port} is out of range", param_hint="TARGET")
         return match["aet"].strip(), host, port
-    remote = settings.remotes.get(target)
+    remote = remote_named(target, settings)
     if remote is None:
         known = ", ".join(sorted(settings.remotes)) or "none configured"
         raise click.BadParameter(
@@ -55,7 +79,7 @@ def target_tls(target: str, settings: Settings, tls: bool) -> ssl.SSLContext | N
     ``tls.ca_certificates`` and we present ``tls.certificate`` / ``tls.private_key``.
     A TLS file that cannot be used is a message naming it and exit 2.
     """
-    remote = None if _TARGET.match(target) else settings.remotes.get(target)
+    remote = None if _TARGET.match(target) else remote_named(target, settings)
     if not tls and (remote is None or not remote.tls):
         return None
     try:
