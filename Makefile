@@ -25,12 +25,14 @@ serve: $(RUN_STAMP)
 	$(VENV)/bin/dicomvault serve $(ARGS)
 
 ## tools: the external peers the tests and benchmarks talk to (DCMTK, openssl s_client,
-##        Orthanc for storage commitment interoperability), installed when absent
+##        Orthanc for storage commitment interoperability, dicom3tools' dciodvfy for
+##        checking de-identified output), installed when absent
 tools:
-	@if [ ! -x /usr/bin/storescu ] || [ ! -x /usr/bin/openssl ] || [ ! -x /usr/sbin/Orthanc ]; then \
-	  echo "installing DCMTK, OpenSSL and Orthanc (apt)"; \
+	@if [ ! -x /usr/bin/storescu ] || [ ! -x /usr/bin/openssl ] || [ ! -x /usr/sbin/Orthanc ] \
+	    || [ ! -x /usr/bin/dciodvfy ]; then \
+	  echo "installing DCMTK, OpenSSL, Orthanc and dicom3tools (apt)"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
-	    --no-install-recommends dcmtk openssl orthanc >/dev/null; \
+	    --no-install-recommends dcmtk openssl orthanc dicom3tools >/dev/null; \
 	fi
 
 ## test: install everything the tests need and run the whole suite
