@@ -650,14 +650,22 @@ def run(args: argparse.Namespace) -> Run:
     ensure_debian_package(STORESCU, "dcmtk")
     data = build_datasets(args)
     outcome = Run(labels={d.name: d.label for d in data}, rounds=args.repeat)
-    for dataset in data:
-        _warm_page_cache(dataset.paths)
-        print(f"== {dataset.label}", file=sys.stderr)
-        for round_number in range(args.repeat):
-            for name in args.only:
-                if name in outcome.unavailable:
-                    continue
-                with tempfile.TemporaryDirectory(prefix=f"bench-{name}-", dir=args.work_dir) as tmp:
+    # Every receiver's directory is kept until the whole run is over. Deleting one
+    # just before the next receiver starts made that receiver slower: on a filesystem
+    # without a journal (this machine's ext4), creating a file skips every inode of its
+    # block group deleted in the last minute, and after removing the previous
+    # receiver's thousands of files a create cost 0.14 ms instead of 0.04 ms.
+    with contextlib.ExitStack() as directories:
+        for dataset in data:
+            _warm_page_cache(dataset.paths)
+            print(f"== {dataset.label}", file=sys.stderr)
+            for round_number in range(args.repeat):
+                for name in args.only:
+                    if name in outcome.unavailable:
+                        continue
+                    tmp = directories.enter_context(
+                        tempfile.TemporaryDirectory(prefix=f"bench-{name}-", dir=args.work_dir)
+                    )
                     receiver = make_receiver(name, Path(tmp), storescp_fork=args.storescp_fork)
                     try:
                         result = measure(receiver, dataset, round_number)
@@ -665,8 +673,8 @@ def run(args: argparse.Namespace) -> Run:
                         print(f"{name}: not available ({exc})", file=sys.stderr)
                         outcome.unavailable[name] = str(exc)
                         continue
-                outcome.results.append(result)
-                print(f"   {format_row(result)}", file=sys.stderr)
+                    outcome.results.append(result)
+                    print(f"   {format_row(result)}", file=sys.stderr)
     return outcome
 
 

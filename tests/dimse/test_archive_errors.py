@@ -11,6 +11,7 @@ import pytest
 from peers import PYDICOM_TEST_FILES, ServerThread, data_set_bytes, dcmtk
 
 from dicomvault.archive import Archive
+from dicomvault.dimse.store import WRITE_BATCH
 from dicomvault.model.errors import NotFound
 from dicomvault.net import AssociationAborted, associate, contexts_for_files, read_file_info
 from dicomvault.net import commands as c
@@ -93,8 +94,8 @@ def test_abort_discards_partial_keeps_acknowledged(
                     c.AffectedSOPInstanceUID: mr.sop_instance_uid,
                 }
             )
-            # More than one spool batch (256 KiB), so a spool file exists when we abort.
-            partial = data_set_bytes(MR)[:2000] + bytes(400_000)
+            # More than one spool batch, so a spool file exists when we abort.
+            partial = data_set_bytes(MR)[:2000] + bytes(WRITE_BATCH + 150_000)
             assoc.send(encode_pdata_header(ctx.id, MCH_COMMAND | MCH_LAST, len(command)) + command)
             for pos in range(0, len(partial), 16384):
                 piece = partial[pos : pos + 16384]

@@ -30,7 +30,7 @@ from dicomvault.archive.retention import QuotaGauge
 from dicomvault.archive.writer import IndexWriter
 from dicomvault.config import Settings
 from dicomvault.dicom.kos import KEY_OBJECT_SELECTION_DOCUMENT, rejection_note
-from dicomvault.dicom.parse import ParsedInstance, parse_instance
+from dicomvault.dicom.parse import ParsedInstance, parse_instance, parse_instance_bytes
 from dicomvault.dicom.part10 import encode_file_meta, read_preamble_layout
 from dicomvault.index import Index, InsertOutcome, PendingInsert
 from dicomvault.model.errors import (
@@ -104,32 +104,42 @@ class Reception:
 
     def finish(self) -> StoreResult:
         """Validate, store durably, index; raises the typed errors of ``model.errors``."""
+        return self.finish_async().result()
+
+    def finish_async(self) -> Future[StoreResult]:
+        """:meth:`finish` up to the durable blob; the future completes on the index
+        writer's thread once the instance is indexed, so no thread waits for it."""
         if self._done:
             raise ValueError("reception already finished")
         self._done = True
         try:
             self._spool.flush()
             parsed = self._archive._parse(self._spool.path, strict_meta=True)
-            inst = parsed.record.instance
-            if inst.sop_instance_uid != self.sop_instance_uid:
-                raise UIDMismatch(
-                    f"Affected SOP Instance UID {self.sop_instance_uid} but the data set "
-                    f"has {inst.sop_instance_uid}"
-                )
-            if inst.sop_class_uid != self.sop_class_uid:
-                raise UIDMismatch(
-                    f"Affected SOP Class UID {self.sop_class_uid} but the data set "
-                    f"has {inst.sop_class_uid}"
-                )
+            _check_command_uids(parsed, self.sop_class_uid, self.sop_instance_uid)
         except BaseException:
             self._spool.discard()
             raise
-        return self._archive._complete(self._spool, parsed, self.source_ae)
+        return self._archive._complete_async(self._spool, parsed, self.source_ae)
 
     def abort(self) -> None:
         """Discard the partial instance (association aborted, error)."""
         self._done = True
         self._spool.discard()
+
+
+def _check_command_uids(parsed: ParsedInstance, sop_class_uid: str, sop_instance_uid: str) -> None:
+    """The C-STORE command's Affected SOP Class/Instance UIDs must be the data set's
+    (PS3.4 B.2.3: a mismatch is refused, status 0xA900)."""
+    inst = parsed.record.instance
+    if inst.sop_instance_uid != sop_instance_uid:
+        raise UIDMismatch(
+            f"Affected SOP Instance UID {sop_instance_uid} but the data set "
+            f"has {inst.sop_instance_uid}"
+        )
+    if inst.sop_class_uid != sop_class_uid:
+        raise UIDMismatch(
+            f"Affected SOP Class UID {sop_class_uid} but the data set has {inst.sop_class_uid}"
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -169,6 +179,9 @@ class Archive:
         # Concurrent first stores (STOW parts on pool threads, DIMSE associations) must
         # start one writer: two would race on inserting the same patient.
         self._writer_lock = threading.Lock()
+        #: Blobs whose directory entry is already durable (see :meth:`_complete_async`);
+        #: the writer skips their directory fsync. Set operations are atomic in CPython.
+        self._directory_durable: set[str] = set()
         self._lock_fd: int | None = None
         #: Deletion, IOCM rejection, protection (``archive/deletion.py``).
         self.deletion = DeletionService(self)
@@ -220,16 +233,19 @@ class Archive:
         if writer is None:
             with self._writer_lock:
                 if self._writer_instance is None:
-                    self._writer_instance = IndexWriter(
-                        self.index, before_commit=self._sync_blobs
-                    )
+                    self._writer_instance = IndexWriter(self.index, before_commit=self._sync_blobs)
                 writer = self._writer_instance
         return writer
 
     def _sync_blobs(self, items: list[PendingInsert]) -> None:
-        # Blob directory entries become durable here, once per batch and directory,
-        # before the index commit that makes them findable (DESIGN.md steps 3-4).
-        self.store.sync([item.blob.name for item in items])
+        # Blob directory entries become durable before the index commit that makes
+        # them findable (DESIGN.md steps 3-4): here, once per batch and directory, for
+        # blobs whose receiver did not already (import workers commit in chunks).
+        names = [item.blob.name for item in items]
+        durable = self._directory_durable
+        pending = [name for name in names if name not in durable]
+        durable.difference_update(names)
+        self.store.sync(pending)
 
     def close(self) -> None:
         if self._writer_instance is not None:
@@ -270,6 +286,41 @@ class Archive:
             transfer_syntax_uid=transfer_syntax_uid,
             source_ae=source_ae,
         )
+
+    def receive_buffered(
+        self,
+        *,
+        sop_class_uid: str,
+        sop_instance_uid: str,
+        transfer_syntax_uid: str,
+        dataset: bytes | bytearray,
+        source_ae: str | None = None,
+    ) -> Future[StoreResult]:
+        """Store one C-STORE data set that arrived whole in memory (PS3.4 B.2).
+
+        What :meth:`begin_receive` does for a stream, without reading the spool back:
+        the header is parsed and both digests are computed from the buffer, and the
+        file is written once. The future completes when the instance is indexed.
+        """
+        meta = encode_file_meta(
+            sop_class_uid, sop_instance_uid, transfer_syntax_uid, source_ae=source_ae
+        )
+        parsed = parse_instance_bytes(
+            meta + dataset,
+            name="the data set",
+            bulk_data_threshold=self.settings.index.bulk_data_threshold,
+            meta_mismatch="error",
+        )
+        _check_command_uids(parsed, sop_class_uid, sop_instance_uid)
+        spool = self.store.spool()  # hashes as it writes: the bytes are in memory anyway
+        try:
+            spool.write(meta)
+            spool.mark_dataset_start()
+            spool.write(dataset)
+        except BaseException:
+            spool.discard()
+            raise
+        return self._complete_async(spool, parsed, source_ae)
 
     def store_file(self, path: Path, *, source_ae: str | None = None) -> StoreResult:
         """Store a file from disk: Part 10, Part 10 without preamble, or a bare data set.
@@ -359,15 +410,27 @@ class Archive:
         self, spool: FileSpool, parsed: ParsedInstance, source_ae: str | None
     ) -> StoreResult:
         """Steps 3–5 of the life of an instance; consumes ``spool``."""
+        return self._complete_async(spool, parsed, source_ae).result()
+
+    def _complete_async(
+        self, spool: FileSpool, parsed: ParsedInstance, source_ae: str | None
+    ) -> Future[StoreResult]:
+        """Steps 3–4 here, step 5 on the index writer (the future completes there)."""
         check = self._check(spool, parsed, source_ae)
         if isinstance(check, StoreResult):
-            return check
+            done: Future[StoreResult] = Future()
+            done.set_result(check)
+            return done
         try:
-            name = spool.commit(sync_directory=False)  # the writer syncs per batch
+            # The directory entry is made durable here, in parallel with the other
+            # receptions, rather than by the index writer in front of its commit: on
+            # the writer it was a second device flush in series with every commit.
+            name = spool.commit(sync_directory=True)
         except BaseException:
             spool.discard()
             raise
-        return self.finalize(check.prepared(name))
+        self._directory_durable.add(name)
+        return self.finalize_async(check.prepared(name))
 
     def _check(
         self, spool: FileSpool, parsed: ParsedInstance, source_ae: str | None

@@ -174,17 +174,7 @@ class StreamedInstance:
         except BaseException:
             spool.discard()
             raise
-        check = archive._check(spool, parsed, self._source_ae)  # discards when it raises
-        if isinstance(check, StoreResult):
-            done: Future[StoreResult] = Future()
-            done.set_result(check)
-            return done
-        try:
-            name = spool.commit(sync_directory=False)  # the index writer syncs per batch
-        except BaseException:
-            spool.discard()
-            raise
-        return archive.finalize_async(check.prepared(name))
+        return archive._complete_async(spool, parsed, self._source_ae)
 
     def _with_meta(self, spool: FileSpool, parsed: ParsedInstance) -> FileSpool:
         """A new spool holding a File Meta Information (PS3.10 7.1) and then the bare

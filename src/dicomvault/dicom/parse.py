@@ -8,12 +8,13 @@ before it accepts an instance are made here and raise the typed errors of
 
 from __future__ import annotations
 
+import io
 import os
 import struct
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import BinaryIO, Literal
 
 from dicomvault.dicom.charset import DEFAULT_CHARSET
 from dicomvault.dicom.dicomjson import dataset_json, item_charset
@@ -123,30 +124,37 @@ def _read(
 ) -> tuple[FileMeta, str, bool, DataSet]:
     with open(path, "rb", buffering=0) as fp:
         size = os.fstat(fp.fileno()).st_size
-        head = fp.read(HEAD_SIZE)
-        meta = read_file_meta(head)
-        if meta.media_storage_sop_class_uid == MEDIA_STORAGE_DIRECTORY:
-            raise InvalidInstance(f"{path.name} is a DICOMDIR (media index), not an instance")
-        ts, implicit, little, deflated = _encoding(meta, head, warnings)
-        offset = meta.dataset_offset
-        reader = Reader(
-            fp,
-            offset,
-            size,
-            initial=b"" if deflated else head[offset:],
-            deflated=deflated,
-            bulk_threshold=bulk_data_threshold,
-        )
-        try:
-            ds, _ = reader.read_dataset(offset, None, implicit, little)
-            reader.check_complete()
-        except RecursionError:
-            raise CannotParse("malformed: sequences nested too deeply") from None
-        except zlib.error as exc:
-            raise CannotParse(f"malformed deflated data set: {exc}") from None
-        except struct.error as exc:  # pragma: no cover - the reader checks lengths first
-            raise CannotParse(f"malformed data element: {exc}") from None
-        warnings.extend(reader.warnings)
+        return _read_from(fp, size, path.name, bulk_data_threshold, warnings)
+
+
+def _read_from(
+    fp: BinaryIO, size: int, name: str, bulk_data_threshold: int, warnings: list[str]
+) -> tuple[FileMeta, str, bool, DataSet]:
+    """Read the file meta and the header data set from ``fp`` (``size`` bytes long)."""
+    head = fp.read(HEAD_SIZE)
+    meta = read_file_meta(head)
+    if meta.media_storage_sop_class_uid == MEDIA_STORAGE_DIRECTORY:
+        raise InvalidInstance(f"{name} is a DICOMDIR (media index), not an instance")
+    ts, implicit, little, deflated = _encoding(meta, head, warnings)
+    offset = meta.dataset_offset
+    reader = Reader(
+        fp,
+        offset,
+        size,
+        initial=b"" if deflated else head[offset:],
+        deflated=deflated,
+        bulk_threshold=bulk_data_threshold,
+    )
+    try:
+        ds, _ = reader.read_dataset(offset, None, implicit, little)
+        reader.check_complete()
+    except RecursionError:
+        raise CannotParse("malformed: sequences nested too deeply") from None
+    except zlib.error as exc:
+        raise CannotParse(f"malformed deflated data set: {exc}") from None
+    except struct.error as exc:  # pragma: no cover - the reader checks lengths first
+        raise CannotParse(f"malformed data element: {exc}") from None
+    warnings.extend(reader.warnings)
     return meta, ts, little, ds
 
 
@@ -237,13 +245,42 @@ def parse_instance(
     """
     warnings: list[str] = []
     meta, ts, little, ds = _read(path, bulk_data_threshold, warnings)
+    return _parsed(path.name, meta, ts, little, ds, meta_mismatch, warnings)
+
+
+def parse_instance_bytes(
+    data: bytes | bytearray,
+    *,
+    name: str,
+    bulk_data_threshold: int = 1024,
+    meta_mismatch: MetaMismatch = "error",
+) -> ParsedInstance:
+    """:func:`parse_instance` of a Part 10 file held in memory (a small C-STORE, whole
+    in one buffer: no file is opened and read back). ``name`` is for messages only."""
+    warnings: list[str] = []
+    meta, ts, little, ds = _read_from(
+        io.BytesIO(data), len(data), name, bulk_data_threshold, warnings
+    )
+    return _parsed(name, meta, ts, little, ds, meta_mismatch, warnings)
+
+
+def _parsed(
+    name: str,
+    meta: FileMeta,
+    ts: str,
+    little: bool,
+    ds: DataSet,
+    meta_mismatch: MetaMismatch,
+    warnings: list[str],
+) -> ParsedInstance:
+    """The index record of a read header (:func:`parse_instance`'s second half)."""
     if DIRECTORY_RECORD_SEQUENCE in ds:
-        raise InvalidInstance(f"{path.name} is a DICOMDIR (media index), not an instance")
+        raise InvalidInstance(f"{name} is a DICOMDIR (media index), not an instance")
     charset = item_charset(ds, DEFAULT_CHARSET, [])
     f = Fields(ds, charset, little)
     uids = _checked_uids(f, meta, meta_mismatch, warnings)
     if uids[SOP_CLASS_UID] == MEDIA_STORAGE_DIRECTORY:
-        raise InvalidInstance(f"{path.name} is a DICOMDIR (media index), not an instance")
+        raise InvalidInstance(f"{name} is a DICOMDIR (media index), not an instance")
     try:
         metadata_json = dataset_json(ds, DEFAULT_CHARSET, little, warnings)
     except RecursionError:  # pragma: no cover - the reader limits the depth first

@@ -1,14 +1,16 @@
 """Storage SCP handler over the archive (PS3.4 B.2.2): stream in, finish off the loop.
 
 Fragments are collected in a bytearray and handed to ``Reception.write`` in batches of
-:data:`WRITE_BATCH` bytes (page-cache writes, cheap enough for the event loop);
-``Reception.finish`` parses, fsyncs and indexes, so it runs in the default executor.
+:data:`WRITE_BATCH` bytes (page-cache writes, cheap enough for the event loop); parsing
+and the fsyncs run in the default executor, and the index writer's commit completes the
+response's future directly (one thread hand-off fewer than an executor thread waiting).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from concurrent.futures import Future
 
 from dicomvault import metrics
 from dicomvault.archive import Archive, Reception
@@ -17,8 +19,11 @@ from dicomvault.dimse.status import status_for_error, status_for_result
 from dicomvault.model.records import StoreResult
 from dicomvault.net.handlers import DimseStatus, StoreRequest
 
-#: Bytes collected before a write to the spool file.
-WRITE_BATCH = 1 << 18
+#: Bytes collected before a write to the spool file. An instance up to this size (CT,
+#: MR, most ultrasound frames) never touches the file system on the event loop and is
+#: parsed and hashed from memory; a larger one streams. At most this much is buffered
+#: per association (64 MiB with the default 64 associations), whatever the size.
+WRITE_BATCH = 1 << 20
 
 log = logging.getLogger("dicomvault.dimse")
 
@@ -27,9 +32,10 @@ class ArchiveSink:
     """One instance being received into the archive.
 
     The reception (a spool file) is opened lazily: an instance smaller than
-    :data:`WRITE_BATCH` is opened, written and finished in one executor call, so the
-    event loop does no file system work for it; a larger one opens its reception on the
-    loop when the first batch is full and streams from then on (memory stays bounded).
+    :data:`WRITE_BATCH` is parsed from its buffer and written once in one executor call
+    (:meth:`Archive.receive_buffered`), so the event loop does no file system work for
+    it; a larger one opens its reception on the loop when the first batch is full and
+    streams from then on (memory stays bounded).
     """
 
     __slots__ = ("_archive", "_audit", "_buffer", "_failed", "_reception", "_request")
@@ -69,15 +75,24 @@ class ArchiveSink:
         except Exception as exc:  # disk full: keep reading, answer the failure at the end
             self._failed = exc
 
-    def _complete(self) -> StoreResult:
-        """Runs in the executor: (open, write the rest,) parse, fsync, index."""
+    def _complete(self) -> Future[StoreResult]:
+        """Runs in the executor: parse, check, make the blob durable; the returned future
+        completes on the index writer's thread after the commit (no thread waits)."""
         reception = self._reception
-        if reception is None:
-            reception = self._reception = self._open()
+        if reception is None:  # the whole data set is in the buffer: nothing to read back
+            request = self._request
+            buffer, self._buffer = self._buffer, bytearray()
+            return self._archive.receive_buffered(
+                sop_class_uid=request.sop_class_uid,
+                sop_instance_uid=request.sop_instance_uid,
+                transfer_syntax_uid=request.transfer_syntax_uid,
+                dataset=buffer,
+                source_ae=request.association.calling_ae_title,
+            )
         if self._buffer:
             buffer, self._buffer = self._buffer, bytearray()
             reception.write(buffer)
-        return reception.finish()
+        return reception.finish_async()
 
     async def finish(self) -> DimseStatus:
         request = self._request
@@ -87,7 +102,8 @@ class ArchiveSink:
             return status_for_error(self._failed)
         loop = asyncio.get_running_loop()
         try:
-            result = await loop.run_in_executor(None, self._complete)
+            indexed = await loop.run_in_executor(None, self._complete)
+            result = await asyncio.wrap_future(indexed, loop=loop)
         except Exception as exc:
             if self._reception is not None:
                 self._reception.abort()
