@@ -1,13 +1,14 @@
-"""Blobs as files: ``<root>/YYYYMMDD/HHMM/<uuid-hex>``, written durably.
+"""Blobs as files: ``<root>/YYYYMMDD/HHMM/<32 hex digits>``, written durably.
 
 Durable write (DESIGN.md, the life of an instance, step 3): spool to ``<root>/.tmp`` (the
 same filesystem, so the final step is an atomic rename) → fsync the file → rename →
-fsync the directory. Names are UUID4 hex chosen here, never a value from a data set
-(DCMTK CVE-2022-2119, pynetdicom #823). Directories are buckets of arrival time (UTC,
-one per minute): a directory holds what one minute brought (18,000 files at 300/s),
-a new one is made once a minute rather than once per blob as a hash fan-out would
-(measured here: creating fan-out directories doubled the cost of a durable write), and
-backups find new data by name.
+fsync the directory. Names are 128-bit hex chosen here (a random per-process prefix
+and a counter: unique like a UUID4, without a ``getrandom`` call per blob), never a
+value from a data set (DCMTK CVE-2022-2119, pynetdicom #823). Directories are buckets
+of arrival time (UTC, one per minute): a directory holds what one minute brought
+(18,000 files at 300/s), a new one is made once a minute rather than once per blob as a
+hash fan-out would (measured here: creating fan-out directories doubled the cost of a
+durable write), and backups find new data by name.
 """
 
 from __future__ import annotations
@@ -15,11 +16,12 @@ from __future__ import annotations
 import contextlib
 import errno
 import hashlib
+import itertools
 import os
 import re
+import secrets
 import shutil
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
@@ -31,6 +33,24 @@ _DAY = re.compile(r"^[0-9]{8}$")
 _MINUTE = re.compile(r"^[0-9]{4}$")
 _TMP = ".tmp"
 _SPACE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
+
+
+class _Names:
+    """Unique 32-hex-digit names: 64 random bits per process, then a 64-bit counter."""
+
+    def __init__(self) -> None:
+        self._reset()
+        os.register_at_fork(after_in_child=self._reset)  # a child must not repeat them
+
+    def _reset(self) -> None:
+        self._prefix = secrets.token_hex(8)
+        self._counter = itertools.count()
+
+    def next(self) -> str:
+        return f"{self._prefix}{next(self._counter) & 0xFFFFFFFFFFFFFFFF:016x}"
+
+
+_names = _Names()
 
 
 def _fsync_dir(path: Path) -> None:
@@ -55,7 +75,7 @@ class FileSpool:
         self._hash_inline = hash_inline
         self._dataset_offset: int | None = None
         self._digests: tuple[str, str] | None = None
-        self._path = store.root / _TMP / f"{uuid.uuid4().hex}.part"
+        self._path = store.root / _TMP / f"{_names.next()}.part"
         try:
             self._file: BinaryIO | None = open(self._path, "xb")  # noqa: SIM115
         except OSError as exc:
@@ -140,7 +160,8 @@ class FileSpool:
         """fsync the data, rename into place; the caller fsyncs the directory."""
         if self._file is None:
             raise ValueError("spool already committed or discarded")
-        name = time.strftime("%Y%m%d/%H%M/", time.gmtime()) + uuid.uuid4().hex
+        bucket = time.strftime("%Y%m%d/%H%M", time.gmtime())
+        name = f"{bucket}/{_names.next()}"
         target = self._store.root / name
         try:
             self._file.flush()
@@ -148,8 +169,11 @@ class FileSpool:
                 os.fsync(self._file.fileno())
             self._file.close()
             self._file = None
-            target.parent.mkdir(parents=True, exist_ok=True)
-            os.rename(self._path, target)
+            try:
+                os.rename(self._path, target)
+            except FileNotFoundError:  # a new minute: its directory does not exist yet
+                target.parent.mkdir(parents=True, exist_ok=True)
+                os.rename(self._path, target)
         except OSError as exc:
             self.discard()
             raise _storage_error(exc, "committing") from exc
