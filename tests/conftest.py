@@ -86,3 +86,19 @@ def archive(settings: Settings) -> Iterator[Archive]:
 
     with Archive.open(settings) as arch:
         yield arch
+
+
+@pytest.fixture(autouse=True)
+def _audit_logs_conform(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Every line of every audit log a test leaves in its ``tmp_path`` (``audit.log``
+    and rotated ``audit.log.N``, whoever wrote them: a server thread, a ``dicomvault``
+    subprocess, a CLI command) must be a DICOM Audit Message valid per the schema of
+    PS3.15 A.5.1 -- so a message any producer adds later is checked by the tests that
+    exercise it."""
+    yield
+    tmp_path = request.node.funcargs.get("tmp_path")
+    if not isinstance(tmp_path, Path) or not tmp_path.exists():
+        return
+    from tests.security.audit_schema import validate_logs_under
+
+    validate_logs_under(tmp_path)

@@ -16,6 +16,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    SecretStr,
     ValidationError,
     field_validator,
     model_validator,
@@ -264,6 +265,15 @@ class AuditSettings(_Section):
     source_id: str = ""
     #: AuditEnterpriseSiteID (e.g. the hospital); empty: not sent.
     site_id: str = ""
+    #: Rotate the audit log in-process when a write would take it past this many bytes
+    #: (``audit.log`` → ``audit.log.1`` …); 0: never (rotate externally: logrotate
+    #: ``create`` mode and SIGHUP).
+    max_log_bytes: int = Field(default=0, ge=0)
+    #: Rotated audit log files kept (``audit.log.1`` … ``.N``); older ones are deleted.
+    keep_files: int = Field(default=10, ge=1)
+    #: Delete rows of the ``audit_events`` index table older than this many days (hourly,
+    #: by ``serve``); 0: keep them forever. The log file is never pruned.
+    retention_days: int = Field(default=0, ge=0)
 
     @field_validator("syslog")
     @classmethod
@@ -271,6 +281,35 @@ class AuditSettings(_Section):
         value = value.strip()
         if value and not (value.startswith("udp://") or value.startswith("tls://")):
             raise ValueError("must be udp://host:port, tls://host:port or empty")
+        return value
+
+
+class DeidentifySettings(_Section):
+    """De-identification (PS3.15 Annex E; docs/deidentification.md)."""
+
+    #: The secret UIDs, patient pseudonyms and date shifts are derived from (HMAC-SHA256);
+    #: empty: a random 32-byte secret created once in ``<storage.path>/deidentify.key``
+    #: (mode 0600). The same secret gives the same replacements in every run. A
+    #: ``SecretStr``: ``config show`` prints it masked.
+    secret: SecretStr = SecretStr("")
+    # -- the options of WADO-RS retrievals by users whose role is ``researcher`` --
+    wado_retain_uids: bool = False
+    wado_retain_dates: Literal["none", "full", "modified"] = "none"
+    wado_retain_patient_characteristics: bool = False
+    wado_retain_device_identity: bool = False
+    wado_retain_institution_identity: bool = False
+    wado_retain_safe_private: bool = False
+    wado_clean_descriptors: bool = False
+    #: Send instances with Burned In Annotation YES to researchers anyway (otherwise the
+    #: retrieval is refused, 409).
+    wado_allow_burned_in: bool = False
+
+    @field_validator("secret")
+    @classmethod
+    def _secret(cls, value: SecretStr) -> SecretStr:
+        raw = value.get_secret_value()
+        if raw and len(raw.encode("utf-8")) < 16:
+            raise ValueError("must be empty or at least 16 bytes")
         return value
 
 
@@ -377,6 +416,7 @@ class Settings(BaseSettings):
     commitment: CommitmentSettings = Field(default_factory=CommitmentSettings)
     audit: AuditSettings = Field(default_factory=AuditSettings)
     jwt: JwtSettings = Field(default_factory=JwtSettings)
+    deidentify: DeidentifySettings = Field(default_factory=DeidentifySettings)
 
     @classmethod
     def settings_customise_sources(

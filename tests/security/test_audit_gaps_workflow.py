@@ -131,12 +131,16 @@ def test_api_worklist_changes_reads_and_a_forbidden_role(web: WebServer) -> None
         assert (row.user, row.peer, row.patient_id) == ("admin", "127.0.0.1", "PWL-1")
         assert row.study_instance_uid == study
         study_obj, patient_obj = objects(row)
-        assert study_obj.find("Accession") is not None
-        assert study_obj.find("Accession").get("Number") == "ACC-PWL-1"  # type: ignore[union-attr]
+        accession = study_obj.find("ParticipantObjectDescription/Accession")
+        assert accession is not None and accession.get("Number") == "ACC-PWL-1"
         assert patient_obj.get("ParticipantObjectTypeCodeRole") == "1"
+        assert patient_obj.findtext("ParticipantObjectName") == "DOE^JANE"
     (query,) = rows_of(web.archive, 1, event_id="110112", user="admin")
     (obj,) = objects(query)
-    assert obj.get("ParticipantObjectID") == MWL_FIND
+    # An HTTP query: the path, as a URI (PS3.15 A.5.3.10, note 2), and the query string.
+    assert obj.get("ParticipantObjectID") == "/api/worklist"
+    id_type = obj.find("ParticipantObjectIDTypeCode")
+    assert id_type is not None and id_type.get("csd-code") == "12"
     assert base64.b64decode(obj.findtext("ParticipantObjectQuery", "")) == (
         b"/api/worklist?patient_id=PWL-1"
     )
@@ -149,7 +153,9 @@ def test_api_worklist_changes_reads_and_a_forbidden_role(web: WebServer) -> None
     (alert,) = rows_of(web.archive, 1, event_id="110113", user="viewer")
     assert alert.event_type == "110132" and alert.outcome == 4
     (subject,) = objects(alert)
-    assert subject.get("ParticipantObjectID") == "POST /api/worklist"
+    # The resource as a URI, the attempt as its name (PS3.15 A.5.3.11).
+    assert subject.get("ParticipantObjectID") == "/api/worklist"
+    assert subject.findtext("ParticipantObjectName") == "POST /api/worklist"
 
 
 # -- MPPS N-CREATE / N-SET -> Procedure Record C / U ----------------------------------
@@ -290,7 +296,9 @@ def test_cli_worklist_import_delete_retention(tmp_path: Path) -> None:
         assert (row.action, row.outcome, row.patient_id) == ("C", 0, "P-IMP")
         media = ET.fromstring(row.xml).findall("ActiveParticipant")[1]
         assert media.get("UserID") == str(folder.resolve())
-        counts = [s.get("NumberOfInstances") for s in objects(row)[0].findall("SOPClass")]
+        description = objects(row)[0].find("ParticipantObjectDescription")
+        assert description is not None
+        counts = [s.get("NumberOfInstances") for s in description.findall("SOPClass")]
         assert counts == (["2"] if row.study_instance_uid == kept else ["1"])
 
     _cli("delete", "--data-dir", str(data), "--study", kept, "--yes")

@@ -1,9 +1,7 @@
 """The DICOM Audit Messages of ``security/audit.py`` checked, attribute by attribute,
-against what the tables of PS3.15 A.5.3 require and the element order of PS3.15 A.5.1.
-
-The A.5.1 schema itself is not in the repository (and is not vendored), so there is no
-schema validation here: each message is parsed with :mod:`xml.etree.ElementTree` and its
-structure compared with the tables.
+against what the tables of PS3.15 A.5.3 require; each is first validated against the
+schema of PS3.15 A.5.1 (``audit_schema.py``), then parsed with
+:mod:`xml.etree.ElementTree` and its content compared with the tables.
 """
 
 from __future__ import annotations
@@ -15,6 +13,8 @@ from datetime import UTC, datetime
 import pytest
 
 from dicomvault.security import audit as a
+
+from .audit_schema import validate
 
 SOURCE = a.AuditSource("DICOMVAULT", "HOSPITAL")
 ARCHIVE = a.archive_participant("DICOMVAULT", "pacs.example", process_id="1234")
@@ -34,15 +34,21 @@ OBJECT_ORDER = [
     "ParticipantObjectQuery",
     "ParticipantObjectDetail",
     "ParticipantObjectDescription",
+]
+DESCRIPTION_ORDER = [
+    "MPPS",
     "Accession",
     "SOPClass",
     "ParticipantObjectContainsStudy",
+    "Encrypted",
+    "Anonymized",
 ]
 
 
 def _parse(message: a.AuditMessage) -> ET.Element:
     text = message.to_xml()
     assert "\n" not in text and "\r" not in text  # one line of a log
+    validate(text)  # PS3.15 A.5.1 first; then the tables of A.5.3
     root = ET.fromstring(text)
     assert root.tag == "AuditMessage"
     _check_order([child.tag for child in root], ROOT_ORDER)
@@ -52,10 +58,15 @@ def _parse(message: a.AuditMessage) -> ET.Element:
     for obj in root.findall("ParticipantObjectIdentification"):
         _check_order([child.tag for child in obj], OBJECT_ORDER)
         assert obj[0].tag == "ParticipantObjectIDTypeCode"
+        for description in obj.findall("ParticipantObjectDescription"):
+            assert not (description.text or "").strip(), "DICOM elements only, no text"
+            _check_order([child.tag for child in description], DESCRIPTION_ORDER)
         assert {"ParticipantObjectID", "ParticipantObjectTypeCode",
                 "ParticipantObjectTypeCodeRole"} <= set(obj.attrib)  # fmt: skip
     source = root.find("AuditSourceIdentification")
     assert source is not None and source.get("AuditSourceID") == "DICOMVAULT"
+    # The schema's own value 4 alone (A.5.1.2.1), not dressed as a "DCM" code.
+    assert [dict(c.attrib) for c in source] == [{"csd-code": "4"}]
     return root
 
 
@@ -122,7 +133,8 @@ def test_application_activity_start_and_stop() -> None:
         assert _roles(root) == [["110150"], ["110151"]]
         first = root.findall("ActiveParticipant")[0]
         assert first.get("UserID") == "DICOMVAULT"
-        assert first.get("AlternativeUserID") == "9"
+        assert first.get("AlternativeUserID") == "AETITLES=DICOMVAULT"  # MC, A.5.2.2
+        assert first.get("UserName") == "dicomvault[9]"  # the process (A.5.2.3)
         assert first.get("UserIsRequestor") == "false"
         assert first.get("NetworkAccessPointTypeCode") == "1"  # a host name
         assert root.findall("ParticipantObjectIdentification") == []
@@ -150,13 +162,15 @@ def test_instances_transferred_per_study_with_patient() -> None:
     assert ours.get("UserIsRequestor") == "false"
     assert _objects(root) == [(STUDY, "2", "3", "110180"), ("PID-1", "1", "1", "2")]
     study = root.findall("ParticipantObjectIdentification")[0]
-    assert {(s.get("UID"), s.get("NumberOfInstances")) for s in study.findall("SOPClass")} == {
+    sop_classes = study.findall("ParticipantObjectDescription/SOPClass")
+    assert {(s.get("UID"), s.get("NumberOfInstances")) for s in sop_classes} == {
         (CT, "3"),
         (MR, "1"),
     }
-    assert study.findtext("ParticipantObjectDescription") == "4 instance(s)"
+    assert study.find("ParticipantObjectName") is not None  # a name or a query (A.5.1)
     patient = root.findall("ParticipantObjectIdentification")[1]
     assert _code(patient.find("ParticipantObjectIDTypeCode")) == ("2", "RFC-3881")
+    assert peer.get("AlternativeUserID") is None  # a user, not an AE: no AETITLES=
 
 
 @pytest.mark.parametrize("action", ["R", "U"])
@@ -174,18 +188,29 @@ def test_instances_transferred_actions(action: a.ActionCode) -> None:
 
 
 def test_begin_transferring() -> None:
-    """A.5.3.3: E, the sending and receiving processes, studies and patient."""
+    """A.5.3.3: E, the sending (110153) and receiving (110152) processes, then the
+    other participants (the C-MOVE requestor); studies and patient."""
+    requestor = a.peer_participant("MOVER", "10.0.0.9", ae=True)
     root = _parse(
         a.begin_transferring(
-            SOURCE, ARCHIVE, _peer(a.ROLE_DESTINATION), {STUDY: {CT: 2}}, {STUDY: "P"}
+            SOURCE, ARCHIVE, _peer(requestor=False), {STUDY: {CT: 2}}, {STUDY: "P"},
+            others=(requestor,),
         )
-    )
+    )  # fmt: skip
     _event(root, "110102", "E")
+    assert _roles(root) == [["110153"], ["110152"], []]
+    assert root.findall("ActiveParticipant")[2].get("AlternativeUserID") == "AETITLES=MOVER"
     assert _objects(root) == [(STUDY, "2", "3", "110180"), ("P", "1", "1", "2")]
 
 
+def test_by_patient_splits_studies() -> None:
+    """A.5.3.3/.6/.7/.8 "may only include information about a single patient"."""
+    groups = a.by_patient({"1": {CT: 1}, "2": {CT: 2}, "3": {MR: 1}}, {"1": "P", "3": "P"})
+    assert groups == [{"1": {CT: 1}, "3": {MR: 1}}, {"2": {CT: 2}}]
+
+
 def test_instances_accessed_and_study_deleted() -> None:
-    """A.5.3.2 (110103) and A.5.3.5 (110105, action D): one participant, study, patient."""
+    """A.5.3.6 (110103) and A.5.3.8 (110105, action D): one participant, study, patient."""
     accessed = _parse(a.instances_accessed(SOURCE, _peer(), {STUDY: {CT: 1}}, {STUDY: "P"}))
     _event(accessed, "110103", "R")
     deleted = _parse(a.study_deleted(SOURCE, _peer(), {STUDY: {}}, {STUDY: "P"}))
@@ -196,16 +221,81 @@ def test_instances_accessed_and_study_deleted() -> None:
 
 
 def test_export() -> None:
-    """A.5.3.6: 110106, action R; the exporting process and the destination media."""
-    media = a.peer_participant("/mnt/usb", None, requestor=False, roles=(a.ROLE_DESTINATION,))
-    root = _parse(a.export(SOURCE, _peer(), media, {STUDY: {CT: 1}}, {STUDY: "P"}))
+    """A.5.3.4: 110106, action R; the exporting user (110153 Source, the requestor),
+    the media (110154 Destination Media, never the requestor, with a MediaType of CID
+    405), remote receivers (110152); studies (Anonymized when said) and patients."""
+    media = a.media_participant("file:///mnt/usb", destination=True, media_type=a.MEDIA_USB)
+    remote = a.peer_participant("RESEARCH", "10.1.1.1", requestor=False, ae=True)
+    root = _parse(
+        a.export(
+            SOURCE, _peer(), media, {STUDY: {CT: 1}}, {STUDY: "P"}, remote=(remote,),
+            anonymized=True,
+        )
+    )  # fmt: skip
     _event(root, "110106", "R")
-    assert len(root.findall("ActiveParticipant")) == 2
+    assert _roles(root) == [["110153"], ["110154"], ["110152"]]
+    user, medium, _ = root.findall("ActiveParticipant")
+    assert (user.get("UserIsRequestor"), medium.get("UserIsRequestor")) == ("true", "false")
+    assert _code(medium.find("MediaIdentifier/MediaType")) == ("110030", "DCM")
+    assert root.findtext(".//ParticipantObjectDescription/Anonymized") == "true"
+
+
+def test_export_over_the_network_names_the_access_point() -> None:
+    """A.5.3.4: NetworkAccessPointTypeCode / ID of the media are required when it is
+    not physical media: a ``dicom://AE@host:port`` destination has its host."""
+    for media, point, kind in (
+        ("dicom://RESEARCH@10.1.1.1:104", "10.1.1.1", "2"),
+        ("dicom://RESEARCH@[2001:db8::1]:104", "2001:db8::1", "2"),
+        ("https://research.example.org/stow", "research.example.org", "1"),
+    ):
+        medium = a.media_participant(media, destination=True)
+        root = _parse(a.export(SOURCE, _peer(), medium, {STUDY: {CT: 1}}, {STUDY: "P"}))
+        element = root.findall("ActiveParticipant")[1]
+        assert element.get("NetworkAccessPointID") == point
+        assert element.get("NetworkAccessPointTypeCode") == kind
+    assert a.media_participant("/export/today", destination=True).network_access_point is None
+    assert a.media_participant("file:///export", destination=True).network_access_point is None
+
+
+def test_data_import() -> None:
+    """A.5.3.5: 110107, action C; the importer (110152 Destination), the source media
+    (110155 Source Media, not the requestor, MediaIdentifier/MediaType required)."""
+    media = a.media_participant("/media/cdrom", destination=False)
+    who = a.peer_participant("alice", "pacs")
+    root = _parse(a.data_import(SOURCE, who, media, {STUDY: {CT: 1}}, {STUDY: "P"}))
+    _event(root, "110107", "C")
+    assert _roles(root) == [["110152"], ["110155"]]
+    medium = root.findall("ActiveParticipant")[1]
+    assert medium.get("UserIsRequestor") == "false"
+    assert _code(medium.find("MediaIdentifier/MediaType")) == ("110037", "DCM")
+
+
+def test_procedure_record_accession_needs_a_sop_class() -> None:
+    """A.5.3.15 with A.5.2: Accession (or MPPS) present makes SOPClass required; with no
+    SOP class known it has no UID (optional in A.5.1) and 0 instances."""
+    root = _parse(
+        a.procedure_record(
+            SOURCE, (_peer(), ARCHIVE), action="C", patient_id="P", study_uid=STUDY,
+            accession="ACC1", patient_name="DOE^JANE", mpps_uid="1.2.3.4",
+        )
+    )  # fmt: skip
+    _event(root, "110111", "C")
+    study, patient = root.findall("ParticipantObjectIdentification")
+    description = study.find("ParticipantObjectDescription")
+    assert description is not None
+    assert [(c.tag, dict(c.attrib)) for c in description] == [
+        ("MPPS", {"UID": "1.2.3.4"}),
+        ("Accession", {"Number": "ACC1"}),
+        ("SOPClass", {"NumberOfInstances": "0"}),
+    ]
+    assert patient.findtext("ParticipantObjectName") == "DOE^JANE"
 
 
 def test_query_cfind_and_qido() -> None:
-    """A.5.3.10: E, source 110153 and destination 110152; the SOP class queried (2,
-    110181) with the query base64."""
+    """A.5.3.10: E, source 110153 and destination 110152; the query object type 2 role
+    3 (Report: "Shall be" for every query); a C-FIND: ID type 110181, the SOP class, the
+    Identifier base64 and the TransferSyntax detail; an HTTP query: ID type 12 URI, the
+    path, the query string as the query."""
     identifier = b"\x08\x00\x52\x00\x06\x00\x00\x00STUDY "
     root = _parse(
         a.query(
@@ -220,8 +310,14 @@ def test_query_cfind_and_qido() -> None:
     detail = obj.find("ParticipantObjectDetail")
     assert detail is not None and detail.get("type") == "TransferSyntax"
     assert base64.b64decode(detail.get("value", "")) == b"1.2.840.10008.1.2"
-    qido = _parse(a.query(SOURCE, _peer(a.ROLE_SOURCE), ARCHIVE, "1.2", b"/studies?x=1"))
-    assert _objects(qido)[0][2] == "24"  # role Query for a query string
+    qido = _parse(
+        a.query(SOURCE, _peer(a.ROLE_SOURCE), ARCHIVE, "/dicom-web/studies", b"/studies?x=1")
+    )
+    assert _objects(qido) == [("/dicom-web/studies", "2", "3", "12")]
+    obj = qido.findall("ParticipantObjectIdentification")[0]
+    assert base64.b64decode(obj.findtext("ParticipantObjectQuery", "")) == b"/studies?x=1"
+    detail = obj.find("ParticipantObjectDetail")
+    assert detail is not None and detail.get("type") == "QueryEncoding"
 
 
 def test_user_authentication_success_and_failure() -> None:
@@ -244,18 +340,26 @@ def test_user_authentication_success_and_failure() -> None:
 )
 def test_security_alert(alert: a.Code) -> None:
     """A.5.3.11: 110113, E, a type code of CID 403, the reporting and performing
-    participants, the alert subject (2/13) with what happened."""
-    root = _parse(
-        a.security_alert(
-            SOURCE, ARCHIVE, alert, performer=_peer(), subject="MODALITY1@10.0.0.7",
-            description="association rejected",
-        )
+    participants (the performer never the requestor: "Shall be FALSE"), the alert
+    subject (2/13) with the required "Alert Description" detail."""
+    message = a.security_alert(
+        SOURCE, ARCHIVE, alert, performer=_peer(), subject="MODALITY1@10.0.0.7",
+        description="association rejected",
     )  # fmt: skip
+    root = _parse(message)
     event = _event(root, "110113", "E", 4)
     assert [_code(t)[0] for t in event.findall("EventTypeCode")] == [alert.code]
+    assert [p.get("UserIsRequestor") for p in root.findall("ActiveParticipant")] == [
+        "false",
+        "false",
+    ]
+    assert message.user == "MODALITY1"  # the index files it under the performer
     assert _objects(root) == [("MODALITY1@10.0.0.7", "2", "13", "110182")]
     obj = root.findall("ParticipantObjectIdentification")[0]
-    assert obj.findtext("ParticipantObjectDescription") == "association rejected"
+    detail = obj.find("ParticipantObjectDetail")
+    assert detail is not None and detail.get("type") == "Alert Description"
+    assert base64.b64decode(detail.get("value", "")) == b"association rejected"
+    assert event.findtext("EventOutcomeDescription") == "association rejected"
 
 
 def test_everything_is_escaped() -> None:

@@ -115,7 +115,10 @@ def test_c_store_one_message_per_association_and_study(server: WebServer, tmp_pa
         root = xml_of(row)
         study = root.find("ParticipantObjectIdentification")
         assert study is not None and study.get("ParticipantObjectID") == row.study_instance_uid
-        counts = [s.get("NumberOfInstances") for s in study.findall("SOPClass")]
+        counts = [
+            s.get("NumberOfInstances")
+            for s in study.findall("ParticipantObjectDescription/SOPClass")
+        ]
         assert counts == (["4"] if row.study_instance_uid == a else ["2"])
     lines = [line for line in log_lines(server.settings) if 'csd-code="110104"' in line]
     assert len(lines) == 2

@@ -11,11 +11,15 @@ study is produced when the association ends; the patient of each study is looked
 the writer thread, not while storing.
 
 The trail of an open archive is :func:`trail_of` (one per archive object, started on
-first use); ``serve`` closes it (:func:`close_trail`) before the archive.
+first use); ``serve`` closes it (:func:`close_trail`) before the archive, reopens its log
+file on SIGHUP (:meth:`AuditTrail.reopen`) and, with ``audit.retention_days``, prunes old
+rows of ``audit_events`` (:func:`prune_runner`; the log file stays the full record).
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import os
 import queue
@@ -26,14 +30,23 @@ import weakref
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
+from dicomvault.archive.audit_log import AuditLog
 from dicomvault.archive.audit_syslog import SYSLOG_TIMEOUT, SyslogSender, syslog_sender
 from dicomvault.config import Settings
 from dicomvault.index import Index
-from dicomvault.index.audit import MAX_LIMIT, AuditFilter, AuditRow, insert_events, study_subjects
+from dicomvault.index.audit import (
+    MAX_LIMIT,
+    AuditFilter,
+    AuditRow,
+    insert_events,
+    prune_events,
+    study_names,
+    study_subjects,
+)
 from dicomvault.index.audit import search as search_events
 from dicomvault.model.errors import ConfigError
 from dicomvault.security import audit as msg
@@ -58,8 +71,9 @@ LOGIN_REPEAT_SECONDS: Final = 300.0
 
 #: Study Instance UID → (Patient ID, Accession Number).
 Subjects = Callable[[Sequence[str]], Mapping[str, tuple[str, str]]]
-#: A message to build in the writer thread, once the patients of its studies are known.
-Deferred = Callable[[Subjects], AuditMessage | None]
+#: A message (or several) to build in the writer thread, once the patients of its
+#: studies are known.
+Deferred = Callable[[Subjects], AuditMessage | Sequence[AuditMessage] | None]
 
 _STOP: Final = object()
 
@@ -71,6 +85,32 @@ def audit_log_path(settings: Settings) -> Path:
         if settings.audit.file
         else (settings.storage.path / "audit" / "audit.log")
     )
+
+
+def audit_log(settings: Settings) -> AuditLog:
+    """The audit log file with the rotation settings (``audit.max_log_bytes``,
+    ``audit.keep_files``)."""
+    return AuditLog(
+        audit_log_path(settings),
+        max_bytes=settings.audit.max_log_bytes,
+        keep=settings.audit.keep_files,
+    )
+
+
+def named(index: Index, messages: Sequence[AuditMessage]) -> list[AuditMessage]:
+    """``messages`` with the names of their patients and studies filled in from the
+    index (PS3.15 A.5.3: "The patient name"; one query for all of them)."""
+    uids = sorted({uid for message in messages for uid in message.study_uids})
+    if not uids:
+        return list(messages)
+    try:
+        known = study_names(index, uids)
+    except Exception:
+        log.exception("audit: cannot look up the names of %d studies", len(uids))
+        return list(messages)
+    patient_names = {pid: name for pid, name, _ in known.values() if pid and name}
+    studies = {uid: description for uid, (_, _, description) in known.items() if description}
+    return [msg.with_names(message, patient_names, studies) for message in messages]
 
 
 def event_row(message: AuditMessage, xml: str) -> dict[str, Any]:
@@ -121,7 +161,8 @@ class AuditTrail:
         self._thread: threading.Thread | None = None
         self._closed = False
         self._index: Index | None = None
-        self._fd: int | None = None
+        self._log = audit_log(settings)
+        self._log_failures = 0
         self._syslog: SyslogSender | None = None
         self._ledgers: dict[str, _Ledger] = {}
         self._logins: dict[tuple[str, str], float] = {}
@@ -188,17 +229,21 @@ class AuditTrail:
             thread.join()
         if self._syslog is not None:
             self._syslog.close()
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
+        self._log.close()
         if self._index is not None:
             self._index.close()
             self._index = None
 
+    def reopen(self) -> None:
+        """Reopen the audit log file before the next message (SIGHUP: logrotate has
+        renamed it; the next line goes to a new file of the configured name)."""
+        self._log.reopen()
+
     def _open_sinks(self) -> None:
-        path = audit_log_path(self.settings)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
+        try:
+            self._log.append(b"")  # created (and its directory) now: errors show at start
+        except OSError as exc:
+            log.error("audit: cannot open the audit log %s: %s", self._log.path, exc)
         self._index = Index(self.settings.index_url)
         try:
             self._syslog = syslog_sender(self.settings)
@@ -248,10 +293,14 @@ class AuditTrail:
                 except Exception:
                     log.exception("audit: building a message failed")
                     continue
-                if built is not None:
+                if isinstance(built, AuditMessage):
                     messages.append(built)
+                elif built is not None:
+                    messages.extend(built)
         if not messages:
             return
+        if self._index is not None:
+            messages = named(self._index, messages)
         rows: list[dict[str, Any]] = []
         lines: list[str] = []
         pid = str(os.getpid())
@@ -267,11 +316,13 @@ class AuditTrail:
                     process_id=pid,
                 )
             )
-        if self._fd is not None:
-            try:
-                os.write(self._fd, "".join(line + "\n" for line in lines).encode("utf-8"))
-            except OSError as exc:
-                log.error("audit: appending to the audit log failed: %s", exc)
+        try:
+            self._log.append("".join(line + "\n" for line in lines).encode("utf-8"))
+        except OSError as exc:  # retried with the next batch; said now and then
+            self._log_failures += 1
+            if self._log_failures in (1, 10, 100) or self._log_failures % 1000 == 0:
+                log.error("audit: appending to the audit log failed (%d times): %s",
+                          self._log_failures, exc)  # fmt: skip
         if self._index is not None:
             try:
                 insert_events(self._index, rows)
@@ -310,7 +361,9 @@ class AuditTrail:
             ledger = self._ledgers.pop(association_id, None)
         if ledger is None or not ledger.studies:
             return
-        sender = msg.peer_participant(ledger.calling_ae, ledger.host, roles=(msg.ROLE_SOURCE,))
+        sender = msg.peer_participant(
+            ledger.calling_ae, ledger.host, roles=(msg.ROLE_SOURCE,), ae=True
+        )
         receiver = self.archive_participant(roles=(msg.ROLE_DESTINATION,))
         source = self.source
         when = datetime.now(UTC)
@@ -340,7 +393,7 @@ class AuditTrail:
         self.record(
             msg.user_authentication(
                 self.source,
-                msg.peer_participant(user, host),
+                msg.peer_participant(user, host or "-"),  # its access point: M (A.5.3.12)
                 self.archive_participant(),
                 outcome=msg.SUCCESS if failure is None else msg.MINOR_FAILURE,
                 outcome_description=failure,
@@ -360,17 +413,17 @@ def _transferred(
     when: datetime | None = None,
     extra: Sequence[ActiveParticipant] = (),
 ) -> Deferred:
-    def build(subjects: Subjects) -> AuditMessage:
+    def build(subjects: Subjects) -> list[AuditMessage]:
         known = subjects(list(studies))
-        message = msg.instances_transferred(
-            source, sender, receiver, studies, {uid: pid for uid, (pid, _) in known.items()},
-            action=action, outcome=outcome, outcome_description=description, when=when,
-        )  # fmt: skip
-        if extra:
-            from dataclasses import replace
-
-            message = replace(message, participants=(*message.participants, *extra))
-        return message
+        patients = {uid: pid for uid, (pid, _) in known.items()}
+        messages = []
+        for group in msg.by_patient(studies, patients):  # one patient each (A.5.3.7)
+            message = msg.instances_transferred(
+                source, sender, receiver, group, patients, action=action, outcome=outcome,
+                outcome_description=description, others=extra, when=when,
+            )  # fmt: skip
+            messages.append(message)
+        return messages
 
     return build
 
@@ -439,17 +492,21 @@ def security_alert(
     subject: str,
     description: str,
     subject_type: msg.Code = msg.NODE_ID,
+    subject_name: str | None = None,
+    ae: bool = False,
 ) -> None:
-    """A Security Alert (PS3.15 A.5.3.11) caused by ``user`` at ``host``."""
+    """A Security Alert (PS3.15 A.5.3.11) caused by ``user`` (an AE title when ``ae``)
+    at ``host``, reported by the archive."""
     trail = trail_of(archive)
     trail.record(
         msg.security_alert(
             trail.source,
             trail.archive_participant(),
             alert_type,
-            performer=msg.peer_participant(user, host),
+            performer=msg.peer_participant(user, host, requestor=False, ae=ae),
             subject=subject,
             subject_type=subject_type,
+            subject_name=subject_name,
             description=description,
         )
     )
@@ -458,14 +515,17 @@ def security_alert(
 def association_rejected(
     archive: Archive, calling_ae: str, called_ae: str, host: str, reason: str
 ) -> None:
-    """An A-ASSOCIATE-RJ: Security Alert, Node Authentication (PS3.15 A.5.3.11)."""
+    """An A-ASSOCIATE-RJ: Security Alert, Node Authentication (PS3.15 A.5.3.11); the
+    subject is the node, ``AE@host`` (the table's node_name@domain_name form)."""
     security_alert(
         archive,
         msg.NODE_AUTHENTICATION,
         user=calling_ae,
         host=host,
         subject=f"{calling_ae}@{host}",
+        subject_name=calling_ae,
         description=f"association from {calling_ae!r} to {called_ae!r} rejected: {reason}",
+        ae=True,
     )
 
 
@@ -485,20 +545,23 @@ def queried(
     archive: Archive,
     user: str,
     host: str | None,
-    sop_class_uid: str,
+    queried: str,
     query_bytes: bytes,
     *,
     transfer_syntax: str | None = None,
     failure: str | None = None,
 ) -> None:
-    """Query (PS3.15 A.5.3.10): a C-FIND Identifier or a QIDO-RS query string."""
+    """Query (PS3.15 A.5.3.10): a C-FIND Identifier (``queried`` its SOP Class UID,
+    with its ``transfer_syntax``; ``user`` the calling AE title) or an HTTP query
+    (``queried`` the path, ``query_bytes`` path and query string; ``user`` a user)."""
     trail = trail_of(archive)
+    dimse = transfer_syntax is not None
     trail.record(
         msg.query(
             trail.source,
-            msg.peer_participant(user, host, roles=(msg.ROLE_SOURCE,)),
+            msg.peer_participant(user, host, roles=(msg.ROLE_SOURCE,), ae=dimse),
             trail.archive_participant(roles=(msg.ROLE_DESTINATION,)),
-            sop_class_uid,
+            queried,
             query_bytes,
             transfer_syntax=transfer_syntax,
             outcome=msg.SUCCESS if failure is None else msg.MINOR_FAILURE,
@@ -517,7 +580,8 @@ def retrieve_started(
     destination_host: str | None,
 ) -> None:
     """Begin Transferring DICOM Instances (PS3.15 A.5.3.3) for a C-MOVE / C-GET: one
-    message naming every study about to be sent."""
+    message per patient (the message "may only include information about a single
+    patient") naming every study of that patient about to be sent."""
     trail = trail_of(archive)
     if not trail.enabled or not instances:
         return
@@ -525,21 +589,21 @@ def retrieve_started(
     sender = trail.archive_participant(roles=(msg.ROLE_SOURCE,))
     receiver = msg.peer_participant(
         destination, destination_host, requestor=destination == requestor,
-        roles=(msg.ROLE_DESTINATION,),
+        roles=(msg.ROLE_DESTINATION,), ae=True,
     )  # fmt: skip
-    extra = [] if destination == requestor else [msg.peer_participant(requestor, requestor_host)]
+    extra = (
+        [] if destination == requestor
+        else [msg.peer_participant(requestor, requestor_host, ae=True)]
+    )  # fmt: skip
     source = trail.source
 
-    def build(subjects: Subjects) -> AuditMessage:
+    def build(subjects: Subjects) -> list[AuditMessage]:
         known = subjects(list(studies))
-        message = msg.begin_transferring(
-            source, sender, receiver, studies, {u: p for u, (p, _) in known.items()}
-        )
-        if extra:
-            from dataclasses import replace
-
-            message = replace(message, participants=(*message.participants, *extra))
-        return message
+        patients = {u: p for u, (p, _) in known.items()}
+        return [
+            msg.begin_transferring(source, sender, receiver, group, patients, others=extra)
+            for group in msg.by_patient(studies, patients)
+        ]
 
     trail.record(build)
 
@@ -566,9 +630,12 @@ def retrieve_finished(
     sender = trail.archive_participant(roles=(msg.ROLE_SOURCE,))
     receiver = msg.peer_participant(
         destination, destination_host, requestor=destination == requestor,
-        roles=(msg.ROLE_DESTINATION,),
+        roles=(msg.ROLE_DESTINATION,), ae=True,
     )  # fmt: skip
-    extra = [] if destination == requestor else [msg.peer_participant(requestor, requestor_host)]
+    extra = (
+        [] if destination == requestor
+        else [msg.peer_participant(requestor, requestor_host, ae=True)]
+    )  # fmt: skip
     for study, counts in _by_study(instances).items():
         trail.record(
             _transferred(trail.source, sender, receiver, {study: counts}, action="R",
@@ -584,9 +651,11 @@ def http_instances(
     host: str | None,
     accessed: bool = False,
 ) -> None:
-    """WADO-RS: DICOM Instances Transferred, action R, per study (PS3.15 A.5.3.7) when
-    DICOM objects were sent, DICOM Instances Accessed (A.5.3.6) for metadata and
-    rendered images (``accessed``)."""
+    """WADO-RS, per request and study: DICOM Instances Transferred, action R (PS3.15
+    A.5.3.7), when instances or their content left the archive -- whole instances,
+    frames, bulk data, rendered images and thumbnails; DICOM Instances Accessed
+    (A.5.3.6, action R) for metadata (``accessed``). Queued: the patient of each study
+    is looked up in the writer thread."""
     trail = trail_of(archive)
     if not trail.enabled:
         return
@@ -645,19 +714,27 @@ def deleted(
     user: str,
     host: str | None,
     description: str | None = None,
+    partial: bool = False,
 ) -> None:
-    """DICOM Study Deleted (PS3.15 A.5.3.8), one per study touched; ``subjects`` from
-    :func:`study_subjects_now` before the deletion."""
+    """One message per study touched by a deletion, ``subjects`` from
+    :func:`study_subjects_now` before it: DICOM Study Deleted (PS3.15 A.5.3.8) when
+    whole studies went, DICOM Instances Accessed with action D (A.5.3.6) when only some
+    of a study's instances did (``partial``: a series or instances deleted; A.5.3.6
+    keeps Study Deleted for "all instances within a study")."""
     trail = trail_of(archive)
     if not trail.enabled:
         return
     who = msg.peer_participant(user, host)
     for study, counts in studies.items():
+        patient = {u: p for u, (p, _) in subjects.items() if u == study}
         trail.record(
-            msg.study_deleted(
-                trail.source, who, {study: counts},
-                {u: p for u, (p, _) in subjects.items() if u == study},
+            msg.instances_accessed(
+                trail.source, who, {study: counts}, patient, action="D",
                 outcome_description=description,
+            )
+            if partial
+            else msg.study_deleted(
+                trail.source, who, {study: counts}, patient, outcome_description=description,
             )
         )  # fmt: skip
 
@@ -677,13 +754,11 @@ def record_now(settings: Settings, index: Index, message: AuditMessage) -> None:
         xml, outcome=message.outcome, when=message.time, hostname=socket.gethostname(),
         process_id=str(os.getpid()),
     )  # fmt: skip
-    path = audit_log_path(settings)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
+    file = audit_log(settings)  # rotated here too when over audit.max_log_bytes
     try:
-        os.write(fd, (line + "\n").encode("utf-8"))
+        file.append((line + "\n").encode("utf-8"))
     finally:
-        os.close(fd)
+        file.close()
     insert_events(index, [event_row(message, xml)])
     try:
         sender = syslog_sender(settings)
@@ -745,21 +820,27 @@ def procedure_record(
     study_uid: str | None,
     accession: str | None = None,
     description: str | None = None,
+    patient_name: str | None = None,
+    ae: bool = False,
+    mpps_uid: str | None = None,
 ) -> None:
     """Procedure Record (PS3.15 A.5.3.15): a worklist item or an MPPS created (C) or
-    changed (U) by ``user`` (a user name, an AE title, an HL7 sending application) at
-    ``host``, and the archive process that changed it. Memory only (queued)."""
+    changed (U) by ``user`` (a user name, an AE title -- ``ae`` -- or an HL7 sending
+    application) at ``host``, and the archive process that changed it. Memory only
+    (queued)."""
     trail = trail_of(archive)
     if not trail.enabled:
         return
     trail.record(
         msg.procedure_record(
             trail.source,
-            (msg.peer_participant(user, host), trail.archive_participant()),
+            (msg.peer_participant(user, host, ae=ae), trail.archive_participant()),
             action=action,
             patient_id=patient_id or "",
             study_uid=study_uid,
             accession=accession,
+            patient_name=patient_name,
+            mpps_uid=mpps_uid,
             outcome_description=description,
         )
     )
@@ -782,9 +863,10 @@ def selection_deleted(
     host: str | None,
     reason: str | None = None,
 ) -> None:
-    """DICOM Study Deleted (PS3.15 A.5.3.8 as :func:`deleted`; the same in the
-    current edition) per study a deletion touched: the same messages as the HTTP
-    deletion, for ``dicomvault delete`` and the retention / quota runner."""
+    """The messages of a deletion, per study it touched (as :func:`deleted`), for the
+    HTTP deletions, ``dicomvault delete`` and the retention / quota runner: DICOM Study
+    Deleted (PS3.15 A.5.3.8) for the studies that went whole (``report``), DICOM
+    Instances Accessed, action D (A.5.3.6), for a study that lost only some instances."""
     studies = dict.fromkeys([*subjects, *report.study_instance_uids])
     if not studies or report.dry_run:
         return
@@ -792,26 +874,47 @@ def selection_deleted(
     if selection.level == "patient":
         known.update({uid: (selection.uid, "") for uid in studies})
     what = f"{report.instances} instance(s) of {selection.describe()} deleted"
-    deleted(
-        archive, {uid: {} for uid in studies}, known, user=user, host=host,
-        description=f"{what} ({reason})" if reason else what,
-    )  # fmt: skip
+    description = f"{what} ({reason})" if reason else what
+    whole = set(report.study_instance_uids)
+    for partial in (False, True):
+        chosen: dict[str, Mapping[str, int]] = {
+            uid: {} for uid in studies if (uid not in whole) == partial
+        }
+        if chosen:
+            deleted(
+                archive, chosen, known, user=user, host=host, description=description,
+                partial=partial,
+            )  # fmt: skip
 
 
 def restricted_function(
     archive: Archive, *, user: str, host: str | None, function: str, description: str
 ) -> None:
     """Security Alert, Use of Restricted Function (PS3.15 A.5.3.11, 110132): ``user``
-    tried ``function`` (an HTTP method and path, a DIMSE service) its role or the
-    archive's access rules do not allow (HTTP 403, DIMSE 0x0124)."""
+    tried ``function`` its role or the archive's access rules do not allow.
+
+    ``function`` is an HTTP method and path (HTTP 403): the subject is the resource,
+    ID type 12 URI with the path as ID, as the table asks ("the URI of the file or
+    other resource"); or a DIMSE command and SOP class (0x0124 Not Authorized; ``user``
+    the calling AE): ID type 110181 SOP Class UID. The whole of ``function`` is the
+    subject's name either way."""
+    verb, _, target = function.partition(" ")
+    if target.startswith("/"):
+        subject, subject_type, ae = target, msg.URI, False
+    elif target and verb[:2] in ("C-", "N-"):
+        subject, subject_type, ae = target, msg.SOP_CLASS_UID, True
+    else:
+        subject, subject_type, ae = function, msg.URI, False
     security_alert(
         archive,
         msg.USE_OF_RESTRICTED_FUNCTION,
         user=user,
         host=host,
-        subject=function,
-        subject_type=msg.URI,
+        subject=subject,
+        subject_type=subject_type,
+        subject_name=function,
         description=description,
+        ae=ae,
     )
 
 
@@ -851,7 +954,7 @@ def imported(
     if not trail.enabled or not studies:
         return
     who = msg.peer_participant(user, trail.hostname, roles=(msg.ROLE_DESTINATION,))
-    source_media = msg.peer_participant(media, None, requestor=False, roles=(msg.ROLE_SOURCE,))
+    source_media = msg.media_participant(media, destination=False)  # 110155, CID 405 URI
     source = trail.source
     outcome = msg.MINOR_FAILURE if failed else msg.SUCCESS
     note = f"{failed} file(s) could not be imported" if failed else None
@@ -875,3 +978,87 @@ def imported(
 def search(archive: Archive, where: AuditFilter) -> list[AuditRow]:
     """Recorded audit messages matching ``where``, newest first (``audit_events``)."""
     return search_events(archive.index, where)
+
+
+# -- retention of the index table (audit.retention_days) ------------------------------
+
+#: Seconds between two prunings of ``audit_events`` by ``serve`` (worker 0).
+PRUNE_INTERVAL: Final = 3600.0
+
+
+def prune(archive: Archive, *, now: datetime | None = None) -> int:
+    """Delete the ``audit_events`` rows older than ``audit.retention_days`` days (0:
+    keep them all); how many went. Only the searchable copy shrinks: the audit log file
+    (and a syslog repository) remain the append-only record of every message."""
+    days = archive.settings.audit.retention_days
+    if days <= 0:
+        return 0
+    before = (now or datetime.now(UTC)) - timedelta(days=days)
+    gone = prune_events(archive.index, before)
+    if gone:
+        log.info("audit: %d index row(s) older than %s pruned (audit.retention_days = %d)",
+                 gone, before.isoformat(timespec="seconds"), days)  # fmt: skip
+    return gone
+
+
+async def prune_runner(
+    archive: Archive, stop: asyncio.Event, *, interval: float = PRUNE_INTERVAL
+) -> None:
+    """Run :func:`prune` every ``interval`` seconds (first at once) until ``stop`` is
+    set, in a thread (a large first pruning must not hold the event loop)."""
+    while not stop.is_set():
+        try:
+            await asyncio.to_thread(prune, archive)
+        except Exception:  # a database away for a while: try again next time
+            log.exception("audit: pruning audit_events failed; retrying in %.0f s", interval)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), timeout=interval)
+
+
+# -- Export (dicomvault anonymize; issue "security" part 6) ----------------------------
+
+
+def exported(
+    archive: Archive,
+    studies: Mapping[str, Mapping[str, int]],
+    *,
+    user: str,
+    destination: str,
+    receiver: tuple[str, str] | None = None,
+    failed: int = 0,
+) -> None:
+    """Export (PS3.15 A.5.3.4, 110106), one message per study whose instances left the
+    archive as de-identified copies (``dicomvault anonymize --study …``): ``user`` (the
+    operating-system user) exported them to ``destination`` (the output folder, or
+    ``dicom://AET@host:port``; Destination Media), received by ``receiver`` (AE title,
+    host) when sent over DIMSE. The studies are the stored ones — their original UIDs and
+    patients — marked Anonymized. Outcome 4 when some instances failed, 8 when all did."""
+    trail = trail_of(archive)
+    if not trail.enabled or not studies:
+        return
+    exporter = msg.peer_participant(user, trail.hostname)
+    media = msg.media_participant(destination, destination=True)
+    remote = (
+        [msg.peer_participant(receiver[0], receiver[1], requestor=False, ae=True)]
+        if receiver
+        else []
+    )
+    total = sum(sum(counts.values()) for counts in studies.values())
+    outcome = msg.SUCCESS
+    if failed:
+        outcome = msg.SERIOUS_FAILURE if failed >= total else msg.MINOR_FAILURE
+    note = f"{failed} instance(s) failed" if failed else None
+    source = trail.source
+    for study, counts in studies.items():
+
+        def build(
+            subjects: Subjects, study: str = study, counts: Mapping[str, int] = counts
+        ) -> AuditMessage:
+            known = subjects([study])
+            return msg.export(
+                source, exporter, media, {study: counts},
+                {u: p for u, (p, _) in known.items()}, outcome=outcome,
+                outcome_description=note, remote=remote, anonymized=True,
+            )  # fmt: skip
+
+        trail.record(build)

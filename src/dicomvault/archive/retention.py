@@ -138,7 +138,7 @@ def _study(archive: Archive, uid: str, reason: str, dry_run: bool) -> DeletionRe
     selection = Selection("study", uid)
     subjects = audit.subjects_of_selection(archive, selection)
     report = archive.deletion.delete_unprotected_study(uid, reason)
-    # DICOM Study Deleted (PS3.15 A.5.3.5) by the archive itself, per study; queued.
+    # DICOM Study Deleted (PS3.15 A.5.3.8), by the archive itself, per study; queued.
     audit.selection_deleted(
         archive, selection, report, subjects, user=archive.settings.dicom.ae_title,
         host=None, reason=reason,

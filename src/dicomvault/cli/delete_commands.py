@@ -145,7 +145,7 @@ def delete_command(
                     return 1
             subjects = audit.subjects_of_selection(archive, selection)
             report = archive.deletion.delete(selection, force=force)
-            audit.selection_deleted(  # DICOM Study Deleted per study, PS3.15 A.5.3.5
+            audit.selection_deleted(  # Study Deleted (A.5.3.8) or Instances Accessed D
                 archive, selection, report, subjects, user=audit.os_user(),
                 host=socket.gethostname(), reason="dicomvault delete",
             )  # fmt: skip

@@ -83,6 +83,12 @@ def _run_one(
     loop = _new_loop()
     stop = asyncio.Event()
 
+    def on_sighup() -> None:
+        """SIGHUP: reopen the audit log (after logrotate), reload the TLS files."""
+        audit.trail_of(archive).reopen()
+        log.info("worker %d: audit log reopened (SIGHUP)", worker)
+        reload_tls()
+
     def reload_tls() -> None:
         """SIGHUP: serve renewed TLS certificates to new connections, no restart."""
         try:
@@ -107,7 +113,7 @@ def _run_one(
     async def main() -> None:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        loop.add_signal_handler(signal.SIGHUP, reload_tls)
+        loop.add_signal_handler(signal.SIGHUP, on_sighup)
         dimse_ready = asyncio.Event()
         http_ready = asyncio.Event()
         tls_ready = asyncio.Event()
@@ -311,7 +317,7 @@ def serve_command(
 
         signal.signal(signal.SIGTERM, forward)
         signal.signal(signal.SIGINT, forward)
-        signal.signal(signal.SIGHUP, forward)  # TLS reload in every worker
+        signal.signal(signal.SIGHUP, forward)  # audit log reopened, TLS reloaded: every worker
         for proc in procs:
             proc.join()
         return max((proc.exitcode or 0) for proc in procs)

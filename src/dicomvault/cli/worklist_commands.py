@@ -32,6 +32,7 @@ def _audit(archive: Archive, item: worklist.WorklistItem, action: ActionCode, wh
         archive, action=action, user=audit.os_user(), host=socket.gethostname(),
         patient_id=item.patient_id, study_uid=item.study_instance_uid,
         accession=item.accession_number, description=f"worklist item {item.id} {what}",
+        patient_name=item.patient_name,
     )  # fmt: skip
     audit.close_trail(archive)
 

@@ -45,7 +45,7 @@ class ArchiveGetHandler:
             yield response
             return
         assoc = request.association
-        # Begin Transferring / Instances Transferred (PS3.15 A.5.3.3, A.5.3.4): the
+        # Begin Transferring / Instances Transferred (PS3.15 A.5.3.3, A.5.3.7): the
         # requestor is the destination.
         who = {
             "requestor": assoc.calling_ae_title,

@@ -89,7 +89,7 @@ class ArchiveMoveHandler:
             return
         syntax = request.transfer_syntax_uid
         ops = SubOperations(len(instances))
-        # Begin Transferring / Instances Transferred (PS3.15 A.5.3.3, A.5.3.4).
+        # Begin Transferring / Instances Transferred (PS3.15 A.5.3.3, A.5.3.7).
         who = {
             "requestor": request.association.calling_ae_title,
             "requestor_host": request.association.peer_host,
@@ -110,12 +110,15 @@ class ArchiveMoveHandler:
                     request,
                     move_originator=(request.association.calling_ae_title, request.message_id),
                 ):
-                    yield response
                     if not response.pending:
+                        # Before the final yield: the service stops iterating after the
+                        # final response, so code after it would never run.
                         audit.retrieve_finished(
                             self.archive, instances, failed=response.failed or 0, **who
                         )
+                        yield response
                         return
+                    yield response
         except (NetError, OSError, TimeoutError, ConfigError) as exc:
             log.warning(
                 "assoc=%s C-MOVE to %s failed: %s",

@@ -71,7 +71,7 @@ class MppsHandler:
             host=request.association.peer_host, patient_id=step.patient_id,
             study_uid=step.study_instance_uid,
             accession=next((s[1] for s in step.scheduled if s[1]), None),
-            description=f"MPPS {uid} created {step.status}",
+            description=f"MPPS {uid} created {step.status}", ae=True, mpps_uid=uid,
         )  # fmt: skip
         log.info(
             "assoc=%s MPPS %s created IN PROGRESS by %s",
@@ -94,7 +94,8 @@ class MppsHandler:
             self.archive, action="U", user=request.association.calling_ae_title,
             host=request.association.peer_host, patient_id=done.patient_id,
             study_uid=done.study_instance_uid, accession=done.accession_number,
-            description=f"MPPS {request.sop_instance_uid} set {status}",
+            description=f"MPPS {request.sop_instance_uid} set {status}", ae=True,
+            mpps_uid=request.sop_instance_uid,
         )  # fmt: skip
         log.info(
             "assoc=%s MPPS %s now %s", request.association.id, request.sop_instance_uid, status

@@ -12,13 +12,16 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import insert, select
+from sqlalchemy import delete, insert, select
 
 from dicomvault.index.db import Index
 from dicomvault.index.schema import audit_events, patients, studies
 
 #: Most rows one search returns.
 MAX_LIMIT = 1000
+#: Rows one pruning transaction deletes at most (a long DELETE would hold SQLite's
+#: write lock, and the audit writer with it, for its whole duration).
+PRUNE_BATCH = 5000
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,3 +149,39 @@ def study_subjects(index: Index, study_uids: Sequence[str]) -> dict[str, tuple[s
     )
     with index._read.connect() as conn:
         return {uid: (pid or "", accession or "") for uid, pid, accession in conn.execute(stmt)}
+
+
+def study_names(index: Index, study_uids: Sequence[str]) -> dict[str, tuple[str, str, str]]:
+    """Study Instance UID → (Patient ID, Patient's Name, Study Description) for the
+    studies the index knows (the ParticipantObjectName of their audit objects)."""
+    if not study_uids:
+        return {}
+    stmt = (
+        select(
+            studies.c.study_instance_uid,
+            patients.c.patient_id,
+            patients.c.patient_name,
+            studies.c.study_description,
+        )
+        .join(patients, patients.c.pk == studies.c.patient_pk)
+        .where(studies.c.study_instance_uid.in_(list(study_uids)))
+    )
+    with index._read.connect() as conn:
+        return {
+            uid: (pid or "", name or "", description or "")
+            for uid, pid, name, description in conn.execute(stmt)
+        }
+
+
+def prune_events(index: Index, before: datetime) -> int:
+    """Delete the recorded messages older than ``before``, :data:`PRUNE_BATCH` rows per
+    transaction (index ``ix_audit_events_time``); how many went."""
+    c = audit_events.c
+    doomed = select(c.pk).where(c.event_time < before).limit(PRUNE_BATCH).scalar_subquery()
+    total = 0
+    while True:
+        with index._writing() as conn:
+            gone = conn.execute(delete(audit_events).where(c.pk.in_(doomed))).rowcount
+        total += gone
+        if gone < PRUNE_BATCH:
+            return total

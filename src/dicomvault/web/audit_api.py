@@ -24,9 +24,6 @@ from dicomvault.web.errors import HTTPProblem
 
 #: ``web.auth.AUTH_KEY`` (not imported: auth imports this module for its login hook).
 _AUTH_KEY = "dicomvault.auth"
-#: The SOP class a QIDO-RS query is audited under (PS3.15 A.5.3.10 asks for a SOP
-#: Class UID; QIDO-RS has none, its study-root C-FIND equivalent is used).
-QIDO_SOP_CLASS = "1.2.840.10008.5.1.4.1.2.2.1"
 
 
 def requester(scope: Scope) -> tuple[str, str | None]:
@@ -65,16 +62,20 @@ def _attempted_user(scope: Scope) -> str:
 
 
 def audit_query(request: Request, failure: str | None = None) -> None:
-    """Query (PS3.15 A.5.3.10) for a QIDO-RS request: the path and query string."""
+    """Query (PS3.15 A.5.3.10) for an HTTP query (QIDO-RS, the worklist API): a
+    non-DICOM query, so the queried object is the path (ID type 12 URI) and the query
+    the path and query string, as the protocol has it (A.5.3.10, note 2)."""
     user, host = requester(request.scope)
     text = request.url.path + ("?" + request.url.query if request.url.query else "")
-    audit.queried(archive_of(request), user, host, QIDO_SOP_CLASS, text.encode(), failure=failure)
+    audit.queried(archive_of(request), user, host, request.url.path, text.encode(), failure=failure)
 
 
 def audit_retrieve(
     request: Request, instances: Iterable[StoredInstance], *, accessed: bool = False
 ) -> None:
-    """WADO-RS: Instances Transferred (R) or Instances Accessed, per study."""
+    """WADO-RS: Instances Transferred, action R (instances, frames, bulk data, rendered
+    images, thumbnails; PS3.15 A.5.3.7) or Instances Accessed (metadata, A.5.3.6), per
+    study of the request. Queued: nothing is waited on."""
     user, host = requester(request.scope)
     audit.http_instances(archive_of(request), instances, user=user, host=host, accessed=accessed)
 
@@ -155,17 +156,8 @@ def audit_deleted(
     report: DeletionReport,
     subjects: dict[str, tuple[str, str]],
 ) -> None:
-    """DICOM Study Deleted (PS3.15 A.5.3.8) per study the deletion touched."""
+    """Per study the deletion touched: DICOM Study Deleted (PS3.15 A.5.3.8) when it
+    went whole, DICOM Instances Accessed with action D (A.5.3.6) when only some of its
+    instances did."""
     user, host = requester(request.scope)
-    studies = dict.fromkeys([*subjects, *report.study_instance_uids])
-    known = dict(subjects)
-    if selection.level == "patient":
-        known.update({uid: (selection.uid, "") for uid in studies})
-    audit.deleted(
-        archive_of(request),
-        {uid: {} for uid in studies},
-        known,
-        user=user,
-        host=host,
-        description=f"{report.instances} instance(s) of {selection.describe()} deleted",
-    )
+    audit.selection_deleted(archive_of(request), selection, report, subjects, user=user, host=host)

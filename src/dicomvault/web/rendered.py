@@ -73,6 +73,7 @@ from dicomvault.model.attributes import BY_KEYWORD
 from dicomvault.model.errors import NotFound
 from dicomvault.model.query import InformationModel, Level, Query, QueryKey
 from dicomvault.model.records import StoredInstance
+from dicomvault.web.audit_api import audit_retrieve
 from dicomvault.web.caching import cache_headers, entity_tag, not_modified
 from dicomvault.web.common import archive_of, base_url, blocking, instance_url, path_uid
 from dicomvault.web.errors import HTTPProblem
@@ -483,6 +484,9 @@ async def _instance_common(request: Request, *, thumbnail: bool, frame_list: boo
         )
     except RenderError as exc:
         raise _render_problem(exc) from exc
+    # Instances Transferred, action R (PS3.15 A.5.3.7): the instance's pixel data leaves
+    # the archive, rendered. Queued: nothing is waited on.
+    audit_retrieve(request, [stored])
     if len(bodies) == 1:
         return _image_response(bodies[0], media_type, etag)
     assert frames is not None
@@ -559,6 +563,7 @@ async def _collection(request: Request, *, series_level: bool, thumbnail: bool) 
             )
         except RenderError as exc:
             raise _render_problem(exc) from exc
+        audit_retrieve(request, [chosen.stored])  # Instances Transferred, R (A.5.3.7)
         return _image_response(bodies[0], media_type, etag)
     etag = entity_tag(
         "rendered", *(image.stored.sha256 for image in images), rendering.key(), media_type
@@ -569,6 +574,8 @@ async def _collection(request: Request, *, series_level: bool, thumbnail: bool) 
         start, first = await blocking(_first_renderable, archive, images, media_type, rendering)
     except RenderError as exc:
         raise _render_problem(exc) from exc
+    # Instances Transferred, action R (PS3.15 A.5.3.7), for the images of the answer.
+    audit_retrieve(request, [image.stored for image in images[start:]])
     base = base_url(request)
 
     def location(image: _Image) -> str:

@@ -535,7 +535,7 @@ async def store_instances(request: Request) -> Response:
         return Response(status_code=400)
     outcomes = await store.outcomes()
     _record(outcomes)
-    # Instances Transferred, action C, per study of the request (PS3.15 A.5.3.4).
+    # Instances Transferred, action C, per study of the request (PS3.15 A.5.3.7).
     audit_stored(request, [o.result for o in outcomes if o.result is not None])
     base = base_url(request)
     body = store_response(base, study, outcomes)

@@ -25,6 +25,7 @@ from dicomvault.dicom.frames import (
 )
 from dicomvault.model.errors import CannotParse
 from dicomvault.model.records import StoredInstance
+from dicomvault.web.audit_api import audit_retrieve
 from dicomvault.web.caching import cache_headers, instances_tag, not_modified
 from dicomvault.web.common import (
     archive_of,
@@ -166,12 +167,14 @@ async def _frames_response(
             return await blocking(retrieval.read_decoded_frame, archive, instance, number)
         return await blocking(retrieval.read_stored_frame, archive, instance, layout, number)
 
-    if not answer.multipart:
-        data = await _checked(frame(numbers[0]), instance)
-        return Response(data, media_type=part_type, headers=cache_headers(etag))
-    boundary = new_boundary()
     # Decoding may fail on damaged data: do the first frame before answering 200.
     first = await _checked(frame(numbers[0]), instance)
+    # Instances Transferred, action R (PS3.15 A.5.3.7): the frames' pixel data leaves
+    # the archive. Queued: a viewer's frame-by-frame requests wait on nothing.
+    audit_retrieve(request, [instance])
+    if not answer.multipart:
+        return Response(first, media_type=part_type, headers=cache_headers(etag))
+    boundary = new_boundary()
     media_type = multipart_type(answer.media_type, boundary)
     if len(numbers) <= IN_ONE_WRITE:
         # A viewer asks one frame per request: one write for headers and body (a
@@ -291,6 +294,7 @@ async def retrieve_bulkdata(request: Request) -> Response:
     cached = not_modified(request, etag)
     if cached is not None:
         return cached
+    audit_retrieve(request, [instance])  # Instances Transferred, R (PS3.15 A.5.3.7); queued
     headers = cache_headers(etag)
     part_type = f"{OCTET_STREAM}; transfer-syntax={EXPLICIT_VR_LITTLE_ENDIAN}"
     direct = not value.deflated and not value.swap

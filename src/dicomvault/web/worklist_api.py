@@ -30,7 +30,7 @@ from starlette.routing import BaseRoute, Route
 
 from dicomvault.archive import audit, worklist
 from dicomvault.security.audit import ActionCode
-from dicomvault.web.audit_api import requester
+from dicomvault.web.audit_api import audit_query, requester
 from dicomvault.web.common import archive_of, blocking, settings_of
 from dicomvault.web.errors import HTTPProblem
 
@@ -39,9 +39,6 @@ log = logging.getLogger("dicomvault.http")
 #: Where the worklist API lives (not under /dicom-web: it is not a DICOMweb service).
 WORKLIST_ROOT = "/api/worklist"
 MAX_LIMIT = 10000
-#: The SOP class a worklist read is audited under (PS3.15 A.5.3.10): Modality Worklist
-#: Information Model - FIND (PS3.4 K.6.1.2); web/ does not import net/.
-MODALITY_WORKLIST_FIND = "1.2.840.10008.5.1.4.31"
 
 
 def _problem(exc: worklist.WorklistError) -> HTTPProblem:
@@ -159,13 +156,10 @@ async def cancel_item(request: Request) -> Response:
 
 
 def _audit_query(request: Request, failure: str | None = None) -> None:
-    """Query (PS3.15 A.5.3.10) for ``GET /api/worklist``: the path and query string,
-    under the Modality Worklist FIND SOP class."""
-    user, host = requester(request.scope)
-    text = request.url.path + ("?" + request.url.query if request.url.query else "")
-    audit.queried(
-        archive_of(request), user, host, MODALITY_WORKLIST_FIND, text.encode(), failure=failure
-    )
+    """Query (PS3.15 A.5.3.10) for ``GET /api/worklist``: a non-DICOM query, audited
+    as QIDO-RS is (:func:`~dicomvault.web.audit_api.audit_query`: the path as a URI,
+    the path and query string as the query)."""
+    audit_query(request, failure)
 
 
 def _audit_item(
@@ -177,6 +171,7 @@ def _audit_item(
         archive_of(request), action=action, user=user, host=host,
         patient_id=item.patient_id, study_uid=item.study_instance_uid,
         accession=item.accession_number, description=f"worklist item {item.id} {what}",
+        patient_name=item.patient_name,
     )  # fmt: skip
 
 
