@@ -31,11 +31,16 @@ from dicomvault.model.errors import DicomVaultError, NotFound
 
 #: What a role may do. Permissions: ``search`` (QIDO-RS, capabilities, metrics),
 #: ``retrieve`` (WADO-RS, rendered), ``store`` (STOW-RS), ``worklist`` (add, change and
-#: cancel worklist items: a RIS account is an uploader, not an admin), ``delete``, ``admin``.
+#: cancel worklist items: a RIS account is an uploader, not an admin), ``delete``, ``admin``,
+#: and ``retrieve_deidentified``: WADO-RS retrieval of studies, series and instances as
+#: de-identified copies (PS3.15 Annex E, options ``deidentify.wado_*``) and nothing else —
+#: a ``researcher`` may not search, read metadata, frames or rendered images (they would
+#: show identities).
 ROLE_PERMISSIONS: dict[str, frozenset[str]] = {
     "viewer": frozenset({"search", "retrieve"}),
     "uploader": frozenset({"search", "retrieve", "store", "worklist"}),
     "admin": frozenset({"search", "retrieve", "store", "worklist", "delete", "admin"}),
+    "researcher": frozenset({"retrieve_deidentified"}),
 }
 ROLES = tuple(ROLE_PERMISSIONS)
 PERMISSIONS = frozenset().union(*ROLE_PERMISSIONS.values())

@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from dicomvault import __version__
+from dicomvault.cli.anonymize_command import anonymize_command
 from dicomvault.cli.archive_commands import (
     config_group,
     db_group,
@@ -61,6 +62,7 @@ for command in (
     unprotect_command,
     retention_group,
     worklist_group,
+    anonymize_command,
 ):
     cli.add_command(command)
 

@@ -57,7 +57,7 @@ def _read_password(from_stdin: bool) -> str:
 
 @click.group("user")
 def user_group() -> None:
-    """HTTP users and their roles (viewer, uploader, admin)."""
+    """HTTP users and their roles (viewer, uploader, admin, researcher)."""
 
 
 @user_group.command("add")
@@ -66,7 +66,8 @@ def user_group() -> None:
     "--role",
     type=click.Choice(users.ROLES),
     required=True,
-    help="viewer: search and retrieve; uploader: + store; admin: + delete and administration.",
+    help="viewer: search and retrieve; uploader: + store; admin: + delete and administration; "
+    "researcher: WADO-RS retrieval of de-identified copies only.",
 )
 @click.option(
     "--password-stdin",

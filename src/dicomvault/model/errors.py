@@ -115,3 +115,9 @@ def ingest_failure_status(exc: BaseException, otherwise: int) -> int:
         if isinstance(exc, cls):
             return status
     return otherwise
+
+
+class DeidentificationRefused(DicomVaultError):
+    """An instance the de-identifier will not process as asked: Burned In Annotation
+    (0028,0301) YES without leave to keep burned-in text (PS3.15 E.3.1, Clean Pixel Data,
+    is not provided). The message names the instance."""

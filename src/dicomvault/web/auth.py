@@ -138,6 +138,15 @@ ROUTE_PERMISSIONS: dict[tuple[str, str], str] = {
 
 PUBLIC_PATHS = frozenset(path for (_, path), perm in ROUTE_PERMISSIONS.items() if perm == PUBLIC)
 
+#: Routes that a second permission also opens: WADO-RS retrieval of DICOM instances
+#: answers a ``retrieve_deidentified`` user (role ``researcher``) with de-identified copies
+#: (web/wado.py, PS3.15 Annex E); every other route stays closed to that user.
+ALTERNATIVE_PERMISSIONS: dict[tuple[str, str], tuple[str, ...]] = {
+    ("GET", _STUDY): ("retrieve_deidentified",),
+    ("GET", _SERIES): ("retrieve_deidentified",),
+    ("GET", _INSTANCE): ("retrieve_deidentified",),
+}
+
 CHALLENGE = 'Basic realm="dicomvault", Bearer'
 #: Failed logins allowed per client address within the window.
 FAILURE_LIMIT = 5
@@ -357,10 +366,17 @@ class Authentication:
 class _Guarded:
     """A route's app behind its declared permissions (method → permission)."""
 
-    def __init__(self, app: ASGIApp, template: str, permissions: dict[str, str]) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        template: str,
+        permissions: dict[str, str],
+        alternatives: dict[str, tuple[str, ...]] | None = None,
+    ) -> None:
         self.app = app
         self.template = template
         self.permissions = permissions
+        self.alternatives = alternatives or {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         method = "GET" if scope["method"] == "HEAD" else scope["method"]
@@ -371,7 +387,9 @@ class _Guarded:
             return
         if not isinstance(auth, Principal):  # never authenticated: fail closed
             response = problem_response(401, "no credentials", {"WWW-Authenticate": CHALLENGE})
-        elif permission is None or not auth.may(permission):
+        elif permission is None or not (
+            auth.may(permission) or any(auth.may(p) for p in self.alternatives.get(method, ()))
+        ):
             app = scope.get("app")
             if app is not None:  # Security Alert, Use of Restricted Function (PS3.15 A.5.3.11)
                 client = scope.get("client")
@@ -424,6 +442,11 @@ def guard(routes: Sequence[BaseRoute], prefix: str = "") -> None:
                 for (method, path), perm in ROUTE_PERMISSIONS.items()
                 if path == template and method in (route.methods or ())
             }
-            route.app = _Guarded(route.app, template, declared)
+            alternatives = {
+                method: extra
+                for (method, path), extra in ALTERNATIVE_PERMISSIONS.items()
+                if path == template and method in (route.methods or ())
+            }
+            route.app = _Guarded(route.app, template, declared, alternatives)
         elif isinstance(route, Mount):
             guard(route.routes, prefix + route.path)

@@ -73,6 +73,7 @@ from dicomvault.web.media import (
     not_acceptable,
 )
 from dicomvault.web.multipart import PART_END, closing, multipart_type, new_boundary, part_head
+from dicomvault.web.wado_deidentified import deidentified_only, retrieve_deidentified
 from dicomvault.web.zerocopy import Part10, ZeroCopy, zero_copy
 
 EXPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2.1"
@@ -161,6 +162,8 @@ async def retrieve_instances(request: Request) -> Response:
     names = [n for n in ("study", "series", "instance") if n in request.path_params]
     uids = path_uids(request, *names)
     syntax = _dicom_syntax(accepted(request))
+    if deidentified_only(request):  # role researcher: de-identified copies only
+        return await retrieve_deidentified(request, uids, syntax)
     archive = archive_of(request)
     found = await blocking(retrieval.instances_of, archive, *uids)
     instances = [instance for instance, _ in found]
