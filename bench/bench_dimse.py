@@ -19,7 +19,7 @@ that the ratios are comparable on a noisy machine:
     :mod:`bench.pynetdicom_scp`, a bare pynetdicom 3 SCP that only writes the
     received bytes to files.
 ``dicomvault``
-    ``dicomvault serve`` (AE title DICOMVAULT); skipped with
+    ``dicomvault serve`` (AE title DICOMVAULT; default settings: one process per CPU); skipped with
     "dicomvault: not available" when it does not answer C-ECHO within 20 s.
 
 Each receiver gets a fresh temporary directory and free loopback ports, is
@@ -342,14 +342,15 @@ def _dicomvault_executable() -> str:
 
 
 class DicomVault(Receiver):
-    """``dicomvault serve`` on the DIMSE port, HTTP disabled (port 0)."""
+    """``dicomvault serve`` as deployed: default settings, so one process per CPU
+    (``server.workers = "auto"``, which needs fixed ports: the HTTP port is a free one)."""
 
     name = "dicomvault"
     aet = "DICOMVAULT"
     startup_timeout = 20.0
 
     def command(self) -> list[str]:
-        """``dicomvault serve --data-dir DIR --dicom-port P --http-port 0 --ae-title AET``."""
+        """``dicomvault serve --data-dir DIR --dicom-port P --http-port Q --ae-title AET``."""
         return [
             _dicomvault_executable(),
             "serve",
@@ -358,7 +359,7 @@ class DicomVault(Receiver):
             "--dicom-port",
             str(self.port),
             "--http-port",
-            "0",
+            str(free_port()),
             "--ae-title",
             self.aet,
         ]

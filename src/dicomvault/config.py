@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import tomllib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
 from pydantic import (
@@ -99,10 +99,28 @@ class HttpSettings(_Section):
     gzip_min_size: int = Field(default=1024, ge=0)
 
 
+#: ``server.workers = "auto"`` starts at most this many processes: they share one index
+#: writer lock, so beyond the cores that parse and hash, more only add memory.
+AUTO_WORKERS_MAX = 8
+
+
 class ServerSettings(_Section):
-    #: Processes sharing the listening ports (SO_REUSEPORT).
-    workers: int = Field(default=1, ge=1, le=64)
+    #: Processes sharing the listening ports (SO_REUSEPORT): a number, or ``"auto"`` for
+    #: one per CPU available to the server (at most :data:`AUTO_WORKERS_MAX`). Python
+    #: runs one thread at a time per process, so a second process is what puts a second
+    #: core to work on parsing, hashing and indexing.
+    workers: Annotated[int, Field(ge=1, le=64)] | Literal["auto"] = "auto"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+    def process_count(self) -> int:
+        """How many serving processes ``workers`` asks for on this machine."""
+        if self.workers != "auto":
+            return self.workers
+        try:
+            cpus = len(os.sched_getaffinity(0))
+        except AttributeError:  # pragma: no cover - not Linux
+            cpus = os.cpu_count() or 1
+        return max(1, min(cpus, AUTO_WORKERS_MAX))
 
 
 class QuerySettings(_Section):
@@ -274,6 +292,11 @@ class AuditSettings(_Section):
     #: Delete rows of the ``audit_events`` index table older than this many days (hourly,
     #: by ``serve``); 0: keep them forever. The log file is never pruned.
     retention_days: int = Field(default=0, ge=0)
+    #: WADO-RS reads (instances, frames, bulk data, rendered, thumbnails, metadata) of a
+    #: study by one user from one address are tallied in memory and recorded as ONE
+    #: message once no such read came for this many seconds (or the tally has been open
+    #: 60 s; at shutdown); 0: one message per request.
+    http_coalesce_seconds: float = Field(default=10.0, ge=0, le=60)
 
     @field_validator("syslog")
     @classmethod

@@ -61,3 +61,23 @@ def test_invalid_values_name_the_key(
 def test_missing_file(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="does not exist"):
         load_settings(tmp_path / "nope.toml")
+
+
+def test_workers_auto_is_one_process_per_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+
+    from dicomvault.config import AUTO_WORKERS_MAX
+
+    monkeypatch.chdir(Path(os.sep))
+    server = load_settings(None).server
+    assert server.workers == "auto"
+    assert server.process_count() == min(len(os.sched_getaffinity(0)), AUTO_WORKERS_MAX)
+    assert load_settings(None, {"server": {"workers": 3}}).server.process_count() == 3
+    monkeypatch.setattr(os, "sched_getaffinity", lambda _pid: set(range(64)))
+    assert server.process_count() == AUTO_WORKERS_MAX
+
+
+@pytest.mark.parametrize("value", [0, 65, "many", -1])
+def test_workers_out_of_range_names_the_key(value: object) -> None:
+    with pytest.raises(ConfigError, match="server.workers"):
+        load_settings(None, {"server": {"workers": value}})

@@ -196,3 +196,37 @@ def test_sigterm_mid_transfer_keeps_every_acknowledged_instance(
         [DV, "verify", "--json", "--data-dir", str(data)], capture_output=True, text=True
     )
     assert json.loads(verify.stdout)["consistent"]
+
+
+def test_auto_workers_one_per_cpu_with_fixed_ports(tmp_path: Path) -> None:
+    cpus = min(len(os.sched_getaffinity(0)), 8)
+    server = Server(tmp_path / "data")  # fixed ports, server.workers = "auto" (default)
+    try:
+        server.wait_for_log("DIMSE listening", count=cpus)
+    finally:
+        assert server.stop() == 0
+    assert server.log.read_text().count("DIMSE listening") == cpus
+
+
+def test_auto_workers_serve_in_one_process_when_a_port_is_zero(tmp_path: Path) -> None:
+    log = tmp_path / "serve.log"
+    with log.open("w") as out:
+        proc = subprocess.Popen(
+            [DV, "serve", "--data-dir", str(tmp_path / "data"), "--dicom-port", "0",
+             "--http-port", "0"],
+            stdout=subprocess.DEVNULL, stderr=out,
+            env={**os.environ, "DICOMVAULT_HTTP__HOST": "127.0.0.1"},
+        )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 30
+        while "DIMSE listening" not in log.read_text():
+            assert proc.poll() is None, log.read_text()
+            assert time.monotonic() < deadline, "serve did not start in 30 s"
+            time.sleep(0.1)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
+    text = log.read_text()
+    assert text.count("DIMSE listening") == 1
+    if min(len(os.sched_getaffinity(0)), 8) > 1:
+        assert "one worker: server.workers = auto needs fixed ports" in text

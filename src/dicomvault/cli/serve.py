@@ -226,6 +226,15 @@ def _configure_logging(level: str) -> None:
     logging.getLogger("alembic").setLevel(logging.WARNING)
 
 
+def _workers_option(value: str | None) -> int | str | None:
+    """``--workers``: a number of processes from 1 to 64, or ``auto``."""
+    if value is None or value == "auto":
+        return value
+    if value.isdigit() and 1 <= int(value) <= 64:
+        return int(value)
+    raise click.BadParameter(f"{value!r} is not a number from 1 to 64 or 'auto'")
+
+
 @click.command("serve")
 @config_options
 @click.option(
@@ -243,9 +252,11 @@ def _configure_logging(level: str) -> None:
 @click.option("--ae-title", default=None, help="Our AE title (setting dicom.ae_title).")
 @click.option(
     "--workers",
-    type=click.IntRange(1, 64),
     default=None,
-    help="Processes sharing the port (setting server.workers) [default: 1].",
+    metavar="N|auto",
+    callback=lambda _ctx, _param, value: _workers_option(value),
+    help="Processes sharing the ports (setting server.workers) [default: auto, one per "
+    "CPU; one when a port is 0].",
 )
 def serve_command(
     config: Path | None,
@@ -253,7 +264,7 @@ def serve_command(
     dicom_port: int | None,
     http_port: int | None,
     ae_title: str | None,
-    workers: int | None,
+    workers: int | str | None,
 ) -> None:
     """Run the archive: DIMSE (Verification, Storage, Query/Retrieve SCP) on the DICOM
     port and DICOMweb (QIDO-RS, WADO-RS, STOW-RS, delete) on the HTTP port.
@@ -278,8 +289,16 @@ def serve_command(
         if settings.tls.enabled or settings.tls.https:
             server_context(settings.tls)  # ConfigError naming the key or file: exit 2
         _refuse_if_exposed(settings)  # before anything listens
-        n = settings.server.workers
+        n = settings.server.process_count()
         host, port = settings.dicom.host, settings.dicom.port
+        ephemeral = port == 0 or settings.http.port == 0 or (
+            settings.tls.enabled and settings.tls.dicom_port == 0
+        )
+        if n > 1 and ephemeral and settings.server.workers == "auto":
+            # Processes can only share a port they all know: with a port chosen by the
+            # kernel (0, as tests use), one process serves.
+            log.info("one worker: server.workers = auto needs fixed ports, and a port is 0")
+            n = 1
         if n == 1:
             dimse_sock = _listening_socket(host, port, reuse_port=False)
             http_sock = _listening_socket(
