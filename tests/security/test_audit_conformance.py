@@ -69,11 +69,22 @@ def _objects(row: AuditRow) -> list[ET.Element]:
     return ET.fromstring(row.xml).findall("ParticipantObjectIdentification")
 
 
-def test_wado_pixel_resources_are_instances_transferred(server: WebServer, tmp_path: Path) -> None:
+@pytest.fixture
+def per_request_server(tmp_path: Path) -> Iterator[WebServer]:
+    """A server recording WADO-RS reads per request (``audit.http_coalesce_seconds`` 0;
+    tests/security/test_audit_coalesce.py covers the coalesced default)."""
+    yield from start_web(web_settings(tmp_path, audit={"http_coalesce_seconds": 0}))
+
+
+def test_wado_pixel_resources_are_instances_transferred(
+    per_request_server: WebServer, tmp_path: Path
+) -> None:
     """Frames, bulk data, rendered instance / frames / series / study, thumbnails: one
-    DICOM Instances Transferred, action R, per request (and study), the archive the
-    source, the client the destination and requestor; a 304 revalidation sends nothing
-    and audits nothing. Patient and study carry their names from the index."""
+    DICOM Instances Transferred, action R, per request (and study) with
+    ``audit.http_coalesce_seconds = 0``, the archive the source, the client the
+    destination and requestor; a 304 revalidation sends nothing and audits nothing.
+    Patient and study carry their names from the index."""
+    server = per_request_server
     study, series = uid(), uid()
     (sop,) = store(server.archive, tmp_path, study, series)
     store(server.archive, tmp_path, study, series + ".2")

@@ -8,7 +8,11 @@ thread and bounded queue so that an unreachable audit repository delays nothing 
 Hot paths only append to memory: a C-STORE adds its instance to the association's
 ledger (:meth:`AuditTrail.stored`), and ONE "DICOM Instances Transferred" message per
 study is produced when the association ends; the patient of each study is looked up in
-the writer thread, not while storing.
+the writer thread, not while storing. WADO-RS reads are tallied the same way per event,
+user, client address and study (:meth:`AuditTrail.http_read`): one message once the
+reads have paused for ``audit.http_coalesce_seconds`` (the writer thread releases it),
+after :data:`MAX_OPEN_SECONDS` at the latest, and at :meth:`AuditTrail.flush` /
+:meth:`AuditTrail.close`.
 
 The trail of an open archive is :func:`trail_of` (one per archive object, started on
 first use); ``serve`` closes it (:func:`close_trail`) before the archive, reopens its log
@@ -68,6 +72,15 @@ MAX_LEDGERS: Final = 10000
 #: A successful login of the same user from the same address is audited once per this
 #: many seconds (HTTP clients authenticate every request).
 LOGIN_REPEAT_SECONDS: Final = 300.0
+#: A WADO-RS read tally is recorded after this many seconds open at the latest, however
+#: busy its user: a long viewing session still yields a message each minute.
+MAX_OPEN_SECONDS: Final = 60.0
+#: SOP Instance UIDs remembered per read tally (each instance counted once); past this
+#: many, further instances are counted without being remembered (a repeat of one of
+#: those may be counted twice) -- memory stays bounded (about 10 MB per tally at most).
+MAX_TALLY_UIDS: Final = 100_000
+#: Read tallies open at once, at most; one more records the oldest at once.
+MAX_TALLIES: Final = 10000
 
 #: Study Instance UID → (Patient ID, Accession Number).
 Subjects = Callable[[Sequence[str]], Mapping[str, tuple[str, str]]]
@@ -76,6 +89,8 @@ Subjects = Callable[[Sequence[str]], Mapping[str, tuple[str, str]]]
 Deferred = Callable[[Subjects], AuditMessage | Sequence[AuditMessage] | None]
 
 _STOP: Final = object()
+#: Put on the queue to make the writer recompute when the next read tally is due.
+_WAKE: Final = object()
 
 
 def audit_log_path(settings: Settings) -> Path:
@@ -143,6 +158,28 @@ class _Ledger:
     replaced: bool = False
 
 
+#: A WADO-RS read tally's key: (event -- "transferred" for DICOM Instances Transferred
+#: R, "accessed" for DICOM Instances Accessed R --, user, client host, Study Instance UID).
+ReadKey = tuple[str, str, str | None, str]
+
+
+@dataclass(slots=True)
+class _ReadTally:
+    """What one user read of one study from one address since the tally opened:
+    SOP class → distinct instances, and when (the first read's time is the message's
+    EventDateTime)."""
+
+    first: datetime
+    opened: float  # time.monotonic() of the first read
+    last: float  # time.monotonic() of the latest read
+    counts: dict[str, int] = field(default_factory=dict)
+    uids: set[str] = field(default_factory=set)
+
+    def due(self, quiet: float) -> float:
+        """The monotonic time at which this tally is to be recorded."""
+        return min(self.last + quiet, self.opened + MAX_OPEN_SECONDS)
+
+
 class AuditTrail:
     """Non-blocking recorder of audit messages with a background writer thread."""
 
@@ -166,6 +203,8 @@ class AuditTrail:
         self._syslog: SyslogSender | None = None
         self._ledgers: dict[str, _Ledger] = {}
         self._logins: dict[tuple[str, str], float] = {}
+        self.coalesce = float(settings.audit.http_coalesce_seconds)
+        self._reads: dict[ReadKey, _ReadTally] = {}
         self.dropped = 0
         self.written = 0
 
@@ -194,20 +233,30 @@ class AuditTrail:
         with self._lock:
             if self._closed:
                 return
-            if self._thread is None:
-                self._thread = threading.Thread(target=self._run, name="audit-writer", daemon=True)
-                self._thread.start()
-            try:
-                self._queue.put_nowait(message)
-            except queue.Full:
-                self.dropped += 1
-                if self.dropped in (1, 10, 100) or self.dropped % 1000 == 0:
-                    log.error("audit: queue full, %d message(s) dropped so far", self.dropped)
-                return
-            self._unfinished += 1
+            self._enqueue(message)
+
+    def _start_writer(self) -> None:
+        """Start the writer thread if it is not running (``_lock`` held)."""
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="audit-writer", daemon=True)
+            self._thread.start()
+
+    def _enqueue(self, message: AuditMessage | Deferred) -> None:
+        """Queue ``message`` for the writer, or drop and count it (``_lock`` held)."""
+        self._start_writer()
+        try:
+            self._queue.put_nowait(message)
+        except queue.Full:
+            self.dropped += 1
+            if self.dropped in (1, 10, 100) or self.dropped % 1000 == 0:
+                log.error("audit: queue full, %d message(s) dropped so far", self.dropped)
+            return
+        self._unfinished += 1
 
     def flush(self, timeout: float = 10.0) -> bool:
-        """Wait until every message queued so far is written; False on timeout."""
+        """Record the open WADO-RS read tallies now, then wait until every message
+        queued so far is written; False on timeout."""
+        self.release_reads()
         deadline = time.monotonic() + timeout
         with self._idle:
             while self._unfinished:
@@ -218,10 +267,13 @@ class AuditTrail:
         return True
 
     def close(self) -> None:
-        """Write what is queued, then stop the writer and the syslog sender."""
+        """Record the open WADO-RS read tallies, write what is queued, then stop the
+        writer and the syslog sender."""
         with self._lock:
             if self._closed:
                 return
+            for key in list(self._reads):
+                self._release_read(key)  # queued before _STOP: written by the writer
             self._closed = True
             thread = self._thread
         if thread is not None:
@@ -265,7 +317,14 @@ class AuditTrail:
             log.error("audit: cannot open the audit log or the index: %s", exc)
         stop = False
         while not stop:
-            batch = [self._queue.get()]
+            # Wait for a message, or until the next WADO-RS read tally is due (no timeout
+            # while none is open: an idle trail does not wake up).
+            wait = self._next_due()
+            try:
+                batch = [self._queue.get(timeout=wait) if wait != 0 else self._queue.get_nowait()]
+            except queue.Empty:
+                batch = []
+            self._release_due_reads()
             while len(batch) < BATCH:
                 try:
                     batch.append(self._queue.get_nowait())
@@ -273,7 +332,9 @@ class AuditTrail:
                     break
             if _STOP in batch:
                 stop = True
-                batch = [item for item in batch if item is not _STOP]
+            batch = [item for item in batch if item is not _STOP and item is not _WAKE]
+            if not batch:
+                continue
             try:
                 self._write(batch)
             except Exception:  # never let the writer die
@@ -373,6 +434,116 @@ class AuditTrail:
                              action="U" if ledger.replaced else "C", when=when)
             )  # fmt: skip
 
+    # -- WADO-RS read tallies (one message per user, address and study per pause) -----
+
+    def http_read(
+        self,
+        instances: Iterable[StoredInstance],
+        *,
+        user: str,
+        host: str | None,
+        accessed: bool = False,
+    ) -> None:
+        """WADO-RS read ``instances`` for ``user`` at ``host``: count them in the tally
+        of each study (memory only; each SOP Instance UID once per tally), or -- with
+        ``audit.http_coalesce_seconds`` 0 -- record the request's messages at once."""
+        if not self.enabled:
+            return
+        studies: dict[str, list[StoredInstance]] = {}
+        for inst in instances:
+            studies.setdefault(inst.study_instance_uid, []).append(inst)
+        if not studies:
+            return
+        event = "accessed" if accessed else "transferred"
+        if self.coalesce <= 0:  # one message per request and study, as it comes
+            wall = datetime.now(UTC)
+            for study, found in studies.items():
+                counts = _by_study(found)[study]
+                self.record(self._read_message((event, user, host, study), counts, wall))
+            return
+        now = time.monotonic()
+        wall = datetime.now(UTC)
+        with self._lock:
+            if self._closed:
+                return
+            wake = not self._reads
+            for study, found in studies.items():
+                key: ReadKey = (event, user, host, study)
+                tally = self._reads.get(key)
+                if tally is None:
+                    if len(self._reads) >= MAX_TALLIES:
+                        self._release_read(next(iter(self._reads)))  # the oldest, now
+                    tally = self._reads[key] = _ReadTally(first=wall, opened=now, last=now)
+                tally.last = now
+                for inst in found:
+                    uid = inst.sop_instance_uid
+                    if uid in tally.uids:
+                        continue
+                    if len(tally.uids) < MAX_TALLY_UIDS:
+                        tally.uids.add(uid)
+                    cls = inst.sop_class_uid
+                    tally.counts[cls] = tally.counts.get(cls, 0) + 1
+            self._start_writer()
+            if wake:
+                # The writer may be waiting without a timeout (no tally was open): make it
+                # compute when this one is due. Not counted as a message.
+                with contextlib.suppress(queue.Full):
+                    self._queue.put_nowait(_WAKE)
+
+    def release_reads(self) -> None:
+        """Record every open WADO-RS read tally now (flush, shutdown)."""
+        with self._lock:
+            if self._closed:
+                return
+            for key in list(self._reads):
+                self._release_read(key)
+
+    def _release_due_reads(self) -> None:
+        """Record the read tallies that have been quiet for ``http_coalesce_seconds`` or
+        open for :data:`MAX_OPEN_SECONDS` (the writer thread, each time it wakes)."""
+        now = time.monotonic()
+        with self._lock:
+            if self._closed:
+                return
+            for key in [k for k, t in self._reads.items() if t.due(self.coalesce) <= now]:
+                self._release_read(key)
+
+    def _next_due(self) -> float | None:
+        """Seconds until the next read tally is due (0: one is), None when none is open."""
+        with self._lock:
+            if not self._reads:
+                return None
+            due = min(t.due(self.coalesce) for t in self._reads.values())
+        return max(0.0, due - time.monotonic())
+
+    def _release_read(self, key: ReadKey) -> None:
+        """Queue the message of one read tally and forget it (``_lock`` held)."""
+        tally = self._reads.pop(key)
+        self._enqueue(self._read_message(key, tally.counts, tally.first))
+
+    def _read_message(self, key: ReadKey, counts: Mapping[str, int], first: datetime) -> Deferred:
+        """DICOM Instances Transferred, action R (PS3.15 A.5.3.7; the archive the
+        source, the client the destination), or DICOM Instances Accessed, action R
+        (A.5.3.6), of one study read by one user at one address; EventDateTime the time
+        of the first read (A.5.2.5: an event with a duration gets a time chosen by a
+        consistent method)."""
+        event, user, host, study = key
+        source = self.source
+        counted = {study: dict(counts)}
+        if event == "transferred":
+            client = msg.peer_participant(user, host, roles=(msg.ROLE_DESTINATION,))
+            ours = self.archive_participant(roles=(msg.ROLE_SOURCE,))
+            return _transferred(source, ours, client, counted, action="R", when=first)
+
+        def build(subjects: Subjects) -> AuditMessage:
+            known = subjects([study])
+            return msg.instances_accessed(
+                source, msg.peer_participant(user, host), counted,
+                {u: p for u, (p, _) in known.items()}, when=first,
+            )  # fmt: skip
+
+        return build
+
     # -- logins ---------------------------------------------------------------------
 
     def login(self, user: str, host: str, *, failure: str | None = None) -> None:
@@ -467,8 +638,11 @@ def close_trail(archive: Archive) -> None:
 
 
 def application_activity(archive: Archive, *, started: bool, launcher: str | None = None) -> None:
-    """Application Activity start / stop (PS3.15 A.5.3.1)."""
+    """Application Activity start / stop (PS3.15 A.5.3.1). Before the stop message,
+    the open WADO-RS read tallies are recorded (they precede it in the log)."""
     trail = trail_of(archive)
+    if not started:
+        trail.release_reads()
     trail.record(
         msg.application_activity(
             trail.source,
@@ -651,35 +825,14 @@ def http_instances(
     host: str | None,
     accessed: bool = False,
 ) -> None:
-    """WADO-RS, per request and study: DICOM Instances Transferred, action R (PS3.15
-    A.5.3.7), when instances or their content left the archive -- whole instances,
-    frames, bulk data, rendered images and thumbnails; DICOM Instances Accessed
-    (A.5.3.6, action R) for metadata (``accessed``). Queued: the patient of each study
-    is looked up in the writer thread."""
-    trail = trail_of(archive)
-    if not trail.enabled:
-        return
-    studies = _by_study(instances)
-    if not studies:
-        return
-    client = msg.peer_participant(user, host, roles=(msg.ROLE_DESTINATION,))
-    ours = trail.archive_participant(roles=(msg.ROLE_SOURCE,))
-    source = trail.source
-    for study, counts in studies.items():
-        if accessed:
-
-            def build(
-                subjects: Subjects, study: str = study, counts: dict[str, int] = counts
-            ) -> AuditMessage:
-                known = subjects([study])
-                return msg.instances_accessed(
-                    source, msg.peer_participant(user, host), {study: counts},
-                    {u: p for u, (p, _) in known.items()},
-                )  # fmt: skip
-
-            trail.record(build)
-        else:
-            trail.record(_transferred(source, ours, client, {study: counts}, action="R"))
+    """WADO-RS reads: DICOM Instances Transferred, action R (PS3.15 A.5.3.7), when
+    instances or their content left the archive -- whole instances, frames, bulk data,
+    rendered images and thumbnails; DICOM Instances Accessed (A.5.3.6, action R) for
+    metadata (``accessed``). Tallied per user, address and study, and recorded as one
+    message when the reads pause for ``audit.http_coalesce_seconds`` (at once when 0)
+    -- see :meth:`AuditTrail.http_read`. The patient of each study is looked up in the
+    writer thread."""
+    trail_of(archive).http_read(instances, user=user, host=host, accessed=accessed)
 
 
 def http_stored(

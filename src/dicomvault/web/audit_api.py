@@ -74,8 +74,9 @@ def audit_retrieve(
     request: Request, instances: Iterable[StoredInstance], *, accessed: bool = False
 ) -> None:
     """WADO-RS: Instances Transferred, action R (instances, frames, bulk data, rendered
-    images, thumbnails; PS3.15 A.5.3.7) or Instances Accessed (metadata, A.5.3.6), per
-    study of the request. Queued: nothing is waited on."""
+    images, thumbnails; PS3.15 A.5.3.7) or Instances Accessed (metadata, A.5.3.6):
+    counted in the tally of the user, client address and study, one message per pause
+    of ``audit.http_coalesce_seconds`` (docs/audit.md). Memory only: nothing waits."""
     user, host = requester(request.scope)
     audit.http_instances(archive_of(request), instances, user=user, host=host, accessed=accessed)
 
