@@ -79,5 +79,5 @@ def test_workers_auto_is_one_process_per_cpu(monkeypatch: pytest.MonkeyPatch) ->
 
 @pytest.mark.parametrize("value", [0, 65, "many", -1])
 def test_workers_out_of_range_names_the_key(value: object) -> None:
-    with pytest.raises(ConfigError, match="server.workers"):
+    with pytest.raises(ConfigError, match=r"server\.workers"):
         load_settings(None, {"server": {"workers": value}})

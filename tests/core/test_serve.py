@@ -230,3 +230,31 @@ def test_auto_workers_serve_in_one_process_when_a_port_is_zero(tmp_path: Path) -
     assert text.count("DIMSE listening") == 1
     if min(len(os.sched_getaffinity(0)), 8) > 1:
         assert "one worker: server.workers = auto needs fixed ports" in text
+
+
+@pytest.mark.parametrize("delay", [0.0, 0.5, 1.5])
+def test_workers_stop_cleanly_on_a_signal_during_start_up(tmp_path: Path, delay: float) -> None:
+    """SIGHUP then SIGTERM while the worker processes are still starting: no worker dies
+    of the SIGHUP or hangs, and the server exits 0 (bounded waits)."""
+    log = tmp_path / "serve.log"
+    with log.open("w") as out:
+        proc = subprocess.Popen(
+            [DV, "serve", "--data-dir", str(tmp_path / "data"), "--workers", "2",
+             "--dicom-port", str(free_port()), "--http-port", str(free_port())],
+            stdout=subprocess.DEVNULL, stderr=out,
+            env={**os.environ, "DICOMVAULT_HTTP__HOST": "127.0.0.1"},
+        )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 30
+        while "starting 2 worker processes" not in log.read_text():
+            assert proc.poll() is None, log.read_text()
+            assert time.monotonic() < deadline, "serve did not start its workers in 30 s"
+            time.sleep(0.05)
+        time.sleep(delay)
+        proc.send_signal(signal.SIGHUP)
+        time.sleep(0.2)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 0, log.read_text()
+    finally:
+        if proc.poll() is None:
+            proc.kill()

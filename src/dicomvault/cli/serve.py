@@ -17,6 +17,7 @@ import os
 import signal
 import socket
 import sys
+from multiprocessing.synchronize import Event as EventLike
 from pathlib import Path
 
 import click
@@ -74,9 +75,11 @@ def _run_one(
     http_sock: socket.socket,
     worker: int,
     tls_sock: socket.socket | None = None,
+    early_stop: list[int] | None = None,
 ) -> None:
     """One serving process: open the archive, serve DIMSE and HTTP until SIGTERM/SIGINT,
-    close."""
+    close. ``early_stop`` holds the signals that arrived while the process was starting
+    (a worker): the server then stops as soon as it can."""
     archive = Archive.open(settings, recover_on_start=worker == 0)
     # Application Activity, start (PS3.15 A.5.3.1), once per serving process.
     audit.application_activity(archive, started=True, launcher=_launcher())
@@ -114,6 +117,8 @@ def _run_one(
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
         loop.add_signal_handler(signal.SIGHUP, on_sighup)
+        if early_stop:
+            stop.set()
         dimse_ready = asyncio.Event()
         http_ready = asyncio.Event()
         tls_ready = asyncio.Event()
@@ -201,10 +206,24 @@ def _launcher() -> str | None:
         return None
 
 
-def _worker_main(settings: Settings, host: str, port: int, worker: int, level: str) -> None:
-    # A SIGTERM before the event loop installs its own handler: nothing is in flight yet,
-    # so leave quietly (exit 0) rather than die by the signal.
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+def _worker_main(
+    settings: Settings,
+    host: str,
+    port: int,
+    worker: int,
+    level: str,
+    started: EventLike | None = None,
+) -> None:
+    # Signals before the event loop installs its handlers: a stop is remembered and done
+    # once the loop runs (nothing is in flight yet; raising SystemExit mid-start-up
+    # could leave a thread of the half-opened archive keeping the process alive), and a
+    # SIGHUP has nothing to reopen or reload yet (by default it would kill the worker).
+    early_stop: list[int] = []
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda signum, _frame: early_stop.append(signum))
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    if started is not None:
+        started.set()  # the parent may forward SIGHUP from now on
     _configure_logging(level)
     sock = _listening_socket(host, port, reuse_port=True)
     http_sock = _listening_socket(settings.http.host, settings.http.port, reuse_port=True)
@@ -213,7 +232,7 @@ def _worker_main(settings: Settings, host: str, port: int, worker: int, level: s
         if settings.tls.enabled
         else None
     )
-    _run_one(settings, sock, http_sock, worker, tls_sock)
+    _run_one(settings, sock, http_sock, worker, tls_sock, early_stop)
 
 
 def _configure_logging(level: str) -> None:
@@ -284,6 +303,9 @@ def serve_command(
             overrides["http"] = {"port": http_port}
         if workers is not None:
             overrides["server"] = {"workers": workers}
+        # Until the server's own handlers are installed, a SIGHUP (logrotate, certificate
+        # renewal) must not kill a server that is still starting.
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
         settings = load_cli_settings(config, data_dir, **overrides)
         _configure_logging(settings.server.log_level)
         if settings.tls.enabled or settings.tls.https:
@@ -318,27 +340,41 @@ def serve_command(
         # Recovery once, alone, before any worker can spool.
         Archive.open(settings).close()
         ctx = multiprocessing.get_context("spawn")
+        started = [ctx.Event() for _ in range(n)]  # set once a worker handles signals
         procs = [
             ctx.Process(
                 target=_worker_main,
-                args=(settings, host, port, i, settings.server.log_level),
+                args=(settings, host, port, i, settings.server.log_level, started[i]),
                 name=f"dicomvault-worker-{i}",
             )
             for i in range(n)
         ]
-        for proc in procs:
-            proc.start()
+        stopping: list[int] = []
 
         def forward(signum: int, _frame: object) -> None:
-            for proc in procs:
-                if proc.pid is not None:
+            if signum != signal.SIGHUP:
+                stopping.append(signum)
+            for proc, ready in zip(procs, started, strict=True):
+                # A worker still importing would die of a SIGHUP (the default action):
+                # it has nothing to reopen or reload yet anyway.
+                if proc.pid is not None and (signum != signal.SIGHUP or ready.is_set()):
                     os.kill(proc.pid, signum)
 
+        # Before the first worker starts: a signal now must reach every worker started.
         signal.signal(signal.SIGTERM, forward)
         signal.signal(signal.SIGINT, forward)
         signal.signal(signal.SIGHUP, forward)  # audit log reopened, TLS reloaded: every worker
+        log.info("starting %d worker processes on DICOM port %d", n, port)
         for proc in procs:
-            proc.join()
-        return max((proc.exitcode or 0) for proc in procs)
+            if stopping:
+                break
+            proc.start()
+        for proc in procs:
+            if proc.pid is not None:
+                proc.join()
+        # A worker stopped by the signal before it could handle it stopped as asked.
+        asked = {-signal.SIGTERM, -signal.SIGINT} if stopping else set()
+        codes = [proc.exitcode or 0 for proc in procs if proc.pid is not None]
+        return max((0 if code in asked else code for code in codes), default=0)
 
     run_guarded(body)
