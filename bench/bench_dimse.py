@@ -19,7 +19,7 @@ that the ratios are comparable on a noisy machine:
     :mod:`bench.pynetdicom_scp`, a bare pynetdicom 3 SCP that only writes the
     received bytes to files.
 ``dicomvault``
-    ``dicomvault serve`` (AE title DICOMVAULT; default settings: one process per CPU); skipped with
+    ``dicomvault serve`` (AE title DICOMVAULT, default settings); skipped with
     "dicomvault: not available" when it does not answer C-ECHO within 20 s.
 
 Each receiver gets a fresh temporary directory and free loopback ports, is
@@ -342,8 +342,9 @@ def _dicomvault_executable() -> str:
 
 
 class DicomVault(Receiver):
-    """``dicomvault serve`` as deployed: default settings, so one process per CPU
-    (``server.workers = "auto"``, which needs fixed ports: the HTTP port is a free one)."""
+    """``dicomvault serve`` with its default settings (``DICOMVAULT_SERVER__WORKERS=auto``
+    in the environment measures one process per CPU, which needs fixed ports: the HTTP
+    port is a free one, not 0)."""
 
     name = "dicomvault"
     aet = "DICOMVAULT"

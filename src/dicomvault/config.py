@@ -107,9 +107,11 @@ AUTO_WORKERS_MAX = 8
 class ServerSettings(_Section):
     #: Processes sharing the listening ports (SO_REUSEPORT): a number, or ``"auto"`` for
     #: one per CPU available to the server (at most :data:`AUTO_WORKERS_MAX`). Python
-    #: runs one thread at a time per process, so a second process is what puts a second
-    #: core to work on parsing, hashing and indexing.
-    workers: Annotated[int, Field(ge=1, le=64)] | Literal["auto"] = "auto"
+    #: runs one thread at a time per process; a second process puts a second core to
+    #: work, at the price of its memory and of sharing the index writer lock. Measured
+    #: on 2 cores (docs/benchmarks.md): two workers took 10 KB C-STOREs 20 % faster and
+    #: 0.5 MB ones 7 % slower, with three times the memory, so the default stays 1.
+    workers: Annotated[int, Field(ge=1, le=64)] | Literal["auto"] = 1
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
     def process_count(self) -> int:

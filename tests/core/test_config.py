@@ -69,8 +69,8 @@ def test_workers_auto_is_one_process_per_cpu(monkeypatch: pytest.MonkeyPatch) ->
     from dicomvault.config import AUTO_WORKERS_MAX
 
     monkeypatch.chdir(Path(os.sep))
-    server = load_settings(None).server
-    assert server.workers == "auto"
+    assert load_settings(None).server.process_count() == 1  # the default
+    server = load_settings(None, {"server": {"workers": "auto"}}).server
     assert server.process_count() == min(len(os.sched_getaffinity(0)), AUTO_WORKERS_MAX)
     assert load_settings(None, {"server": {"workers": 3}}).server.process_count() == 3
     monkeypatch.setattr(os, "sched_getaffinity", lambda _pid: set(range(64)))

@@ -200,7 +200,7 @@ def test_sigterm_mid_transfer_keeps_every_acknowledged_instance(
 
 def test_auto_workers_one_per_cpu_with_fixed_ports(tmp_path: Path) -> None:
     cpus = min(len(os.sched_getaffinity(0)), 8)
-    server = Server(tmp_path / "data")  # fixed ports, server.workers = "auto" (default)
+    server = Server(tmp_path / "data", "--workers", "auto")  # fixed ports
     try:
         server.wait_for_log("DIMSE listening", count=cpus)
     finally:
@@ -213,7 +213,7 @@ def test_auto_workers_serve_in_one_process_when_a_port_is_zero(tmp_path: Path) -
     with log.open("w") as out:
         proc = subprocess.Popen(
             [DV, "serve", "--data-dir", str(tmp_path / "data"), "--dicom-port", "0",
-             "--http-port", "0"],
+             "--http-port", "0", "--workers", "auto"],
             stdout=subprocess.DEVNULL, stderr=out,
             env={**os.environ, "DICOMVAULT_HTTP__HOST": "127.0.0.1"},
         )  # fmt: skip

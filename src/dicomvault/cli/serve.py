@@ -274,8 +274,8 @@ def _workers_option(value: str | None) -> int | str | None:
     default=None,
     metavar="N|auto",
     callback=lambda _ctx, _param, value: _workers_option(value),
-    help="Processes sharing the ports (setting server.workers) [default: auto, one per "
-    "CPU; one when a port is 0].",
+    help="Processes sharing the ports (setting server.workers) [default: 1]; auto: one "
+    "per CPU (one when a port is 0).",
 )
 def serve_command(
     config: Path | None,
