@@ -47,9 +47,6 @@ from starlette.types import Receive, Scope, Send
 
 from dicomvault.archive import Archive, retrieval
 from dicomvault.dicom.dicomxml import native_xml_many
-from dicomvault.dicom.frames import (
-    can_transcode,
-)
 from dicomvault.model.records import StoredInstance
 from dicomvault.model.uid import uid_problem
 from dicomvault.web.audit_api import audit_retrieve
@@ -61,7 +58,6 @@ from dicomvault.web.common import (
     instance_url,
     path_uid,
 )
-from dicomvault.web.errors import HTTPProblem
 from dicomvault.web.media import (
     DICOM,
     DICOM_JSON,
@@ -73,7 +69,11 @@ from dicomvault.web.media import (
     not_acceptable,
 )
 from dicomvault.web.multipart import PART_END, closing, multipart_type, new_boundary, part_head
-from dicomvault.web.wado_deidentified import deidentified_only, retrieve_deidentified
+from dicomvault.web.wado_deidentified import (
+    deidentified_only,
+    refuse_untranscodable,
+    retrieve_deidentified,
+)
 from dicomvault.web.zerocopy import Part10, ZeroCopy, zero_copy
 
 EXPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2.1"
@@ -167,15 +167,7 @@ async def retrieve_instances(request: Request) -> Response:
     archive = archive_of(request)
     found = await blocking(retrieval.instances_of, archive, *uids)
     instances = [instance for instance, _ in found]
-    if syntax != ANY:
-        for instance in instances:
-            if not can_transcode(instance.transfer_syntax_uid, syntax):
-                raise HTTPProblem(
-                    406,
-                    f"instance {instance.sop_instance_uid} is stored in "
-                    f"{instance.transfer_syntax_uid} and cannot be sent in {syntax}",
-                    available=[f'{MULTIPART_RELATED}; type="{DICOM}"; transfer-syntax=*'],
-                )
+    refuse_untranscodable(instances, syntax)
     etag = instances_tag(instances, f"{DICOM};{syntax}")
     cached = not_modified(request, etag)
     if cached is not None:

@@ -15,7 +15,7 @@ rendered) are closed to these users in web/auth.py: they would show identities.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
@@ -24,6 +24,7 @@ from dicomvault.archive import retrieval
 from dicomvault.archive.anonymize import burned_in, deid_keys, deidentified_file, wado_options
 from dicomvault.archive.users import Principal
 from dicomvault.dicom.frames import can_transcode
+from dicomvault.model.records import StoredInstance
 from dicomvault.web.audit_api import audit_retrieve
 from dicomvault.web.auth import AUTH_KEY
 from dicomvault.web.caching import cache_headers, instances_tag, not_modified
@@ -34,6 +35,23 @@ from dicomvault.web.multipart import PART_END, closing, multipart_type, new_boun
 
 #: PS3.18 8.7.3.5: "*" as a transfer syntax: as stored.
 ANY = "*"
+
+
+def refuse_untranscodable(instances: Sequence[StoredInstance], syntax: str) -> None:
+    """406 when one of ``instances`` cannot be sent in ``syntax`` (PS3.18 8.7.3.5: the
+    server answers in an acceptable transfer syntax or not at all)."""
+    if syntax == ANY:
+        return
+    for instance in instances:
+        if not can_transcode(instance.transfer_syntax_uid, syntax):
+            raise HTTPProblem(
+                406,
+                f"instance {instance.sop_instance_uid} is stored in "
+                f"{instance.transfer_syntax_uid} and cannot be sent in {syntax}",
+                available=[f'{MULTIPART_RELATED}; type="{DICOM}"; transfer-syntax=*'],
+            )
+
+
 PERMISSION = "retrieve_deidentified"
 
 
@@ -66,15 +84,7 @@ async def retrieve_deidentified(request: Request, uids: list[str], syntax: str) 
                 + (f"; {len(burned) - 1} more" if len(burned) > 1 else ""),
                 instances=burned,
             )
-    if syntax != ANY:
-        for instance in instances:
-            if not can_transcode(instance.transfer_syntax_uid, syntax):
-                raise HTTPProblem(
-                    406,
-                    f"instance {instance.sop_instance_uid} is stored in "
-                    f"{instance.transfer_syntax_uid} and cannot be sent in {syntax}",
-                    available=[f'{MULTIPART_RELATED}; type="{DICOM}"; transfer-syntax=*'],
-                )
+    refuse_untranscodable(instances, syntax)
     options = wado_options(settings)
     allow = settings.deidentify.wado_allow_burned_in
     # The de-identified bytes follow from the stored ones, the secret and the options.
