@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "net"))
 
 from peers import PYDICOM_TEST_FILES, ServerThread, dcmtk
 
-from dicomvault.archive import Archive
+from dicomvault.archive import Archive, audit
 from dicomvault.config import RemoteAE, Settings, load_settings
 from dicomvault.dimse.server import serve_dicom
 from dicomvault.model.errors import ConfigError
@@ -335,6 +335,54 @@ def test_https_healthz(tmp_path: Path, certs: DevCerts) -> None:
         thread.close()
         archive.close()
     assert os.path.exists(settings.storage.path)
+
+
+def test_https_refused_handshakes_are_security_alerts(
+    tmp_path: Path, certs: DevCerts, caplog: pytest.LogCaptureFixture
+) -> None:
+    """TLS 1.1, plain HTTP and a client certificate from another CA on the HTTPS port:
+    each refused, logged with the peer and audited as a Security Alert (PS3.15
+    A.5.3.11); HTTPS keeps serving."""
+    caplog.set_level(logging.INFO, "dicomvault")
+    settings = tls_settings(tmp_path, certs, mode="required")
+    archive = Archive.open(settings)
+    other = make_dev_certs(tmp_path / "other-ca", ["elsewhere.example"])
+
+    async def make(sock: socket.socket, ready: asyncio.Event, stop: asyncio.Event) -> None:
+        await serve_http(archive, settings, ready=ready, stop=stop, sock=sock)
+
+    thread = ServerThread(make).start()
+    try:
+        old = s_client(thread.port, "-tls1_1", "-cert", certs.client_certificate,
+                       "-key", certs.client_key)  # fmt: skip
+        assert negotiated(old) == "(NONE)"
+        with httpx.Client(timeout=10) as plain, pytest.raises(httpx.HTTPError):
+            plain.get(f"http://127.0.0.1:{thread.port}/healthz")
+        foreign = s_client(thread.port, "-cert", other.client_certificate,
+                           "-key", other.client_key, "-CAfile", certs.ca_certificate)  # fmt: skip
+        assert "HTTP/1.1 200" not in foreign.stdout
+        deadline = time.monotonic() + 10
+        while True:
+            failures = [
+                r.getMessage() for r in caplog.records if "HTTPS: TLS handshake" in r.getMessage()
+            ]
+            if len(failures) >= 3 or time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
+        assert len(failures) == 3, failures
+        assert all("127.0.0.1:" in line for line in failures)
+        verify = ssl.create_default_context(cafile=str(certs.ca_certificate))
+        verify.load_cert_chain(str(certs.client_certificate), str(certs.client_key))
+        with httpx.Client(verify=verify, timeout=10) as client:
+            assert client.get(f"https://localhost:{thread.port}/healthz").status_code == 200
+        assert audit.trail_of(archive).flush()
+    finally:
+        thread.close()
+        archive.close()
+    log = audit.audit_log_path(settings).read_text()
+    alerts = [line for line in log.splitlines() if "TLS handshake from 127.0.0.1" in line]
+    assert len(alerts) == 3, log[-2000:]
+    assert all('csd-code="110113"' in line for line in alerts)  # Security Alert
 
 
 @pytest.mark.dcmtk

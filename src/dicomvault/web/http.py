@@ -7,14 +7,16 @@ import asyncio
 import contextlib
 import logging
 import socket
-from collections.abc import Iterator
+import ssl
+from collections.abc import Callable, Iterator
 
 import uvicorn
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from dicomvault.archive import Archive, users
+from dicomvault.archive import Archive, audit, users
 from dicomvault.config import Settings
 from dicomvault.model.errors import ConfigError
+from dicomvault.net.tls_listener import TlsAcceptor
 from dicomvault.security.tls import server_context
 from dicomvault.web.app import create_app
 from dicomvault.web.auth import is_loopback
@@ -36,12 +38,62 @@ class KeepServerSend:
         await self.app(scope, receive, send)
 
 
+#: Seconds a client has to complete the TLS handshake on the HTTPS port.
+HANDSHAKE_TIMEOUT = 30.0
+
+
 class _Server(uvicorn.Server):
+    """uvicorn, with HTTPS accepted by our :class:`TlsAcceptor` when ``tls`` is given:
+    ``loop.create_server(ssl=...)`` drops failed handshakes silently, and a failed TLS
+    handshake is a Security Alert (PS3.15 A.5.3.11) the audit trail must record."""
+
+    def __init__(
+        self,
+        config: uvicorn.Config,
+        *,
+        tls: ssl.SSLContext | None = None,
+        on_tls_failure: Callable[[tuple[str, int], str], None] | None = None,
+    ) -> None:
+        super().__init__(config)
+        self._tls = tls
+        self._on_tls_failure = on_tls_failure
+
     # The process installs its own SIGTERM/SIGINT handlers (cli/serve.py) and stops both
     # listeners together; uvicorn must not replace them.
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
         yield
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        if self._tls is None or sockets is None:
+            await super().startup(sockets)
+            return
+        await self.lifespan.startup()  # lifespan is off: returns at once
+        config = self.config
+
+        def create_protocol() -> asyncio.Protocol:
+            # What uvicorn's own startup makes for each connection.
+            return config.http_protocol_class(  # type: ignore[call-arg]
+                config=config, server_state=self.server_state, app_state=self.lifespan.state
+            )
+
+        def failed(peer: tuple[str, int], reason: str) -> None:
+            log.warning("HTTPS: TLS handshake with %s:%d failed: %s", *peer, reason)
+            if self._on_tls_failure is not None:
+                self._on_tls_failure(peer, reason)
+
+        self.servers = [
+            TlsAcceptor(  # type: ignore[misc]
+                sock,
+                self._tls,
+                create_protocol,
+                handshake_timeout=HANDSHAKE_TIMEOUT,
+                on_failure=failed,
+                log=log,
+            )
+            for sock in sockets
+        ]
+        self.started = True
 
 
 def refuse_if_exposed(host: str, have_users: bool) -> None:
@@ -96,11 +148,12 @@ async def serve_http(
         # Keep-alive connections of viewers (one per browser tab) idle between clicks.
         timeout_keep_alive=30,
     )
+    tls: ssl.SSLContext | None = None
     if settings.tls.https:
         # uvicorn builds its context from file names; ours enforces TLS 1.2+, the ECDHE
-        # AES-GCM suites and the client certificate mode, so replace it once loaded.
+        # AES-GCM suites and the client certificate mode, and _Server accepts with it.
         config.load()
-        config.ssl = server_context(settings.tls)
+        tls = config.ssl = server_context(settings.tls)
     host = settings.http.host if sock is None else str(sock.getsockname()[0])
     # Users of an identity provider (``[jwt]``) count: every request must authenticate.
     refuse_if_exposed(host, users.users_exist(archive) or settings.jwt.enabled)
@@ -111,7 +164,11 @@ async def serve_http(
         # the client's delayed ACK, ~40 ms per response (measured 44 ms → 0.9 ms).
         # Accepted connections inherit the option from the listening socket on Linux.
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    server = _Server(config)
+    server = _Server(
+        config,
+        tls=tls,
+        on_tls_failure=lambda peer, reason: audit.tls_failed(archive, *peer, reason),
+    )
 
     async def watch() -> None:
         while not server.started:
