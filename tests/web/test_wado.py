@@ -528,19 +528,27 @@ def test_study_metadata_on_both_backends(web: WebServer) -> None:
     assert response.status_code == 404
 
 
-def test_a_non_zero_preamble_is_never_sent(web_sqlite: WebServer, tmp_path: Path) -> None:
-    """The stored file keeps what was received; WADO-RS sends zeros in its place
-    (PS3.10 7.1 preamble; PE/DICOM polyglots, CVE-2019-11687)."""
+def test_a_non_zero_preamble_is_never_stored_or_sent(
+    web_sqlite: WebServer, tmp_path: Path
+) -> None:
+    """A received preamble is stored as zeros, and WADO-RS sends zeros even for a blob
+    that holds something else (stored by an older version) (PS3.10 7.1 preamble;
+    PE/DICOM polyglots, CVE-2019-11687)."""
     source = bundled("CT_small.dcm").read_bytes()
     assert source[128:132] == b"DICM"
     polyglot = tmp_path / "polyglot.dcm"
     polyglot.write_bytes(b"MZ" + bytes(range(126)) + source[128:])
     ds = store(web_sqlite, polyglot)
-    assert stored_file(web_sqlite, ds.SOPInstanceUID)[:2] == b"MZ"
+    assert stored_file(web_sqlite, ds.SOPInstanceUID) == bytes(128) + source[128:]
+    # A blob of an older version, with the polyglot's preamble, as it is on disk.
+    stored = web_sqlite.archive.get_instance(ds.SOPInstanceUID)
+    blob = web_sqlite.archive.store.root / stored.blob_name
+    with blob.open("r+b") as fp:
+        fp.write(b"MZ" + bytes(range(126)))
     response = web_sqlite.client.get(instance_path(ds), headers={"Accept": MULTIPART_DICOM_ANY})
     ((_, payload),) = parts(response)
     assert payload[:128] == bytes(128)
-    assert payload[128:] == stored_file(web_sqlite, ds.SOPInstanceUID)[128:]
+    assert payload[128:] == source[128:]
 
 
 def test_as_stored_answers_go_out_by_sendfile_in_batches(

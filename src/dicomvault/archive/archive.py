@@ -31,7 +31,7 @@ from dicomvault.archive.writer import IndexWriter
 from dicomvault.config import Settings
 from dicomvault.dicom.kos import KEY_OBJECT_SELECTION_DOCUMENT, rejection_note
 from dicomvault.dicom.parse import ParsedInstance, parse_instance, parse_instance_bytes
-from dicomvault.dicom.part10 import encode_file_meta, read_preamble_layout
+from dicomvault.dicom.part10 import PREAMBLE, encode_file_meta, read_preamble_layout
 from dicomvault.index import Index, InsertOutcome, PendingInsert
 from dicomvault.model.errors import (
     DuplicateRejected,
@@ -386,7 +386,10 @@ class Archive:
             spool = self.store.spool()
             try:
                 if layout == "part10":
-                    spool.write(head[:offset])
+                    # Zeros for the preamble: a PE header there would make the stored
+                    # file a DICOM/executable polyglot (CVE-2019-11687).
+                    spool.write(bytes(PREAMBLE))
+                    spool.write(head[PREAMBLE:offset])
                 elif layout == "no-preamble":
                     spool.write(bytes(128))
                     spool.write(head[:offset])

@@ -9,8 +9,9 @@ as the blob is durable, with a future that completes when the index has committe
 caller can spool the next part meanwhile, and many parts of one request share an index
 commit. Success is only ever reported after that future completes.
 
-The file is stored as sent: a Part 10 file keeps its preamble and File Meta Information
-byte for byte (PS3.10 7.1); a file without preamble gets 128 zero bytes in front; a bare
+The file is stored as sent, but for its preamble, stored as zeros (CVE-2019-11687): a
+Part 10 file keeps its File Meta Information byte for byte (PS3.10 7.1); a file without
+preamble gets 128 zero bytes in front; a bare
 data set gets a File Meta Information built from its UIDs. These are the rules of
 :meth:`Archive.store_file` for files from disk.
 """
@@ -25,7 +26,12 @@ from typing import Any
 from dicomvault.archive.archive import Archive
 from dicomvault.dicom.fromjson import BulkData, uids_of, write_part10
 from dicomvault.dicom.parse import ParsedInstance
-from dicomvault.dicom.part10 import HEAD_SIZE, encode_file_meta, read_preamble_layout
+from dicomvault.dicom.part10 import (
+    HEAD_SIZE,
+    PREAMBLE,
+    encode_file_meta,
+    read_preamble_layout,
+)
 from dicomvault.model.errors import InvalidInstance
 from dicomvault.model.records import StoreResult
 from dicomvault.storage.filesystem import FileSpool
@@ -107,7 +113,10 @@ class StreamedInstance:
         spool = self._spool = self._archive.store.spool()
         self._layout = layout
         if layout == "part10":
-            spool.write(head[:offset])
+            # The preamble is written as zeros (PS3.10 7.1 lets it hold anything; a PE
+            # header there makes a DICOM/executable polyglot, CVE-2019-11687).
+            spool.write(bytes(PREAMBLE))
+            spool.write(head[PREAMBLE:offset])
         elif layout == "no-preamble":
             spool.write(bytes(128))
             spool.write(head[:offset])

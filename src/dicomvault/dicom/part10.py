@@ -30,6 +30,9 @@ MEDIA_STORAGE_DIRECTORY = "1.2.840.10008.1.3.10"
 #: How much of a file :func:`read_preamble_layout` wants to see.
 HEAD_SIZE = 64 * 1024
 
+#: Length of the File Preamble (PS3.10 7.1). We always write it as zeros.
+PREAMBLE = 128
+
 #: VRs whose explicit-VR header has 2 reserved bytes and a 4-byte length (PS3.5 7.1.2).
 LONG_VRS = frozenset(
     {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"}
