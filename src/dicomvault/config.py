@@ -156,6 +156,10 @@ class RemoteAE(_Section):
     check_host: bool = False
     #: More addresses or names this AE may call from (with ``check_host``).
     hosts: list[str] = Field(default_factory=list)
+    #: Send this AE de-identified copies only (PS3.15 Annex E, with the options of
+    #: ``deidentify.wado_*``), as C-MOVE destination and as C-GET requestor: a research
+    #: PACS or a teleconsultation partner.
+    deidentify: bool = False
 
 
 class TlsSettings(_Section):

@@ -97,6 +97,21 @@ def wado_options(settings: Settings) -> Options:
     )
 
 
+def served_copies(
+    archive: Archive,
+) -> Callable[[StoredInstance], Deidentified]:
+    """De-identify stored instances with the options of copies the server hands out
+    (``deidentify.wado_*``: researchers over WADO-RS, remote AEs with ``deidentify``)."""
+    settings = archive.settings
+    keys, options = deid_keys(settings), wado_options(settings)
+    allow = settings.deidentify.wado_allow_burned_in
+
+    def copy(instance: StoredInstance) -> Deidentified:
+        return deidentified_instance(archive, instance, keys, options, allow_burned_in=allow)
+
+    return copy
+
+
 def deidentified_instance(
     archive: Archive,
     instance: StoredInstance,

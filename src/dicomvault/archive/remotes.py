@@ -49,7 +49,7 @@ log = logging.getLogger("dicomvault.archive")
 #: How long :func:`effective_remotes` reuses what it read from the index.
 CACHE_SECONDS = 2.0
 #: The fields of an entry (the body of ``PUT /api/remotes/{name}``).
-FIELDS = ("ae_title", "host", "port", "tls", "permissions", "check_host", "hosts")
+FIELDS = ("ae_title", "host", "port", "tls", "permissions", "check_host", "hosts", "deidentify")
 #: Names of entries: they appear in URLs, TOML keys and the command line.
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 _HOST_MAX = 253
@@ -233,6 +233,7 @@ def _remote_of(row: sql.RemoteRow) -> RemoteAE:
         permissions=[p for p in row.permissions if p in ALL_PERMISSIONS],
         check_host=row.check_host,
         hosts=list(row.hosts),
+        deidentify=row.deidentify,
     )
 
 
@@ -285,6 +286,7 @@ def _row(name: str, remote: RemoteAE, now: datetime) -> sql.RemoteRow:
         hosts=list(remote.hosts),
         created_at=now,
         updated_at=now,
+        deidentify=remote.deidentify,
     )
 
 

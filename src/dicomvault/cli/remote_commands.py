@@ -67,6 +67,11 @@ def remote_group() -> None:
 @click.option(
     "--host-alias", "hosts", multiple=True, help="Another address it may call from (repeat)."
 )
+@click.option(
+    "--deidentify",
+    is_flag=True,
+    help="Send it de-identified copies only (C-MOVE destination, C-GET; PS3.15 Annex E).",
+)
 @config_options
 def remote_add(
     name: str,
@@ -77,6 +82,7 @@ def remote_add(
     permissions: tuple[str, ...],
     check_host: bool,
     hosts: tuple[str, ...],
+    deidentify: bool,
     config: Path | None,
     data_dir: Path | None,
 ) -> None:
@@ -88,6 +94,7 @@ def remote_add(
         "tls": tls,
         "check_host": check_host,
         "hosts": list(hosts),
+        "deidentify": deidentify,
     }
     if permissions:
         data["permissions"] = list(permissions)
@@ -98,7 +105,8 @@ def remote_add(
         r = entry.remote
         console.print(
             f"added remote {name!r}: {r.ae_title}@{r.host}:{r.port}"
-            f"{' (TLS)' if r.tls else ''}, permissions {', '.join(r.permissions) or 'none'}",
+            f"{' (TLS)' if r.tls else ''}{' (de-identified copies)' if r.deidentify else ''}, "
+            f"permissions {', '.join(r.permissions) or 'none'}",
             highlight=False,
         )
         return 0

@@ -12,6 +12,8 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 
 from dicomvault.archive import Archive, audit
+from dicomvault.archive.anonymize import served_copies
+from dicomvault.archive.remotes import effective_remotes
 from dicomvault.dimse.retrieve import SubOperations, run_sub_operations, select_instances
 from dicomvault.dimse.status import UNABLE_TO_PERFORM_SUB_OPERATIONS
 from dicomvault.net.handlers import DimseStatus, QueryRequest, Response
@@ -54,7 +56,19 @@ class ArchiveGetHandler:
             "destination_host": assoc.peer_host,
         }
         audit.retrieve_started(self.archive, instances, **who)
-        async for response in run_sub_operations(self.archive, channel, instances, request):
+        # A requestor configured with deidentify = true (any entry with its AE title:
+        # when in doubt, de-identify) gets de-identified copies only (PS3.15 Annex E).
+        deidentify = any(
+            remote.deidentify and remote.ae_title == assoc.calling_ae_title
+            for remote in effective_remotes(self.archive).values()
+        )
+        async for response in run_sub_operations(
+            self.archive,
+            channel,
+            instances,
+            request,
+            deidentify=served_copies(self.archive) if deidentify else None,
+        ):
             if not response.pending:
                 audit.retrieve_finished(
                     self.archive, instances, failed=response.failed or 0, **who

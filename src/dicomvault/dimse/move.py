@@ -14,6 +14,7 @@ import logging
 from collections.abc import AsyncIterator, Sequence
 
 from dicomvault.archive import Archive, audit
+from dicomvault.archive.anonymize import served_copies
 from dicomvault.archive.remotes import effective_remotes
 from dicomvault.config import RemoteAE
 from dicomvault.dicom.transcode import LOSSLESS_ENCODINGS
@@ -109,6 +110,9 @@ class ArchiveMoveHandler:
                     instances,
                     request,
                     move_originator=(request.association.calling_ae_title, request.message_id),
+                    # A destination configured with deidentify = true gets de-identified
+                    # copies only (PS3.15 Annex E).
+                    deidentify=served_copies(self.archive) if remote.deidentify else None,
                 ):
                     if not response.pending:
                         # Before the final yield: the service stops iterating after the

@@ -17,19 +17,23 @@ import logging
 import os
 import struct
 import zlib
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import BinaryIO
 
 from dicomvault.archive import Archive
+from dicomvault.dicom.deidentify import Deidentified
+from dicomvault.dicom.part10 import read_file_meta
 from dicomvault.dicom.transcode import TranscodeError, transcode
 from dicomvault.dimse.find import decode_request
 from dicomvault.dimse.status import (
     CANCEL,
     PENDING,
+    PROCESSING_FAILURE,
     SUB_OPERATIONS_WARNING,
     UNABLE_TO_PERFORM_SUB_OPERATIONS,
     status_for_query_error,
 )
+from dicomvault.model.errors import DicomVaultError
 from dicomvault.model.records import StoredInstance
 from dicomvault.net.errors import NetError, NoPresentationContext
 from dicomvault.net.fileio import parse_file_meta
@@ -145,6 +149,49 @@ class SubOperations:
         self.remaining = 0
 
 
+#: Makes the de-identified copy of a stored instance (``archive.anonymize.served_copies``).
+Deidentifier = Callable[[StoredInstance], Deidentified]
+
+
+async def send_deidentified(
+    sender: ServiceUser,
+    instance: StoredInstance,
+    copy: Deidentifier,
+    move_originator: tuple[str, int] | None,
+) -> DimseStatus:
+    """One C-STORE sub-operation with the de-identified copy of ``instance`` (PS3.15
+    Annex E): its own, new SOP Instance UID; transcoded when the receiver needs it.
+
+    Raises
+    ------
+    NoPresentationContext
+        The receiver accepted the SOP class in no syntax we can produce.
+    """
+    try:
+        made = await asyncio.to_thread(copy, instance)
+    except DicomVaultError as exc:  # burned-in annotation refused, unreadable: this one fails
+        return DimseStatus(PROCESSING_FAILURE, str(exc)[:64])
+    offset = read_file_meta(made.data[:_HEAD]).dataset_offset
+    data, syntax = memoryview(made.data)[offset:], made.transfer_syntax_uid
+    if sender.find_context(made.sop_class_uid, syntax) is None:
+        targets = [
+            ctx.transfer_syntax
+            for ctx in sender.accepted_contexts
+            if ctx.abstract_syntax == made.sop_class_uid
+            and sender.find_context(ctx.abstract_syntax, ctx.transfer_syntax) is not None
+        ]
+        if not targets:
+            raise NoPresentationContext(f"{made.sop_class_uid} not accepted by the receiver")
+        try:
+            syntax, encoded = await asyncio.to_thread(transcode, bytes(data), syntax, targets)
+        except TranscodeError as exc:
+            raise NoPresentationContext(str(exc)) from exc
+        data = memoryview(encoded)
+    return await sender.send_data_set(
+        data, made.sop_class_uid, made.sop_instance_uid, syntax, move_originator=move_originator
+    )
+
+
 async def send_instance(
     archive: Archive,
     sender: ServiceUser,
@@ -198,10 +245,12 @@ async def run_sub_operations(
     request: QueryRequest,
     *,
     move_originator: tuple[str, int] | None = None,
+    deidentify: Deidentifier | None = None,
 ) -> AsyncIterator[Response]:
-    """Send ``instances`` over ``sender``; yield a pending response per sub-operation and
-    the final response (PS3.4 C.4.2.2, C.4.3.2). C-CANCEL ends with 0xFE00
-    (PS3.4 C.4.2.3.1); a lost association fails what remains."""
+    """Send ``instances`` over ``sender`` (de-identified copies with ``deidentify``);
+    yield a pending response per sub-operation and the final response (PS3.4 C.4.2.2,
+    C.4.3.2). C-CANCEL ends with 0xFE00 (PS3.4 C.4.2.3.1); a lost association fails what
+    remains."""
     syntax = request.transfer_syntax_uid
     ops = SubOperations(len(instances))
     for index, instance in enumerate(instances):
@@ -209,7 +258,10 @@ async def run_sub_operations(
             yield ops.response(DimseStatus(CANCEL), syntax, final=True)
             return
         try:
-            status = await send_instance(archive, sender, instance, move_originator)
+            if deidentify is None:
+                status = await send_instance(archive, sender, instance, move_originator)
+            else:
+                status = await send_deidentified(sender, instance, deidentify, move_originator)
         except NoPresentationContext as exc:
             status = DimseStatus(0xA900, str(exc))
         except (NetError, OSError, TimeoutError) as exc:

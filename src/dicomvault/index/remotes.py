@@ -30,6 +30,7 @@ class RemoteRow:
     hosts: list[str]
     created_at: datetime
     updated_at: datetime
+    deidentify: bool = False
 
 
 class RemoteExists(Exception):
@@ -47,6 +48,7 @@ _COLUMNS = (
     remote_aes.c.hosts,
     remote_aes.c.created_at,
     remote_aes.c.updated_at,
+    remote_aes.c.deidentify,
 )
 
 
@@ -66,6 +68,7 @@ def _values(row: RemoteRow) -> dict[str, object]:
         "permissions": json.dumps(list(row.permissions)),
         "check_host": row.check_host,
         "hosts": json.dumps(list(row.hosts)),
+        "deidentify": row.deidentify,
         "updated_at": row.updated_at,
     }
 

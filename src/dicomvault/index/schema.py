@@ -366,6 +366,7 @@ remote_aes = Table(
     Column("hosts", Text, nullable=False, server_default="[]"),
     Column("created_at", DateTime(timezone=True), nullable=False),
     Column("updated_at", DateTime(timezone=True), nullable=False),
+    Column("deidentify", Boolean, nullable=False, server_default=false()),
 )
 
 # -- end remote AEs --
