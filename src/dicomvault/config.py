@@ -378,7 +378,9 @@ class JwtSettings(_Section):
     #: objects (``realm_access.roles``); a list of strings or a space-separated string.
     role_claim: str = "roles"
     #: Identity provider role or group → our role; the highest mapped role wins.
-    role_map: dict[str, Literal["viewer", "uploader", "admin"]] = Field(default_factory=dict)
+    role_map: dict[str, Literal["researcher", "viewer", "uploader", "admin"]] = Field(
+        default_factory=dict
+    )
     #: Claim naming the user in logs (``sub`` when the token lacks it).
     username_claim: str = "preferred_username"
 

@@ -203,3 +203,31 @@ def test_an_identity_provider_lets_serve_listen_beyond_loopback(
     finally:
         proc.terminate()
         proc.communicate(timeout=30)
+
+
+def test_an_identity_provider_group_can_map_to_researcher(
+    tmp_path: Path, signer: Signer
+) -> None:
+    """jwt.role_map may name the role ``researcher``: de-identified WADO-RS copies only."""
+    from tests.security.test_jwt_validation import ROLE_MAP
+
+    servers = _serve(
+        tmp_path,
+        jwks_file=write_jwks(tmp_path / "jwks.json", signer),
+        role_map={**ROLE_MAP, "research": "researcher"},
+    )
+    server = next(servers)
+    try:
+        _store(server, tmp_path)
+        token = signer.token(claims(None, roles=["research"]))
+        assert server.client.get(STUDIES, headers=bearer(token)).status_code == 403
+        answer = server.client.get(
+            f"{STUDIES}/{STUDY}",
+            headers={**bearer(token), "Accept": 'multipart/related; type="application/dicom"'},
+        )
+        assert answer.status_code == 200, answer.text[:300]
+        assert b"ANON-" in answer.content and b"YES" in answer.content
+        both = signer.token(claims(None, roles=["research", "radiologist"]))
+        assert server.client.get(STUDIES, headers=bearer(both)).status_code == 200  # viewer
+    finally:
+        servers.close()

@@ -55,8 +55,10 @@ from jwt.exceptions import PyJWKError
 
 log = logging.getLogger("dicomvault.security")
 
-#: Roles from least to most; the highest one a token maps to wins.
-ROLE_ORDER = ("viewer", "uploader", "admin")
+#: Roles from least to most; the highest one a token maps to wins. ``researcher`` (de-
+#: identified WADO-RS copies only) is the least: a user the identity provider also puts
+#: in a clinical group gets that group's role.
+ROLE_ORDER = ("researcher", "viewer", "uploader", "admin")
 #: Longer bearer strings are refused before any parsing.
 MAX_TOKEN_CHARS = 16384
 #: Largest JWK Set document read (bytes).
