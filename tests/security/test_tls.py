@@ -30,6 +30,7 @@ from dicomvault.archive import Archive, audit
 from dicomvault.config import RemoteAE, Settings, load_settings
 from dicomvault.dimse.server import serve_dicom
 from dicomvault.model.errors import ConfigError
+from dicomvault.net.tls_listener import TlsAcceptor
 from dicomvault.security.certs import DevCerts, make_dev_certs
 from dicomvault.security.tls import client_context, server_context
 from dicomvault.web.http import serve_http
@@ -349,7 +350,9 @@ def test_https_refused_handshakes_are_security_alerts(
     other = make_dev_certs(tmp_path / "other-ca", ["elsewhere.example"])
 
     async def make(sock: socket.socket, ready: asyncio.Event, stop: asyncio.Event) -> None:
-        await serve_http(archive, settings, ready=ready, stop=stop, sock=sock)
+        await serve_http(
+            archive, settings, ready=ready, stop=stop, sock=sock, tls_acceptor=TlsAcceptor
+        )
 
     thread = ServerThread(make).start()
     try:
@@ -499,11 +502,15 @@ def test_sighup_reloads_the_certificates(tmp_path: Path) -> None:
     tls_port = free_port()
     config = tmp_path / "dv.toml"
     config.write_text(
-        f'[tls]\nenabled = true\ndicom_port = {tls_port}\ncertificate = "{cert}"\n'
+        f'[tls]\nenabled = true\nhttps = true\ndicom_port = {tls_port}\ncertificate = "{cert}"\n'
         f'private_key = "{key}"\nca_certificates = "{ca}"\nclient_certificates = "optional"\n'
     )
     server = Server(tmp_path / "data", "--config", str(config))
     try:
+        # The HTTPS listener of `serve` runs its handshakes in our acceptor: a TLS 1.1
+        # client is refused and logged (and audited) as on the DICOM TLS port.
+        assert negotiated(s_client(server.http_port, "-tls1_1")) == "(NONE)"
+        server.wait_for_log("HTTPS: TLS handshake with 127.0.0.1", timeout=20)
         before = _served_serial(tls_port)
         second = make_dev_certs(tmp_path / "second")
         cert.write_bytes(second.server_certificate.read_bytes())

@@ -29,6 +29,7 @@ from dicomvault.config import Settings
 from dicomvault.dimse.server import serve_dicom
 from dicomvault.index import Index
 from dicomvault.model.errors import ConfigError
+from dicomvault.net.tls_listener import TlsAcceptor
 from dicomvault.security.tls import reload_server_contexts, server_context
 from dicomvault.web.auth import is_loopback
 from dicomvault.web.http import refuse_if_exposed, serve_http
@@ -127,7 +128,14 @@ def _run_one(
                 serve_dicom(archive, settings, ready=dimse_ready, stop=stop, sock=sock)
             ),
             asyncio.ensure_future(
-                serve_http(archive, settings, ready=http_ready, stop=stop, sock=http_sock)
+                serve_http(
+                    archive,
+                    settings,
+                    ready=http_ready,
+                    stop=stop,
+                    sock=http_sock,
+                    tls_acceptor=TlsAcceptor,  # HTTPS handshake failures are audited
+                )
             ),
         ]
         if tls_sock is not None:

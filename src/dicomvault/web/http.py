@@ -9,6 +9,7 @@ import logging
 import socket
 import ssl
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import uvicorn
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -16,7 +17,6 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from dicomvault.archive import Archive, audit, users
 from dicomvault.config import Settings
 from dicomvault.model.errors import ConfigError
-from dicomvault.net.tls_listener import TlsAcceptor
 from dicomvault.security.tls import server_context
 from dicomvault.web.app import create_app
 from dicomvault.web.auth import is_loopback
@@ -42,20 +42,29 @@ class KeepServerSend:
 HANDSHAKE_TIMEOUT = 30.0
 
 
+#: Makes the TLS server of a socket: ``(sock, context, protocol_factory, *,
+#: handshake_timeout, on_failure, log)`` → an object with ``close()`` and
+#: ``wait_closed()``. ``dicomvault.net.tls_listener.TlsAcceptor``, passed in by the
+#: assembling code (``web/`` does not import ``net/``).
+TlsAcceptorFactory = Callable[..., Any]
+
+
 class _Server(uvicorn.Server):
-    """uvicorn, with HTTPS accepted by our :class:`TlsAcceptor` when ``tls`` is given:
-    ``loop.create_server(ssl=...)`` drops failed handshakes silently, and a failed TLS
-    handshake is a Security Alert (PS3.15 A.5.3.11) the audit trail must record."""
+    """uvicorn, with HTTPS accepted by ``acceptor`` when ``tls`` and ``acceptor`` are
+    given: ``loop.create_server(ssl=...)`` drops failed handshakes silently, and a failed
+    TLS handshake is a Security Alert (PS3.15 A.5.3.11) the audit trail must record."""
 
     def __init__(
         self,
         config: uvicorn.Config,
         *,
         tls: ssl.SSLContext | None = None,
+        acceptor: TlsAcceptorFactory | None = None,
         on_tls_failure: Callable[[tuple[str, int], str], None] | None = None,
     ) -> None:
         super().__init__(config)
         self._tls = tls
+        self._acceptor = acceptor
         self._on_tls_failure = on_tls_failure
 
     # The process installs its own SIGTERM/SIGINT handlers (cli/serve.py) and stops both
@@ -65,7 +74,7 @@ class _Server(uvicorn.Server):
         yield
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
-        if self._tls is None or sockets is None:
+        if self._tls is None or self._acceptor is None or sockets is None:
             await super().startup(sockets)
             return
         await self.lifespan.startup()  # lifespan is off: returns at once
@@ -83,7 +92,7 @@ class _Server(uvicorn.Server):
                 self._on_tls_failure(peer, reason)
 
         self.servers = [
-            TlsAcceptor(  # type: ignore[misc]
+            self._acceptor(
                 sock,
                 self._tls,
                 create_protocol,
@@ -123,12 +132,15 @@ async def serve_http(
     ready: asyncio.Event | None = None,
     stop: asyncio.Event | None = None,
     sock: socket.socket | None = None,
+    tls_acceptor: TlsAcceptorFactory | None = None,
 ) -> None:
     """Serve the DICOMweb app for ``archive`` until ``stop`` is set.
 
     Requests in flight get up to ``dicom.idle_timeout`` seconds (at least 5) to finish.
     With ``tls.https`` the app is served over TLS (HTTPS, PS3.15 B.12 / BCP 195) with the
-    context of :func:`dicomvault.security.tls.server_context`.
+    context of :func:`dicomvault.security.tls.server_context`; with ``tls_acceptor``
+    (``dicomvault serve`` passes ``net.tls_listener.TlsAcceptor``) each handshake runs in
+    it, and a failed one is logged and audited (PS3.15 A.5.3.11).
 
     Raises
     ------
@@ -167,6 +179,7 @@ async def serve_http(
     server = _Server(
         config,
         tls=tls,
+        acceptor=tls_acceptor,
         on_tls_failure=lambda peer, reason: audit.tls_failed(archive, *peer, reason),
     )
 
