@@ -153,6 +153,33 @@ class SubOperations:
 Deidentifier = Callable[[StoredInstance], Deidentified]
 
 
+def _accepted_syntaxes(sender: ServiceUser, sop_class_uid: str) -> list[str]:
+    """The transfer syntaxes the receiver accepted ``sop_class_uid`` in (for transcoding).
+
+    Raises
+    ------
+    NoPresentationContext
+        It accepted the SOP class in none.
+    """
+    targets = [
+        ctx.transfer_syntax
+        for ctx in sender.accepted_contexts
+        if ctx.abstract_syntax == sop_class_uid
+        and sender.find_context(ctx.abstract_syntax, ctx.transfer_syntax) is not None
+    ]
+    if not targets:
+        raise NoPresentationContext(f"{sop_class_uid} not accepted by the receiver")
+    return targets
+
+
+async def _transcoded(data: bytes, syntax: str, targets: list[str]) -> tuple[str, bytes]:
+    """``data`` in the first of ``targets`` it can be encoded in, off the event loop."""
+    try:
+        return await asyncio.to_thread(transcode, data, syntax, targets)
+    except TranscodeError as exc:
+        raise NoPresentationContext(str(exc)) from exc
+
+
 async def send_deidentified(
     sender: ServiceUser,
     instance: StoredInstance,
@@ -174,18 +201,8 @@ async def send_deidentified(
     offset = read_file_meta(made.data[:_HEAD]).dataset_offset
     data, syntax = memoryview(made.data)[offset:], made.transfer_syntax_uid
     if sender.find_context(made.sop_class_uid, syntax) is None:
-        targets = [
-            ctx.transfer_syntax
-            for ctx in sender.accepted_contexts
-            if ctx.abstract_syntax == made.sop_class_uid
-            and sender.find_context(ctx.abstract_syntax, ctx.transfer_syntax) is not None
-        ]
-        if not targets:
-            raise NoPresentationContext(f"{made.sop_class_uid} not accepted by the receiver")
-        try:
-            syntax, encoded = await asyncio.to_thread(transcode, bytes(data), syntax, targets)
-        except TranscodeError as exc:
-            raise NoPresentationContext(str(exc)) from exc
+        targets = _accepted_syntaxes(sender, made.sop_class_uid)
+        syntax, encoded = await _transcoded(bytes(data), syntax, targets)
         data = memoryview(encoded)
     return await sender.send_data_set(
         data, made.sop_class_uid, made.sop_instance_uid, syntax, move_originator=move_originator
@@ -216,19 +233,9 @@ async def send_instance(
                 syntax,
                 move_originator=move_originator,
             )
-        targets = [
-            ctx.transfer_syntax
-            for ctx in sender.accepted_contexts
-            if ctx.abstract_syntax == instance.sop_class_uid
-            and sender.find_context(ctx.abstract_syntax, ctx.transfer_syntax) is not None
-        ]
-        if not targets:
-            raise NoPresentationContext(f"{instance.sop_class_uid} not accepted by the receiver")
+        targets = _accepted_syntaxes(sender, instance.sop_class_uid)
         data = fh.read(length)
-    try:
-        target, encoded = await asyncio.to_thread(transcode, data, syntax, targets)
-    except TranscodeError as exc:
-        raise NoPresentationContext(str(exc)) from exc
+    target, encoded = await _transcoded(data, syntax, targets)
     return await sender.send_data_set(
         encoded,
         instance.sop_class_uid,
