@@ -10,6 +10,7 @@ from peers import PYDICOM_TEST_FILES, dcmtk, free_port
 from pydicom import dcmread
 from qr_peers import archive_server, storescp
 
+from dicomvault.archive import audit
 from dicomvault.config import Settings, load_settings
 
 CT = PYDICOM_TEST_FILES / "CT_small.dcm"
@@ -76,6 +77,16 @@ def test_move_to_a_deidentify_destination_sends_copies(tmp_path: Path) -> None:
         (path,) = received.iterdir()
         assert dcmread(path).SOPInstanceUID == dcmread(CT).SOPInstanceUID
         assert archive.stats().instances == 2  # nothing stored or changed here
+        assert audit.trail_of(archive).flush()
+        # Instances Transferred (PS3.15 A.5.3.7) says which transfer was de-identified.
+        log = audit.audit_log_path(archive.settings).read_text().splitlines()
+        sent = [
+            line for line in log if 'csd-code="110104"' in line and 'EventActionCode="R"' in line
+        ]
+        research = [line for line in sent if "RESEARCH" in line]
+        clinic = [line for line in sent if "CLINIC" in line]
+        assert len(research) == 1 and "<Anonymized>true</Anonymized>" in research[0]
+        assert len(clinic) == 1 and "<Anonymized>" not in clinic[0]
 
 
 def test_get_by_a_deidentify_requestor_receives_copies(tmp_path: Path) -> None:

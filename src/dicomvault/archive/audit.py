@@ -583,6 +583,7 @@ def _transferred(
     description: str | None = None,
     when: datetime | None = None,
     extra: Sequence[ActiveParticipant] = (),
+    anonymized: bool | None = None,
 ) -> Deferred:
     def build(subjects: Subjects) -> list[AuditMessage]:
         known = subjects(list(studies))
@@ -592,6 +593,7 @@ def _transferred(
             message = msg.instances_transferred(
                 source, sender, receiver, group, patients, action=action, outcome=outcome,
                 outcome_description=description, others=extra, when=when,
+                anonymized=anonymized,
             )  # fmt: skip
             messages.append(message)
         return messages
@@ -752,10 +754,12 @@ def retrieve_started(
     requestor_host: str,
     destination: str,
     destination_host: str | None,
+    anonymized: bool | None = None,
 ) -> None:
     """Begin Transferring DICOM Instances (PS3.15 A.5.3.3) for a C-MOVE / C-GET: one
     message per patient (the message "may only include information about a single
-    patient") naming every study of that patient about to be sent."""
+    patient") naming every study of that patient about to be sent; ``anonymized`` when
+    the receiver gets de-identified copies (A.5.2: the study object's Anonymized)."""
     trail = trail_of(archive)
     if not trail.enabled or not instances:
         return
@@ -775,7 +779,9 @@ def retrieve_started(
         known = subjects(list(studies))
         patients = {u: p for u, (p, _) in known.items()}
         return [
-            msg.begin_transferring(source, sender, receiver, group, patients, others=extra)
+            msg.begin_transferring(
+                source, sender, receiver, group, patients, others=extra, anonymized=anonymized
+            )
             for group in msg.by_patient(studies, patients)
         ]
 
@@ -792,9 +798,11 @@ def retrieve_finished(
     destination_host: str | None,
     failed: int,
     description: str | None = None,
+    anonymized: bool | None = None,
 ) -> None:
     """DICOM Instances Transferred (PS3.15 A.5.3.7), action R, one per study sent by
-    C-MOVE / C-GET; outcome 4 when some sub-operations failed, 8 when all did."""
+    C-MOVE / C-GET; outcome 4 when some sub-operations failed, 8 when all did;
+    ``anonymized`` when the receiver got de-identified copies."""
     trail = trail_of(archive)
     if not trail.enabled or not instances:
         return
@@ -813,7 +821,8 @@ def retrieve_finished(
     for study, counts in _by_study(instances).items():
         trail.record(
             _transferred(trail.source, sender, receiver, {study: counts}, action="R",
-                         outcome=outcome, description=description, extra=extra)
+                         outcome=outcome, description=description, extra=extra,
+                         anonymized=anonymized)
         )  # fmt: skip
 
 

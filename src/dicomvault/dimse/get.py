@@ -10,6 +10,7 @@ Failed SOP Instance UID List; statuses: :mod:`dicomvault.dimse.status`.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from typing import Any
 
 from dicomvault.archive import Archive, audit
 from dicomvault.archive.anonymize import served_copies
@@ -49,19 +50,20 @@ class ArchiveGetHandler:
         assoc = request.association
         # Begin Transferring / Instances Transferred (PS3.15 A.5.3.3, A.5.3.7): the
         # requestor is the destination.
-        who = {
-            "requestor": assoc.calling_ae_title,
-            "requestor_host": assoc.peer_host,
-            "destination": assoc.calling_ae_title,
-            "destination_host": assoc.peer_host,
-        }
-        audit.retrieve_started(self.archive, instances, **who)
         # A requestor configured with deidentify = true (any entry with its AE title:
         # when in doubt, de-identify) gets de-identified copies only (PS3.15 Annex E).
         deidentify = any(
             remote.deidentify and remote.ae_title == assoc.calling_ae_title
             for remote in effective_remotes(self.archive).values()
         )
+        who: dict[str, Any] = {
+            "requestor": assoc.calling_ae_title,
+            "requestor_host": assoc.peer_host,
+            "destination": assoc.calling_ae_title,
+            "destination_host": assoc.peer_host,
+            "anonymized": True if deidentify else None,  # A.5.2 Anonymized
+        }
+        audit.retrieve_started(self.archive, instances, **who)
         async for response in run_sub_operations(
             self.archive,
             channel,

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator, Sequence
+from typing import Any
 
 from dicomvault.archive import Archive, audit
 from dicomvault.archive.anonymize import served_copies
@@ -91,11 +92,12 @@ class ArchiveMoveHandler:
         syntax = request.transfer_syntax_uid
         ops = SubOperations(len(instances))
         # Begin Transferring / Instances Transferred (PS3.15 A.5.3.3, A.5.3.7).
-        who = {
+        who: dict[str, Any] = {
             "requestor": request.association.calling_ae_title,
             "requestor_host": request.association.peer_host,
             "destination": remote.ae_title,
             "destination_host": remote.host,
+            "anonymized": True if remote.deidentify else None,  # A.5.2 Anonymized
         }
         audit.retrieve_started(self.archive, instances, **who)
         try:

@@ -656,11 +656,13 @@ def begin_transferring(
     *,
     others: Sequence[ActiveParticipant] = (),
     when: datetime | None = None,
+    anonymized: bool | None = None,
 ) -> AuditMessage:
     """Begin Transferring DICOM Instances (PS3.15 A.5.3.3): 110102, action E; the
     sender has role 110153 Source, the receiver 110152 Destination, ``others`` (e.g.
     the C-MOVE requestor) follow; one study object per study with its SOP classes, the
-    patient object. One patient per message (split with :func:`by_patient`)."""
+    patient object. One patient per message (split with :func:`by_patient`).
+    ``anonymized``: the study objects say whether de-identified copies were sent."""
     return AuditMessage(
         event_id=BEGIN_TRANSFERRING,
         action="E",
@@ -672,7 +674,7 @@ def begin_transferring(
             *others,
         ),
         source=source,
-        objects=_studies(studies, patients),
+        objects=_studies(studies, patients, anonymized=anonymized),
     )
 
 
@@ -688,6 +690,7 @@ def instances_transferred(
     outcome_description: str | None = None,
     others: Sequence[ActiveParticipant] = (),
     when: datetime | None = None,
+    anonymized: bool | None = None,
 ) -> AuditMessage:
     """DICOM Instances Transferred (PS3.15 A.5.3.7): 110104; action C (Create) when we
     received and stored them (C-STORE, STOW-RS), U when an existing instance was
@@ -705,7 +708,7 @@ def instances_transferred(
             *others,
         ),
         source=source,
-        objects=_studies(studies, patients),
+        objects=_studies(studies, patients, anonymized=anonymized),
         outcome_description=outcome_description,
     )
 
