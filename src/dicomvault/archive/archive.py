@@ -179,9 +179,6 @@ class Archive:
         # Concurrent first stores (STOW parts on pool threads, DIMSE associations) must
         # start one writer: two would race on inserting the same patient.
         self._writer_lock = threading.Lock()
-        #: Blobs whose directory entry is already durable (see :meth:`_complete_async`);
-        #: the writer skips their directory fsync. Set operations are atomic in CPython.
-        self._directory_durable: set[str] = set()
         self._lock_fd: int | None = None
         #: Deletion, IOCM rejection, protection (``archive/deletion.py``).
         self.deletion = DeletionService(self)
@@ -241,11 +238,7 @@ class Archive:
         # Blob directory entries become durable before the index commit that makes
         # them findable (DESIGN.md steps 3-4): here, once per batch and directory, for
         # blobs whose receiver did not already (import workers commit in chunks).
-        names = [item.blob.name for item in items]
-        durable = self._directory_durable
-        pending = [name for name in names if name not in durable]
-        durable.difference_update(names)
-        self.store.sync(pending)
+        self.store.sync([item.blob.name for item in items])
 
     def close(self) -> None:
         if self._writer_instance is not None:
@@ -432,8 +425,7 @@ class Archive:
         except BaseException:
             spool.discard()
             raise
-        self._directory_durable.add(name)
-        return self.finalize_async(check.prepared(name))
+        return self.finalize_async(check.prepared(name), directory_durable=True)
 
     def _check(
         self, spool: FileSpool, parsed: ParsedInstance, source_ae: str | None
@@ -512,8 +504,12 @@ class Archive:
         """Steps 4–5: index the prepared instance (group commit), then answer."""
         return self.finalize_async(prepared).result()
 
-    def finalize_async(self, prepared: Prepared) -> Future[StoreResult]:
-        """:meth:`finalize` without blocking: the future completes after the commit."""
+    def finalize_async(
+        self, prepared: Prepared, *, directory_durable: bool = False
+    ) -> Future[StoreResult]:
+        """:meth:`finalize` without blocking: the future completes after the commit.
+        ``directory_durable``: the blob's directory was fsynced after its rename, so the
+        index writer need not (it does, once per batch, for the others)."""
         done: Future[StoreResult] = Future()
         name = prepared.pending.blob.name
 
@@ -537,7 +533,9 @@ class Archive:
                 log.warning("could not remove unused blob: %s", exc)
             done.set_result(dataclasses.replace(prepared.result, status=outcome.status))
 
-        self._writer.submit(prepared.pending).add_done_callback(indexed)
+        self._writer.submit(
+            prepared.pending, directory_durable=directory_durable
+        ).add_done_callback(indexed)
         return done
 
     @staticmethod

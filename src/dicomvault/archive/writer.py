@@ -37,11 +37,15 @@ class IndexWriter:
         self._closed = False
         self._thread.start()
 
-    def submit(self, item: PendingInsert) -> Future[InsertOutcome]:
+    def submit(
+        self, item: PendingInsert, *, directory_durable: bool = False
+    ) -> Future[InsertOutcome]:
+        """Queue ``item`` for the next batch. ``directory_durable``: its blob's directory
+        entry is durable already, so ``before_commit`` does not get it."""
         if self._closed:
             raise DicomVaultError("the archive is closed")
         future: Future[InsertOutcome] = Future()
-        self._queue.put((item, future))
+        self._queue.put((item, future, directory_durable))
         return future
 
     def close(self) -> None:
@@ -66,16 +70,16 @@ class IndexWriter:
                     stop = True
                     break
                 batch.append(nxt)
-            pairs: list[tuple[PendingInsert, Future[InsertOutcome]]] = batch  # type: ignore[assignment]
-            items = [item for item, _ in pairs]
+            entries: list[tuple[PendingInsert, Future[InsertOutcome], bool]] = batch  # type: ignore[assignment]
+            items = [item for item, _, _ in entries]
             try:
                 if self._before_commit is not None:
-                    self._before_commit(items)
+                    self._before_commit([item for item, _, durable in entries if not durable])
                 results = self._index.insert_batch(items)
             except Exception as exc:  # never let the writer die: fail this batch only
-                log.exception("index writer: batch of %d failed", len(pairs))
-                results = [exc] * len(pairs)
-            for (_, future), result in zip(pairs, results, strict=True):
+                log.exception("index writer: batch of %d failed", len(entries))
+                results = [exc] * len(entries)
+            for (_, future, _), result in zip(entries, results, strict=True):
                 if isinstance(result, BaseException):
                     future.set_exception(result)
                 else:
