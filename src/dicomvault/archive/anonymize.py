@@ -26,8 +26,7 @@ from dicomvault.config import Settings
 from dicomvault.dicom.deid_keys import SECRET_BYTES, DeidKeys
 from dicomvault.dicom.deidentify import Deidentified, Options, deidentify
 from dicomvault.dicom.dicomdir import is_dicomdir
-from dicomvault.dicom.part10 import HEAD_SIZE, encode_file_meta, read_file_meta
-from dicomvault.dicom.transcode import transcode
+from dicomvault.dicom.transcode import transcode_file
 from dicomvault.model.errors import ConfigError, DicomVaultError, NotDicom
 from dicomvault.model.records import StoredInstance, StoreResult, StoreStatus
 
@@ -158,9 +157,13 @@ def deidentified_file(
     )
     if transfer_syntax in (None, result.transfer_syntax_uid):
         return result.data
-    offset = read_file_meta(result.data[:HEAD_SIZE]).dataset_offset
-    chosen, dataset = transcode(result.data[offset:], result.transfer_syntax_uid, [transfer_syntax])
-    return encode_file_meta(result.sop_class_uid, result.sop_instance_uid, chosen) + dataset
+    return transcode_file(
+        result.data,
+        result.sop_class_uid,
+        result.sop_instance_uid,
+        result.transfer_syntax_uid,
+        transfer_syntax,
+    )
 
 
 def burned_in(metadata_json: str | None) -> bool:

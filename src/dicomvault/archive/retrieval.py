@@ -13,8 +13,7 @@ from typing import BinaryIO
 from dicomvault.archive.archive import Archive
 from dicomvault.dicom.bulkdata import BulkValue, Header, locate, read_header, read_value
 from dicomvault.dicom.frames import PixelLayout, decode_frame, pixel_layout, read_frame
-from dicomvault.dicom.part10 import encode_file_meta, read_file_meta
-from dicomvault.dicom.transcode import transcode
+from dicomvault.dicom.transcode import transcode_file
 from dicomvault.index.retrieval import select_instances, series_study, study_exists
 from dicomvault.model.errors import NotFound
 from dicomvault.model.records import StoredInstance
@@ -86,10 +85,10 @@ def transcoded_file(archive: Archive, instance: StoredInstance, target: str) -> 
     """
     with open_blob(archive, instance) as fp:
         data = fp.read()
-    offset = read_file_meta(data[: 64 * 1024]).dataset_offset
-    chosen, dataset = transcode(data[offset:], instance.transfer_syntax_uid, [target])
-    meta = encode_file_meta(instance.sop_class_uid, instance.sop_instance_uid, chosen)
-    return meta + dataset
+    inst = instance
+    return transcode_file(
+        data, inst.sop_class_uid, inst.sop_instance_uid, inst.transfer_syntax_uid, target
+    )
 
 
 def bulk_value(archive: Archive, instance: StoredInstance, path: str) -> tuple[Header, BulkValue]:

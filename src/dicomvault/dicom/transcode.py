@@ -35,6 +35,8 @@ from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import write_dataset, write_file_meta_info
 from pydicom.uid import UID
 
+from dicomvault.dicom.part10 import HEAD_SIZE, encode_file_meta, read_file_meta
+
 EXPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2.1"
 IMPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2"
 DEFLATED = "1.2.840.10008.1.2.1.99"
@@ -94,6 +96,22 @@ def transcode(data_set: bytes, source_syntax: str, targets: Sequence[str]) -> tu
             errors.append(f"{UID(target).name}: {exc}")
             ds = _read(data_set, source_syntax)
     raise TranscodeError("; ".join(errors)[:500])
+
+
+def transcode_file(
+    part10: bytes, sop_class_uid: str, sop_instance_uid: str, source_syntax: str, target: str
+) -> bytes:
+    """A Part 10 file held in memory, re-encoded in ``target`` (PS3.18 8.7.3.5.2): its data
+    set transcoded, a new File Meta Information in front.
+
+    Raises
+    ------
+    TranscodeError
+        No codec for ``source_syntax``, or ``target`` cannot be produced.
+    """
+    offset = read_file_meta(part10[:HEAD_SIZE]).dataset_offset
+    chosen, data_set = transcode(part10[offset:], source_syntax, [target])
+    return encode_file_meta(sop_class_uid, sop_instance_uid, chosen) + data_set
 
 
 def _read(data_set: bytes, syntax: str):  # type: ignore[no-untyped-def]
