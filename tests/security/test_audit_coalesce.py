@@ -284,3 +284,38 @@ def test_long_sessions_and_many_uids(tmp_path: Path, monkeypatch: pytest.MonkeyP
             assert sop_counts(row) == {CT: 3 + 3 * 2}
         finally:
             trail.close()
+
+
+def test_a_burst_is_one_write_and_flush_does_not_wait_for_the_window(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Messages queued within the writer's window (audit.LINGER_SECONDS) go out in one
+    batch -- one log append, one index commit -- and each is still recorded; a lone
+    message is written once the window passes, without anyone flushing; ``flush`` does
+    not sit out the window."""
+    monkeypatch.setattr(audit, "LINGER_SECONDS", 1.0)
+    settings = load_settings(None, {"storage": {"path": tmp_path / "data"}})
+    batches: list[int] = []
+    real_write = AuditTrail._write
+
+    def counting(self: AuditTrail, batch: list[object]) -> None:
+        batches.append(len(batch))
+        real_write(self, batch)
+
+    monkeypatch.setattr(AuditTrail, "_write", counting)
+    with Archive.open(settings) as archive:
+        trail = audit.trail_of(archive)
+        assert trail.flush(5)  # whatever opening the archive recorded
+        batches.clear()
+        for n in range(20):
+            audit.queried(archive, "FINDSCU", "127.0.0.1", "/dicom-web/studies", b"n=%d" % n)
+            time.sleep(0.01)  # 0.2 s in all: inside the window, not one instant
+        started = time.monotonic()
+        assert trail.flush(5)
+        assert time.monotonic() - started < 0.9  # not the 1 s window
+        assert batches == [20]
+        assert len(recorded(archive, event_id="110112")) == 20
+
+        audit.queried(archive, "FINDSCU", "127.0.0.1", "/dicom-web/studies", b"lone")
+        assert len(wait_recorded(archive, 21, event_id="110112")) == 21
+        assert batches == [20, 1]

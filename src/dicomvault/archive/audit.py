@@ -67,6 +67,12 @@ log = logging.getLogger("dicomvault.audit")
 
 #: Messages the writer takes per batch (one file write, one index transaction).
 BATCH: Final = 256
+#: After the first message of a batch, the writer waits this long for more before it
+#: writes: a busy archive (a C-FIND a millisecond) then makes one file append and one
+#: index commit per 50 ms, not one per message -- a lone message written at once cost
+#: ~0.35 ms of CPU (mostly the commit), as much as the query it records. Messages are
+#: queued in memory either way; ``flush`` and ``close`` do not wait for the window.
+LINGER_SECONDS: Final = 0.05
 #: Associations whose C-STOREs are tallied at once, at most.
 MAX_LEDGERS: Final = 10000
 #: A successful login of the same user from the same address is audited once per this
@@ -207,6 +213,7 @@ class AuditTrail:
         self._reads: dict[ReadKey, _ReadTally] = {}
         self.dropped = 0
         self.written = 0
+        self._flushing = 0  # flush() calls waiting: the writer does not linger
 
     # -- participants ---------------------------------------------------------------
 
@@ -259,12 +266,20 @@ class AuditTrail:
         self.release_reads()
         deadline = time.monotonic() + timeout
         with self._idle:
-            while self._unfinished:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    return False
-                self._idle.wait(left)
-        return True
+            self._flushing += 1
+        try:
+            with contextlib.suppress(queue.Full):
+                self._queue.put_nowait(_WAKE)  # the writer stops waiting for more
+            with self._idle:
+                while self._unfinished:
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        return False
+                    self._idle.wait(left)
+            return True
+        finally:
+            with self._idle:
+                self._flushing -= 1
 
     def close(self) -> None:
         """Record the open WADO-RS read tallies, write what is queued, then stop the
@@ -325,11 +340,7 @@ class AuditTrail:
             except queue.Empty:
                 batch = []
             self._release_due_reads()
-            while len(batch) < BATCH:
-                try:
-                    batch.append(self._queue.get_nowait())
-                except queue.Empty:
-                    break
+            self._gather(batch)
             if _STOP in batch:
                 stop = True
             batch = [item for item in batch if item is not _STOP and item is not _WAKE]
@@ -342,6 +353,23 @@ class AuditTrail:
             with self._idle:
                 self._unfinished -= len(batch)
                 self._idle.notify_all()
+
+    def _gather(self, batch: list[object]) -> None:
+        """Add what else is queued to ``batch``: up to :data:`LINGER_SECONDS` after its
+        first message, at once while a flush or close is waiting."""
+        deadline: float | None = None
+        while len(batch) < BATCH:
+            last = batch[-1] if batch else None
+            if last is _STOP or self._flushing:
+                deadline = 0.0
+            elif deadline is None and last is not None and last is not _WAKE:
+                deadline = time.monotonic() + LINGER_SECONDS
+            left = (deadline or 0.0) - time.monotonic()
+            try:
+                item = self._queue.get(timeout=left) if left > 0 else self._queue.get_nowait()
+            except queue.Empty:
+                break
+            batch.append(item)
 
     def _write(self, batch: list[object]) -> None:
         messages: list[AuditMessage] = []
