@@ -109,6 +109,31 @@ def test_find_cap_is_a700_with_comment(tmp_path: Path) -> None:
     assert "narrow" in results[-1][0].ErrorComment
 
 
+def test_queries_share_a_few_threads(tmp_path: Path) -> None:
+    """30 C-FINDs in a row run on the pool's threads, not one new thread per query,
+    and each still answers its own matches."""
+    import threading
+
+    from dicomvault.dimse.query_threads import THREADS
+
+    def find_threads() -> set[int]:
+        return {t.ident or 0 for t in threading.enumerate() if t.name.startswith("c-find")}
+
+    ct = dcmread(CT)
+    with archive_server(qr_settings(tmp_path, {}), [CT, MR]) as (_, port):
+        ae = _ae()
+        ae.add_requested_context(STUDY_FIND)
+        assoc = ae.associate("127.0.0.1", port, ae_title="DICOMVAULT")
+        seen: set[int] = set()
+        for n in range(30):
+            query = _study(ct.StudyInstanceUID if n % 2 else "")
+            found = [ds.StudyInstanceUID for s, ds in assoc.send_c_find(query, STUDY_FIND) if ds]
+            assert len(found) == (1 if n % 2 else 2)
+            seen |= find_threads()
+        assoc.release()
+    assert 1 <= len(seen) <= THREADS
+
+
 @pytest.mark.dcmtk
 def test_movescu_to_storescp_with_transcoding(tmp_path: Path) -> None:
     dest_port = free_port()

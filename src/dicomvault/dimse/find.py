@@ -18,11 +18,11 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator
-from concurrent.futures import ThreadPoolExecutor
 from typing import Final
 
 from dicomvault.archive import Archive, audit
 from dicomvault.dicom.identifier import IdentifierEncoder, decode_identifier
+from dicomvault.dimse.query_threads import QueryThreads
 from dicomvault.dimse.status import (
     CANCEL,
     OUT_OF_RESOURCES,
@@ -84,6 +84,7 @@ class ArchiveFindHandler:
 
     def __init__(self, archive: Archive) -> None:
         self.archive = archive
+        self._threads = QueryThreads("c-find")
 
     async def handle(self, request: QueryRequest) -> AsyncIterator[Response]:
         assoc = request.association
@@ -109,7 +110,7 @@ class ArchiveFindHandler:
         )
         loop = asyncio.get_running_loop()
         # One thread for the whole query: the cursor stays on the thread that opened it.
-        worker = ThreadPoolExecutor(1, thread_name_prefix="c-find")
+        worker = self._threads.next()
         result: FindResult | None = None
         try:
             try:
@@ -147,7 +148,6 @@ class ArchiveFindHandler:
         finally:
             if result is not None and not result.closed:
                 await loop.run_in_executor(worker, result.close)
-            worker.shutdown(wait=False)
 
 
 def _open(

@@ -21,12 +21,12 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator
-from concurrent.futures import ThreadPoolExecutor
 from typing import Final
 
 from dicomvault.archive import Archive, audit
 from dicomvault.archive.worklist_find import WorklistMatches, find
 from dicomvault.dicom.worklist import decode_worklist_identifier, encode_worklist_response
+from dicomvault.dimse.query_threads import QueryThreads
 from dicomvault.dimse.status import (
     CANCEL,
     OUT_OF_RESOURCES,
@@ -52,6 +52,7 @@ class ArchiveWorklistHandler:
 
     def __init__(self, archive: Archive) -> None:
         self.archive = archive
+        self._threads = QueryThreads("mwl-find")
 
     async def handle(self, request: QueryRequest) -> AsyncIterator[Response]:
         assoc = request.association.id
@@ -65,7 +66,7 @@ class ArchiveWorklistHandler:
         _audit_query(self.archive, request)  # Query (PS3.15 A.5.3.10): queued, never waited on
         loop = asyncio.get_running_loop()
         # One thread for the whole query: the cursor stays on the thread that opened it.
-        worker = ThreadPoolExecutor(1, thread_name_prefix="mwl-find")
+        worker = self._threads.next()
         result: WorklistMatches | None = None
         try:
             try:
@@ -103,7 +104,6 @@ class ArchiveWorklistHandler:
         finally:
             if result is not None and not result.closed:
                 await loop.run_in_executor(worker, result.close)
-            worker.shutdown(wait=False)
 
 
 def _audit_query(archive: Archive, request: QueryRequest, failure: str | None = None) -> None:
