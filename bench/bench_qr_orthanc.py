@@ -31,6 +31,7 @@ Orthanc's instances/s.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import random
 import shutil
@@ -139,13 +140,19 @@ def findscu(receiver: Receiver, keys: dict[str, str], *, verbose: bool) -> tuple
     return elapsed, (done.stdout + done.stderr).count("(Pending)")
 
 
-def getscu(receiver: Receiver, study_uid: str, out: Path) -> tuple[float, int]:
-    """C-GET one study into an empty *out*; (seconds, files received)."""
+def getscu(
+    receiver: Receiver, study_uid: str, out: Path, *, ignore: bool = False
+) -> tuple[float, int]:
+    """C-GET one study into an empty *out*; (seconds, files received). With *ignore*,
+    getscu receives every instance and answers Success but writes nothing
+    (``--ignore``, largest PDU): the pace is the server's; the count is then that of the
+    ``Received`` lines of its log."""
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
-    args = [GETSCU, "-q", "-S", "-aec", receiver.aet, LOOPBACK, str(receiver.port)]
+    args = [GETSCU, "-v" if ignore else "-q", "-S", "-aec", receiver.aet]
+    args += [LOOPBACK, str(receiver.port)]
     args += ["-k", "QueryRetrieveLevel=STUDY", "-k", f"StudyInstanceUID={study_uid}"]
-    args += ["-od", str(out)]
+    args += ["--ignore", "--max-pdu", "131072"] if ignore else ["-od", str(out)]
     start = time.perf_counter()
     done = subprocess.run(
         args, env=_environment(), capture_output=True, text=True, timeout=_PROCESS_TIMEOUT
@@ -153,6 +160,8 @@ def getscu(receiver: Receiver, study_uid: str, out: Path) -> tuple[float, int]:
     elapsed = time.perf_counter() - start
     if done.returncode != 0:
         raise RuntimeError(f"getscu from {receiver.name} failed: {done.stderr[-500:]}")
+    if ignore:
+        return elapsed, (done.stdout + done.stderr).count("Received C-STORE Request")
     return elapsed, sum(1 for p in out.iterdir() if p.is_file())
 
 
@@ -266,19 +275,163 @@ def measure_find_association(
         ae.shutdown()
 
 
+class _Discard:
+    """A C-STORE sink that keeps nothing: the C-GET client measures the server's pace."""
+
+    __slots__ = ("size",)
+
+    def __init__(self) -> None:
+        self.size = 0
+
+    def write(self, chunk: memoryview) -> None:
+        self.size += len(chunk)
+
+    def finish(self) -> Any:
+        from dicomvault.net import SUCCESS
+
+        return SUCCESS
+
+    def abort(self) -> None:
+        self.size = 0
+
+
+class _DiscardHandler:
+    def __init__(self) -> None:
+        self.bytes = 0
+
+    def begin_store(self, request: Any) -> _Discard:
+        return _Discard()
+
+
+def _implicit_le(ds: Any) -> bytes:
+    """``ds`` as Implicit VR Little Endian bytes (the only syntax proposed)."""
+    from pydicom.filebase import DicomBytesIO
+    from pydicom.filewriter import write_dataset
+
+    out = DicomBytesIO()
+    out.is_little_endian, out.is_implicit_VR = True, True
+    write_dataset(out, ds)
+    return out.getvalue()
+
+
+def _identifier(keys: dict[str, str]) -> bytes:
+    return _implicit_le(_find_dataset(keys))
+
+
+def _get_identifier(study_uid: str) -> bytes:
+    from pydicom.dataset import Dataset
+
+    ds = Dataset()
+    ds.QueryRetrieveLevel = "STUDY"
+    ds.StudyInstanceUID = study_uid
+    return _implicit_le(ds)
+
+
+def measure_engine_client(
+    servers: list[Receiver],
+    makers: dict[str, Callable[[], dict[str, str]]],
+    runs: int,
+    study_uid: str,
+    expected: int,
+    get_runs: int,
+) -> dict[str, Any]:
+    """C-FIND and C-GET from :mod:`dicomvault.net` over one open association per server.
+
+    The client's own cost per response is a few µs (responses are counted, not decoded
+    into data sets), so what is timed — C-FIND-RQ to final response, C-GET-RQ to final
+    response with every C-STORE sub-operation answered Success and discarded — is the
+    servers' work and the loopback, not the client's. Both servers get the same query
+    bytes; the servers alternate which goes first.
+    """
+    import asyncio
+
+    from dicomvault.net import ServiceRegistry, associate
+    from dicomvault.net.items import RoleSelection
+
+    find_uid = "1.2.840.10008.5.1.4.1.2.2.1"  # Study Root Q/R FIND
+    get_uid = "1.2.840.10008.5.1.4.1.2.2.3"  # Study Root Q/R GET
+    ct_uid = "1.2.840.10008.5.1.4.1.1.2"  # CT Image Storage
+    implicit = ["1.2.840.10008.1.2"]
+    explicit = ["1.2.840.10008.1.2.1", "1.2.840.10008.1.2"]
+
+    async def main() -> dict[str, Any]:
+        registry = ServiceRegistry()
+        registry.add_store(_DiscardHandler(), sop_classes=[ct_uid])
+        async with contextlib.AsyncExitStack() as stack:
+            assocs = {}
+            for server in servers:
+                assocs[server.name] = await stack.enter_async_context(
+                    associate(
+                        LOOPBACK,
+                        server.port,
+                        called_ae=server.aet,
+                        calling_ae="BENCHQR",
+                        contexts=[(find_uid, implicit), (get_uid, implicit), (ct_uid, explicit)],
+                        roles=[RoleSelection(ct_uid, False, True)],
+                        registry=registry,
+                        timeout=120,
+                    )
+                )
+            find: dict[str, dict[str, Any]] = {}
+            for name in QUERIES:
+                times: dict[str, list[float]] = {s.name: [] for s in servers}
+                counts: dict[str, int] = {}
+                for run in range(runs + 2):  # two warm-up rounds, not counted
+                    identifier = _identifier(makers[name]())
+                    for server in servers if run % 2 == 0 else servers[::-1]:
+                        start = time.perf_counter()
+                        pending = 0
+                        async for response in assocs[server.name].find(find_uid, identifier):
+                            pending += response.status.status in (0xFF00, 0xFF01)
+                        if run >= 2:
+                            times[server.name].append((time.perf_counter() - start) * 1000)
+                        counts[server.name] = pending
+                find[name] = {"matches": counts, **{s: _figures(t) for s, t in times.items()}}
+            get_identifier = _get_identifier(study_uid)
+            seconds: dict[str, list[float]] = {s.name: [] for s in servers}
+            for run in range(get_runs + 1):  # one warm-up round (page cache), not counted
+                for server in servers if run % 2 == 0 else servers[::-1]:
+                    start = time.perf_counter()
+                    final = None
+                    async for response in assocs[server.name].get(get_uid, get_identifier):
+                        final = response
+                    elapsed = time.perf_counter() - start
+                    if final is None or final.completed != expected:
+                        done = None if final is None else final.completed
+                        raise RuntimeError(f"C-GET from {server.name}: {done} of {expected}")
+                    if run >= 1:
+                        seconds[server.name].append(elapsed)
+            get = {
+                name: {
+                    "median_s": round(statistics.median(values), 4),
+                    "instances_per_s": round(expected / statistics.median(values), 1),
+                }
+                for name, values in seconds.items()
+            }
+            return {"find": find, "get": get}
+
+    return asyncio.run(main())
+
+
 def measure_get(
-    servers: list[Receiver], study_uid: str, expected: int, runs: int, work: Path
+    servers: list[Receiver],
+    study_uid: str,
+    expected: int,
+    runs: int,
+    work: Path,
+    *,
+    ignore: bool = False,
 ) -> dict[str, dict[str, float]]:
     seconds: dict[str, list[float]] = {s.name: [] for s in servers}
     for run in range(runs):
         for server in servers if run % 2 == 0 else servers[::-1]:
-            elapsed, got = getscu(server, study_uid, work / f"get-{server.name}")
+            elapsed, got = getscu(server, study_uid, work / f"get-{server.name}", ignore=ignore)
             if got != expected:
                 raise RuntimeError(f"C-GET from {server.name}: {got} of {expected} instances")
             seconds[server.name].append(elapsed)
     return {
         name: {
-            "median_s": round(statistics.median(values), 3),
+            "median_s": round(statistics.median(values), 4),
             "instances_per_s": round(expected / statistics.median(values), 1),
         }
         for name, values in seconds.items()
@@ -321,6 +474,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             report["get"] = measure_get(
                 servers, study_uid, len(ct_files), args.get_runs, work / "get"
             )
+            get_runs = max(args.get_runs, args.runs)
+            report["get_ignore"] = measure_get(
+                servers, study_uid, len(ct_files), get_runs, work / "get", ignore=True
+            )
+            engine = measure_engine_client(
+                servers, makers, args.runs, study_uid, len(ct_files), get_runs
+            )
+            report["find_engine"], report["get_engine"] = engine["find"], engine["get"]
         finally:
             for server in reversed(started):
                 server.stop()
@@ -332,6 +493,7 @@ def format_report(report: dict[str, Any]) -> str:
     for section, title in (
         ("find", "findscu process wall time, association included"),
         ("find_association", "pynetdicom, one open association, C-FIND-RQ to final response"),
+        ("find_engine", "dicomvault.net, one open association, C-FIND-RQ to final response"),
     ):
         lines += [
             f"C-FIND, {report['studies']} studies, {report['runs']} runs per query "
@@ -348,16 +510,19 @@ def format_report(report: dict[str, Any]) -> str:
                 f"{orth['median_ms'] / dv['median_ms']:>9.2f}x "
                 f"{orth['p95_ms'] / dv['p95_ms']:>9.2f}x"
             )
-    get = report["get"]
-    lines.append(f"C-GET, one study of {report['get_instances']} x 0.5 MB CT (getscu, median run)")
-    for name, row in get.items():
-        lines.append(
-            f"  {name:12s} {row['median_s']:7.3f} s  {row['instances_per_s']:7.1f} instances/s"
-        )
-    lines.append(
-        "  dicomvault / orthanc: "
-        f"{get['dicomvault']['instances_per_s'] / get['orthanc']['instances_per_s']:.2f}x"
-    )
+    for section, title in (
+        ("get", "getscu -od DIR: writes each instance to a file"),
+        ("get_ignore", "getscu --ignore --max-pdu 131072: receives, writes nothing"),
+        ("get_engine", "dicomvault.net over one open association, discards"),
+    ):
+        get = report[section]
+        lines.append(f"C-GET, one study of {report['get_instances']} x 0.5 MB CT ({title}; median)")
+        for name, row in get.items():
+            lines.append(
+                f"  {name:12s} {row['median_s']:7.4f} s  {row['instances_per_s']:7.1f} instances/s"
+            )
+        ratio = get["dicomvault"]["instances_per_s"] / get["orthanc"]["instances_per_s"]
+        lines.append(f"  dicomvault / orthanc: {ratio:.2f}x")
     return "\n".join(lines)
 
 
