@@ -382,6 +382,27 @@ def test_everything_is_escaped() -> None:
     assert patient.get("ParticipantObjectID") == evil + "\ufffd\nline"
 
 
+def test_serialisation_is_elementtrees() -> None:
+    """The audit's own XML writer gives what ``ET.tostring`` gives (it replaced it for
+    speed): quotes, ampersands, angle brackets, tabs, line breaks, non-ASCII text,
+    empty elements and text content alike."""
+    evil = '<b a="1">&\tx\r\ny</b> Müller^Zoë'
+    message = a.query(
+        SOURCE,
+        a.peer_participant(evil, "10.0.0.7", roles=(a.ROLE_SOURCE,), ae=True),
+        ARCHIVE,
+        "/dicom-web/studies?PatientName=" + evil,
+        evil.encode(),
+        transfer_syntax=None,
+        outcome=a.MINOR_FAILURE,
+        outcome_description=evil,
+    )
+    element = a.to_element(message)
+    expected = ET.tostring(element, encoding="unicode", short_empty_elements=True)
+    assert message.to_xml() == expected.replace("\r", "&#13;").replace("\n", "&#10;")
+    _parse(message)
+
+
 def test_outcome_must_be_a_defined_value() -> None:
     with pytest.raises(ValueError, match="EventOutcomeIndicator"):
         a.user_authentication(SOURCE, _peer(), ARCHIVE, outcome=3)

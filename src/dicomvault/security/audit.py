@@ -28,6 +28,7 @@ Standard library and :mod:`dicomvault.model` only (DESIGN.md, security/).
 from __future__ import annotations
 
 import base64
+import functools
 import ipaddress
 import re
 import xml.etree.ElementTree as ET
@@ -284,6 +285,7 @@ def _text(parent: ET.Element, tag: str, text: str) -> ET.Element:
     return element
 
 
+@functools.lru_cache(maxsize=1024)
 def _network_type(point: str) -> str:
     """NetworkAccessPointTypeCode (RFC 3881 5.3.5): 2 for an IP address, 1 for a name."""
     try:
@@ -396,8 +398,45 @@ def _participant_object(root: ET.Element, obj: ParticipantObject) -> None:
 
 def to_xml(message: AuditMessage) -> str:
     """The message as XML text on one line: line breaks inside text become ``&#10;``."""
-    text = ET.tostring(to_element(message), encoding="unicode", short_empty_elements=True)
-    return text.replace("\r", "&#13;").replace("\n", "&#10;")
+    out: list[str] = []
+    _serialize(to_element(message), out)
+    return "".join(out).replace("\r", "&#13;").replace("\n", "&#10;")
+
+
+def _serialize(element: ET.Element, out: list[str]) -> None:
+    """What ``ET.tostring(element, encoding="unicode")`` writes, for the trees built
+    here (no namespaces, comments or processing instructions), at a fifth of the cost:
+    ElementTree's generic writer (its namespace pass, per-node dispatch) was three
+    quarters of an audit message's CPU, and a busy archive writes one per query."""
+    out.append("<" + element.tag)
+    for key, value in element.attrib.items():
+        out.append(f' {key}="{_escape_attribute(value)}"')
+    if element.text or len(element):
+        out.append(">")
+        if element.text:
+            out.append(_escape_text(element.text))
+        for child in element:
+            _serialize(child, out)
+        out.append(f"</{element.tag}>")
+    else:
+        out.append(" />")
+    if element.tail:
+        out.append(_escape_text(element.tail))
+
+
+def _escape_text(text: str) -> str:
+    if "&" in text or "<" in text or ">" in text:
+        text = text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    return text
+
+
+def _escape_attribute(value: str) -> str:
+    """As ElementTree escapes attribute values (Python 3.11)."""
+    value = _escape_text(value)
+    if '"' in value or "\r" in value or "\n" in value or "\t" in value:
+        value = value.replace('"', "&quot;").replace("\r", "&#13;")
+        value = value.replace("\n", "&#10;").replace("\t", "&#09;")
+    return value
 
 
 # -- participants and objects ---------------------------------------------------------
