@@ -16,6 +16,7 @@ the study columns (``sum:``).
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Final
 
@@ -136,6 +137,7 @@ def level_of(attribute: Attribute, model: InformationModel) -> Level:
     return attribute.level
 
 
+@functools.cache
 def unique_keys(model: InformationModel, down_to: Level) -> tuple[Attribute, ...]:
     """The unique key of each level of *model* from the top down to *down_to*.
 
