@@ -80,3 +80,52 @@ def test_deferred_hashing_matches_inline(tmp_path: Path) -> None:
     assert inline.dataset_sha256() == deferred.dataset_sha256()
     inline.discard()
     deferred.discard()
+
+
+def test_directory_fsync_is_shared_but_never_early(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Threads needing the same directory durable share fsyncs (group commit), yet each
+    returns only after an fsync that started after it asked; a failed fsync is the
+    caller's error and the threads waiting on it run their own."""
+    import threading
+    import time
+
+    from dicomvault.storage import filesystem
+
+    syncs: list[tuple[float, float]] = []
+    fail_first = [True]
+
+    def slow_fsync(path: Path) -> None:
+        start = time.monotonic()
+        time.sleep(0.02)
+        if fail_first[0]:
+            fail_first[0] = False
+            raise OSError(5, "I/O error")
+        syncs.append((start, time.monotonic()))
+
+    monkeypatch.setattr(filesystem, "_fsync_dir", slow_fsync)
+    shared = filesystem._DirectorySyncs()
+    calls: list[tuple[float, float]] = []
+    errors: list[OSError] = []
+
+    def need(delay: float) -> None:
+        time.sleep(delay)
+        asked = time.monotonic()
+        try:
+            shared.sync(tmp_path)
+        except OSError as exc:
+            errors.append(exc)
+            return
+        calls.append((asked, time.monotonic()))
+
+    threads = [threading.Thread(target=need, args=(i * 0.004,)) for i in range(12)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(10)
+    assert len(errors) == 1 and len(calls) == 11
+    for asked, returned in calls:
+        assert any(asked <= start and end <= returned for start, end in syncs)
+    assert len(syncs) < len(calls)  # shared: fewer fsyncs than callers
+    assert shared._dirs == {}  # nothing kept once nobody waits
