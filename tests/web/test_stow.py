@@ -238,6 +238,36 @@ def test_part_layouts_type_parameter_and_duplicates(web_sqlite: WebServer, tmp_p
     assert _stored_bytes(web_sqlite, _uid(bytes(128) + no_preamble)) == bytes(128) + no_preamble
 
 
+def test_parts_held_in_memory_and_streamed_alike(web_sqlite: WebServer, tmp_path: Path) -> None:
+    """Parts up to archive.stow.IN_MEMORY are parsed from memory, larger ones stream
+    through the spool: either way, with and without preamble, the stored file is the part
+    with a zero preamble, and a part of another study is refused by both."""
+    from dicomvault.archive.stow import IN_MEMORY
+
+    def big(study: str = STUDY) -> bytes:
+        ds = make_dataset(study=study, series=study + ".1")
+        ds.add_new(0x00090010, "LO", "DICOMVAULT TEST")
+        ds.add_new(0x00091010, "OB", b"\x01" * (IN_MEMORY + 300_000))
+        data = write_part10(ds, tmp_path / f"{ds.SOPInstanceUID}.dcm").read_bytes()
+        return b"\x7fELF" + data[4:]  # a non-zero preamble, which must not be kept
+
+    small, large, large_bare = _file(tmp_path), big(), big()[128:]
+    other_small, other_large = _file(tmp_path, study=STUDY + ".9"), big(STUDY + ".9")
+    assert len(small) < IN_MEMORY < len(large_bare)
+    response = web_sqlite.client.post(
+        f"/dicom-web/studies/{STUDY}",
+        content=_body(small, large, large_bare, other_small, other_large),
+        headers={
+            "Content-Type": f'multipart/related; type="application/dicom"; boundary={BOUNDARY}'
+        },
+    )
+    assert response.status_code == 202, response.text
+    assert len(_seq(response.json(), "00081199")) == 3
+    assert len(_seq(response.json(), "00081198")) == 2
+    for part in (small, large, bytes(128) + large_bare):
+        assert _stored_bytes(web_sqlite, _uid(part)) == bytes(128) + part[128:]
+
+
 # -- bad requests -------------------------------------------------------------------
 
 

@@ -25,7 +25,7 @@ from typing import Any
 
 from dicomvault.archive.archive import Archive
 from dicomvault.dicom.fromjson import BulkData, uids_of, write_part10
-from dicomvault.dicom.parse import ParsedInstance
+from dicomvault.dicom.parse import ParsedInstance, parse_instance_bytes
 from dicomvault.dicom.part10 import (
     HEAD_SIZE,
     PREAMBLE,
@@ -37,6 +37,10 @@ from dicomvault.model.records import StoreResult
 from dicomvault.storage.filesystem import FileSpool
 
 _COPY_CHUNK = 1 << 20
+#: A part up to this size is held in memory, parsed from there and written once, like a
+#: C-STORE data set (``Archive.receive_buffered``): no spool written in pieces and read
+#: back for the header. A larger one streams to the spool from this size on.
+IN_MEMORY = 1 << 20
 
 
 class StudyMismatch(InvalidInstance):
@@ -95,7 +99,7 @@ class StreamedInstance:
         try:
             if self._spool is None:
                 self._head += data
-                if len(self._head) >= HEAD_SIZE:
+                if len(self._head) > IN_MEMORY:
                     self._start()
             else:
                 self._spool.write(data)
@@ -158,7 +162,10 @@ class StreamedInstance:
         self._done = True
         try:
             if self._error is None and self._spool is None:
-                self._start()  # an instance smaller than HEAD_SIZE
+                buffered = self._buffered()
+                if buffered is not None:
+                    return buffered
+                self._start()  # a bare data set: its File Meta is built from the spool
         except Exception as exc:
             self._fail(exc)
         if self._error is not None:
@@ -170,20 +177,55 @@ class StreamedInstance:
         try:
             spool.flush()
             parsed = archive._parse(spool.path)
-            self.sop_class_uid = parsed.record.instance.sop_class_uid
-            self.sop_instance_uid = parsed.record.instance.sop_instance_uid
             if self._layout == "no-meta":
                 spool = self._with_meta(spool, parsed)
-            study = parsed.record.study.study_instance_uid
-            if self._study is not None and study != self._study:
-                raise StudyMismatch(
-                    f"Study Instance UID {study} differs from the study of the request, "
-                    f"{self._study}"
-                )
+            self._check_parsed(parsed)
         except BaseException:
             spool.discard()
             raise
         return archive._complete_async(spool, parsed, self._source_ae)
+
+    def _buffered(self) -> Future[StoreResult] | None:
+        """:meth:`finish` for a Part 10 file held whole in memory: parsed from the buffer,
+        then written once. ``None`` for a bare data set (the spool path handles it)."""
+        head, self._head = self._head, bytearray()
+        layout, offset = read_preamble_layout(bytes(head[:HEAD_SIZE]))
+        if layout == "no-meta":
+            self._head = head
+            return None
+        if layout == "part10":
+            head[:PREAMBLE] = bytes(PREAMBLE)  # zeros (CVE-2019-11687), as _start writes
+        else:  # no preamble: 128 zero bytes in front
+            head[:0] = bytes(PREAMBLE)
+            offset += PREAMBLE
+        archive = self._archive
+        parsed = parse_instance_bytes(
+            head,
+            name="the part",
+            bulk_data_threshold=archive.settings.index.bulk_data_threshold,
+            meta_mismatch="warn",
+        )
+        self._check_parsed(parsed)
+        spool = archive.store.spool()
+        try:
+            spool.write(memoryview(head)[:offset])
+            spool.mark_dataset_start()
+            spool.write(memoryview(head)[offset:])
+        except BaseException:
+            spool.discard()
+            raise
+        return archive._complete_async(spool, parsed, self._source_ae)
+
+    def _check_parsed(self, parsed: ParsedInstance) -> None:
+        """Note the UIDs; refuse an instance of another study than the request's."""
+        self.sop_class_uid = parsed.record.instance.sop_class_uid
+        self.sop_instance_uid = parsed.record.instance.sop_instance_uid
+        study = parsed.record.study.study_instance_uid
+        if self._study is not None and study != self._study:
+            raise StudyMismatch(
+                f"Study Instance UID {study} differs from the study of the request, "
+                f"{self._study}"
+            )
 
     def _with_meta(self, spool: FileSpool, parsed: ParsedInstance) -> FileSpool:
         """A new spool holding a File Meta Information (PS3.10 7.1) and then the bare
