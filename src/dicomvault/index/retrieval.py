@@ -8,9 +8,11 @@ without sorting.
 
 from __future__ import annotations
 
-from sqlalchemy import ColumnElement, Select, select
+from typing import Any
 
-from dicomvault.index.db import Index, stored_instance, stored_instances
+from sqlalchemy import ColumnElement, Dialect, Select, bindparam, select
+
+from dicomvault.index.db import Index, stored_instances
 from dicomvault.index.schema import instances, series, studies
 from dicomvault.model.records import StoredInstance
 
@@ -27,11 +29,13 @@ def _statement(
     statement = stored_instances()
     if with_metadata:
         statement = statement.add_columns(instances.c.metadata_json)
-    where: list[ColumnElement[bool]] = [studies.c.study_instance_uid == study_instance_uid]
+    where: list[ColumnElement[bool]] = [
+        studies.c.study_instance_uid == bindparam("study", study_instance_uid)
+    ]
     if series_instance_uid is not None:
-        where.append(series.c.series_instance_uid == series_instance_uid)
+        where.append(series.c.series_instance_uid == bindparam("series", series_instance_uid))
     if sop_instance_uid is not None:
-        where.append(instances.c.sop_instance_uid == sop_instance_uid)
+        where.append(instances.c.sop_instance_uid == bindparam("instance", sop_instance_uid))
     return statement.where(*where).order_by(
         series.c.series_number.asc().nulls_last(),
         series.c.pk,
@@ -66,14 +70,52 @@ def select_instances(
         Empty when nothing matches (unknown UIDs, or a series/instance under another
         parent); the caller finds out which with :func:`hierarchy_of`.
     """
-    statement = _statement(study_instance_uid, series_instance_uid, sop_instance_uid, with_metadata)
-    out: list[Selected] = []
+    sql, order = _compiled(
+        index._read.dialect,
+        series_instance_uid is not None,
+        sop_instance_uid is not None,
+        with_metadata,
+    )
+    values = {
+        "study": study_instance_uid,
+        "series": series_instance_uid,
+        "instance": sop_instance_uid,
+    }
+    params: Any = values if order is None else [values[name] for name in order]
+    # Plain DBAPI on the pooled connection: SQLAlchemy's statement and row handling cost
+    # ~0.6 ms for a 50-instance study, most of a WADO-RS answer's time to first byte.
     with index._read.connect() as conn:
-        for row in conn.execute(statement):
-            values = row._asdict()
-            text = values.pop("metadata_json", None)
-            out.append((stored_instance(values), None if text is None else str(text)))
+        raw = conn.connection.dbapi_connection
+        assert raw is not None
+        cursor = raw.cursor()
+        try:
+            cursor.execute(sql, params)
+            rows = cursor.fetchall()
+        finally:
+            cursor.close()
+    out: list[Selected] = []
+    for row in rows:  # pk, the fields of StoredInstance, then metadata_json if asked
+        text = row[10] if with_metadata else None
+        out.append((StoredInstance(*row[1:10]), None if text is None else str(text)))
     return out
+
+
+_COMPILED: dict[tuple[str, bool, bool, bool], tuple[str, tuple[str, ...] | None]] = {}
+
+
+def _compiled(
+    dialect: Dialect, series: bool, instance: bool, with_metadata: bool
+) -> tuple[str, tuple[str, ...] | None]:
+    """The SQL text of :func:`_statement` for ``dialect``, and the order of its bind
+    names (``None`` for a named paramstyle); built once per shape."""
+    key = (dialect.name, series, instance, with_metadata)
+    found = _COMPILED.get(key)
+    if found is None:
+        statement = _statement("", "" if series else None, "" if instance else None, with_metadata)
+        compiled = statement.compile(dialect=dialect)
+        order = compiled.positiontup
+        found = _COMPILED[key] = (str(compiled), None if order is None else tuple(order))
+    return found
 
 
 def series_study(index: Index, series_instance_uid: str) -> str | None:
