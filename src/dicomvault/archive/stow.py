@@ -1,10 +1,11 @@
 """Ingest of Part 10 files arriving as a stream of chunks: the parts of a STOW-RS request
 (PS3.18 10.5), one :class:`StreamedInstance` per part.
 
-The life of an instance (DESIGN.md) unchanged: the bytes are spooled into the blob
-store's own filesystem as they arrive (memory stays flat), the header is read from the
-spool, the checks of :meth:`Archive._check` run, the blob is made durable and then
-indexed through the group-commit writer. :meth:`StreamedInstance.finish` returns as soon
+The life of an instance (DESIGN.md) unchanged: a part of up to :data:`IN_MEMORY` bytes
+is held in memory, its header read from there and the file written once; a larger one is
+spooled into the blob store's own filesystem as it arrives (memory stays bounded) and its
+header read from the spool. Then the checks of :meth:`Archive._check` run, the blob is
+made durable and indexed through the group-commit writer. :meth:`StreamedInstance.finish` returns as soon
 as the blob is durable, with a future that completes when the index has committed: the
 caller can spool the next part meanwhile, and many parts of one request share an index
 commit. Success is only ever reported after that future completes.

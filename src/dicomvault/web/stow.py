@@ -9,8 +9,10 @@
   (PS3.18 F.2), the others bulk data whose Content-Location is a BulkDataURI of those
   data sets (PS3.18 10.5.1.2.2).
 
-Parts stream into the blob store's spool as they arrive (:mod:`web.multipart_reader`,
-:class:`archive.stow.StreamedInstance`): memory stays bounded whatever the body size.
+Parts stream into the archive as they arrive (:mod:`web.multipart_reader`,
+:class:`archive.stow.StreamedInstance`: up to 1 MiB of a part in memory, the rest of a
+larger one straight to the blob store's spool): memory stays bounded whatever the body
+size.
 While part k+1 is read, part k is parsed, made durable and indexed in the thread pool;
 the index writer commits the instances of the request in groups. A part counts as
 stored only when its bytes are durable and indexed.
