@@ -5,10 +5,10 @@ The life of an instance (DESIGN.md) unchanged: a part of up to :data:`IN_MEMORY`
 is held in memory, its header read from there and the file written once; a larger one is
 spooled into the blob store's own filesystem as it arrives (memory stays bounded) and its
 header read from the spool. Then the checks of :meth:`Archive._check` run, the blob is
-made durable and indexed through the group-commit writer. :meth:`StreamedInstance.finish` returns as soon
-as the blob is durable, with a future that completes when the index has committed: the
-caller can spool the next part meanwhile, and many parts of one request share an index
-commit. Success is only ever reported after that future completes.
+made durable and indexed through the group-commit writer. :meth:`StreamedInstance.finish`
+returns as soon as the blob is durable, with a future that completes when the index has
+committed: the caller can spool the next part meanwhile, and many parts of one request
+share an index commit. Success is only ever reported after that future completes.
 
 The file is stored as sent, but for its preamble, stored as zeros (CVE-2019-11687): a
 Part 10 file keeps its File Meta Information byte for byte (PS3.10 7.1); a file without
