@@ -319,3 +319,27 @@ def test_a_burst_is_one_write_and_flush_does_not_wait_for_the_window(
         audit.queried(archive, "FINDSCU", "127.0.0.1", "/dicom-web/studies", b"lone")
         assert len(wait_recorded(archive, 21, event_id="110112")) == 21
         assert batches == [20, 1]
+
+
+def test_close_on_the_writer_thread_itself(tmp_path: Path) -> None:
+    """The archive's finalizer may run on the writer thread (when it drops the last
+    reference): closing there must not try to join itself; the writer stops and closes
+    its sinks on its own."""
+    settings = load_settings(None, {"storage": {"path": tmp_path / "data"}})
+    with Archive.open(settings) as archive:
+        trail = AuditTrail(archive.settings)
+        errors: list[BaseException] = []
+
+        def close_from_writer(subjects: Any) -> None:
+            try:
+                trail.close()
+            except BaseException as exc:
+                errors.append(exc)
+
+        trail.record(close_from_writer)
+        writer = trail._thread
+        assert writer is not None
+        writer.join(10)
+        assert not writer.is_alive()
+        assert errors == []
+        assert trail._index is None  # the sinks were closed by the writer

@@ -214,6 +214,7 @@ class AuditTrail:
         self.dropped = 0
         self.written = 0
         self._flushing = 0  # flush() calls waiting: the writer does not linger
+        self._close_on_exit = False  # close() was called on the writer thread itself
 
     # -- participants ---------------------------------------------------------------
 
@@ -293,7 +294,16 @@ class AuditTrail:
             thread = self._thread
         if thread is not None:
             self._queue.put(_STOP)
+            if thread is threading.current_thread():
+                # Called on the writer itself (the archive's finalizer can run there when
+                # the writer drops the last reference): it cannot wait for itself; it
+                # closes the sinks when it reaches _STOP.
+                self._close_on_exit = True
+                return
             thread.join()
+        self._close_sinks()
+
+    def _close_sinks(self) -> None:
         if self._syslog is not None:
             self._syslog.close()
         self._log.close()
@@ -353,6 +363,8 @@ class AuditTrail:
             with self._idle:
                 self._unfinished -= len(batch)
                 self._idle.notify_all()
+        if self._close_on_exit:
+            self._close_sinks()
 
     def _gather(self, batch: list[object]) -> None:
         """Add what else is queued to ``batch``: up to :data:`LINGER_SECONDS` after its
