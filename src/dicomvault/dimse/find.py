@@ -42,6 +42,9 @@ from dicomvault.net.uids import (
 
 log = logging.getLogger("dicomvault.dimse")
 
+#: The threads queries run on, shared by every handler of the process.
+_THREADS: Final = QueryThreads("c-find")
+
 #: Matches pulled and encoded per trip to the worker thread.
 CHUNK: Final = 64
 
@@ -84,7 +87,6 @@ class ArchiveFindHandler:
 
     def __init__(self, archive: Archive) -> None:
         self.archive = archive
-        self._threads = QueryThreads("c-find")
 
     async def handle(self, request: QueryRequest) -> AsyncIterator[Response]:
         assoc = request.association
@@ -110,7 +112,7 @@ class ArchiveFindHandler:
         )
         loop = asyncio.get_running_loop()
         # One thread for the whole query: the cursor stays on the thread that opened it.
-        worker = self._threads.next()
+        worker = _THREADS.next()
         result: FindResult | None = None
         try:
             try:

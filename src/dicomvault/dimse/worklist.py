@@ -39,6 +39,9 @@ from dicomvault.net.uids import MODALITY_WORKLIST_FIND
 
 log = logging.getLogger("dicomvault.dimse")
 
+#: The threads queries run on, shared by every handler of the process.
+_THREADS: Final = QueryThreads("mwl-find")
+
 #: Matches read and encoded per trip to the worker thread.
 CHUNK: Final = 64
 #: PS3.4 Table K.4-2: "Matches are continuing - Warning that one or more Optional Keys
@@ -52,7 +55,6 @@ class ArchiveWorklistHandler:
 
     def __init__(self, archive: Archive) -> None:
         self.archive = archive
-        self._threads = QueryThreads("mwl-find")
 
     async def handle(self, request: QueryRequest) -> AsyncIterator[Response]:
         assoc = request.association.id
@@ -66,7 +68,7 @@ class ArchiveWorklistHandler:
         _audit_query(self.archive, request)  # Query (PS3.15 A.5.3.10): queued, never waited on
         loop = asyncio.get_running_loop()
         # One thread for the whole query: the cursor stays on the thread that opened it.
-        worker = self._threads.next()
+        worker = _THREADS.next()
         result: WorklistMatches | None = None
         try:
             try:
