@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import tracemalloc
 from collections.abc import Iterator
 from typing import Any
@@ -13,6 +14,7 @@ from bench.bench_find import fill, study_query
 from dicomvault.archive import Archive
 from dicomvault.config import Settings
 from dicomvault.index import query as index_query
+from dicomvault.model.query import QueryKey
 
 ROWS = 3000
 
@@ -76,3 +78,39 @@ def test_close_releases_the_connection(big: Archive) -> None:
     result.close()
     assert pool.checkedout() == 0  # type: ignore[attr-defined]
     assert list(result) == []
+
+
+def test_sqlite_rows_come_through_the_plain_cursor_alike(
+    big: Archive, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On SQLite, C-FIND rows are read with the DBAPI cursor from SQLAlchemy's compiled
+    statement (index.query._prepared): it must be in use -- a SQLAlchemy upgrade that
+    breaks it fails here rather than silently slowing every query -- and give exactly
+    the rows the SQLAlchemy path gives, for a list of UIDs (an expanding IN), a wildcard,
+    a range and a universal query alike."""
+    if not big.index.is_sqlite:
+        pytest.skip("the plain cursor path is SQLite's")
+    some = [m.values[0x0020000D] for m in big.find(study_query(max_results=5))]
+    by_uids = study_query()
+    uid_key = QueryKey(0x0020000D, "StudyInstanceUID", "UI", "\\".join(some))
+    by_uids = dataclasses.replace(by_uids, keys=(*by_uids.keys, uid_key))
+    queries = [
+        by_uids,
+        study_query(PatientName="A*"),
+        study_query(StudyDate="20150101-20191231"),
+        study_query(max_results=50),
+    ]
+    prepared = []
+    real = index_query._prepared
+
+    def watching(*args: Any) -> Any:
+        prepared.append(out := real(*args))
+        return out
+
+    monkeypatch.setattr(index_query, "_prepared", watching)
+    fast = [[m.values for m in big.find(q)] for q in queries]
+    assert prepared and all(p is not None for p in prepared)
+    monkeypatch.setattr(index_query, "_prepared", lambda *args: None)
+    slow = [[m.values for m in big.find(q)] for q in queries]
+    assert fast == slow
+    assert len(fast[0]) == len(some) and all(fast)

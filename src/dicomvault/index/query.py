@@ -39,6 +39,8 @@ from sqlalchemy import (
     select,
     true,
 )
+from sqlalchemy.engine import Dialect as SqlDialect
+from sqlalchemy.util import LRUCache
 
 from dicomvault.index.db import Index, stored_instance, stored_instances
 from dicomvault.index.schema import instances, patients, series, studies
@@ -407,6 +409,10 @@ def stream(index: Index, statement: Select[Any]) -> Generator[dict[str, Any], No
             raw = conn.connection.dbapi_connection
             assert raw is not None
             raw.create_function("dicomvault_fold", 1, _fold_or_none, deterministic=True)
+            prepared = _prepared(conn.dialect, statement)
+            if prepared is not None:
+                yield from _raw_rows(raw, prepared)
+                return
         else:
             # A server-side cursor is planned for its first 10 % of rows by default
             # (cursor_tuple_fraction): PostgreSQL then walks the level's primary key in
@@ -421,6 +427,67 @@ def stream(index: Index, statement: Select[Any]) -> Generator[dict[str, Any], No
                 yield dict(zip(keys, row, strict=True))
         finally:
             result.close()
+
+
+@dataclass(frozen=True, slots=True)
+class _Prepared:
+    sql: str
+    parameters: list[Any]
+    keys: list[str]
+
+
+#: Compiled statements by their SQLAlchemy cache key (the query's shape, not its values).
+_COMPILED: Final = LRUCache[Any, Any](1000)
+
+
+def _prepared(dialect: SqlDialect, statement: Select[Any]) -> _Prepared | None:
+    """The SQL text, positional parameters and column keys of ``statement`` for plain
+    ``sqlite3``, compiled once per shape through SQLAlchemy's own statement cache.
+
+    A selective C-FIND's rows come from SQLite in ~15 µs; running the statement through
+    ``Connection.execute`` (cache key, compiled lookup, result wrapping) took ~0.17 ms
+    more, as long as the rest of the query's work. This uses SQLAlchemy's cache the way
+    ``Connection.execute`` does (private methods, checked by a test); ``None`` — use
+    ``execute`` — when the statement is not cacheable or a column needs a result
+    processor.
+    """
+    try:
+        out = statement._compile_w_cache(dialect, compiled_cache=_COMPILED, column_keys=[])
+        compiled: Any = out[0]
+        extracted = out[1]
+        if extracted is None:
+            return None
+        values = compiled.construct_params(extracted_parameters=extracted)
+        expanded = compiled._process_parameters_for_postcompile(values)  # IN lists
+        if any(
+            entry[3]._cached_result_processor(dialect, None) is not None
+            for entry in compiled._result_columns
+        ):
+            return None
+    except (AttributeError, TypeError, ValueError, IndexError):  # SQLAlchemy changed
+        return None
+    parameters = dict(expanded.parameters)
+    for name, processor in expanded.processors.items():
+        if name in parameters and processor is not None:
+            parameters[name] = processor(parameters[name])
+    order = expanded.positiontup or ()
+    return _Prepared(
+        expanded.statement,
+        [parameters[name] for name in order],
+        [entry[0] for entry in compiled._result_columns],
+    )
+
+
+def _raw_rows(connection: Any, prepared: _Prepared) -> Generator[dict[str, Any], None, None]:
+    cursor = connection.cursor()
+    try:
+        cursor.execute(prepared.sql, prepared.parameters)
+        keys = prepared.keys
+        while rows := cursor.fetchmany(PAGE):
+            for row in rows:
+                yield dict(zip(keys, row, strict=True))
+    finally:
+        cursor.close()
 
 
 def retrieve(index: Index, clauses: Sequence[ColumnElement[bool]]) -> list[StoredInstance]:
