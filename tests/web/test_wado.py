@@ -431,7 +431,8 @@ def test_compressed_multiframe_frames(web_sqlite: WebServer, tmp_path: Path, off
 
 
 @pytest.mark.parametrize(
-    ("frames", "status"), [("0", 400), ("1,x", 400), ("-1", 400), ("16", 404), ("1,,2", 400)]
+    ("frames", "status"),
+    [("0", 400), ("1,x", 400), ("-1", 400), ("16", 404), ("1,,2", 400), ("\u00b2", 400)],
 )
 def test_bad_frame_lists(web_sqlite: WebServer, frames: str, status: int) -> None:
     ds = store(web_sqlite, "rtdose.dcm")
@@ -528,9 +529,7 @@ def test_study_metadata_on_both_backends(web: WebServer) -> None:
     assert response.status_code == 404
 
 
-def test_a_non_zero_preamble_is_never_stored_or_sent(
-    web_sqlite: WebServer, tmp_path: Path
-) -> None:
+def test_a_non_zero_preamble_is_never_stored_or_sent(web_sqlite: WebServer, tmp_path: Path) -> None:
     """A received preamble is stored as zeros, and WADO-RS sends zeros even for a blob
     that holds something else (stored by an older version) (PS3.10 7.1 preamble;
     PE/DICOM polyglots, CVE-2019-11687)."""

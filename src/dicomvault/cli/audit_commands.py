@@ -79,7 +79,7 @@ def audit_command(
 
     def body() -> int:
         event_id = EVENT_NAMES.get(event or "", event)
-        if event_id is not None and not event_id.isdigit():
+        if event_id is not None and not (event_id.isascii() and event_id.isdigit()):
             fail(f"--event: {event!r} is neither an Audit Event ID nor a known name", 2)
         where = AuditFilter(
             since=_time(since, "--since"),

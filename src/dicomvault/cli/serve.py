@@ -257,7 +257,7 @@ def _workers_option(value: str | None) -> int | str | None:
     """``--workers``: a number of processes from 1 to 64, or ``auto``."""
     if value is None or value == "auto":
         return value
-    if value.isdigit() and 1 <= int(value) <= 64:
+    if value.isascii() and value.isdigit() and 1 <= int(value) <= 64:
         return int(value)
     raise click.BadParameter(f"{value!r} is not a number from 1 to 64 or 'auto'")
 

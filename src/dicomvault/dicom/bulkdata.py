@@ -129,7 +129,7 @@ def parse_path(path: str) -> list[int | str]:
                 raise BadBulkDataPath(f"bulk data path {path!r}: {piece!r} is not a tag")
             out.append(int(piece, 16))
         else:
-            if not piece.isdigit() or len(piece) > 9:
+            if not (piece.isascii() and piece.isdigit()) or len(piece) > 9:
                 raise BadBulkDataPath(f"bulk data path {path!r}: {piece!r} is not an item index")
             out.append(int(piece))
     return out

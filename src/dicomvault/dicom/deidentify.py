@@ -328,7 +328,8 @@ def _terms(ds: Dataset) -> tuple[re.Pattern[str] | None, tuple[str, ...]]:
     names = [v for k in _NAME_KEYWORDS for v in values(k)]
     ids = [v for k in _ID_KEYWORDS for v in values(k)]
     birth = "".join(values("PatientBirthDate"))
-    if len(birth) == 8 and birth.isdigit():  # the birth date as people write it too
+    # the birth date as people write it too
+    if len(birth) == 8 and birth.isascii() and birth.isdigit():
         ids += [f"{birth[:4]}-{birth[4:6]}-{birth[6:]}", f"{birth[6:]}.{birth[4:6]}.{birth[:4]}"]
     return identifying_terms(names, ids)
 

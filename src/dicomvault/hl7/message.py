@@ -313,7 +313,7 @@ def build_ack(
     The ACK is encoded in the request's character set.
     """
     stamp = (now or datetime.datetime.now()).strftime("%Y%m%d%H%M%S")
-    minor = tuple(int(p) for p in header.version.split(".")[1:3] if p.isdigit())
+    minor = tuple(int(p) for p in header.version.split(".")[1:3] if p.isascii() and p.isdigit())
     kind = "ACK"
     if minor >= (4,) and header.trigger_event:
         kind = f"ACK^{escape(header.trigger_event)}^ACK"

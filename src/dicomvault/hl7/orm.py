@@ -226,7 +226,7 @@ def _date(text: str, where: Location) -> str:
     digits = text[:8]
     try:
         datetime.datetime.strptime(digits, "%Y%m%d")
-        if len(digits) != 8 or not digits.isdigit():
+        if len(digits) != 8 or not (digits.isascii() and digits.isdigit()):
             raise ValueError
     except ValueError:
         raise Hl7Error(
@@ -243,7 +243,8 @@ def _time(text: str, where: Location) -> str:
     clock = re.split(r"[.+-]", text[8:], maxsplit=1)[0]
     if not clock:
         return ""
-    ok = len(clock) in (2, 4, 6) and clock.isdigit()
+    # isascii: str.isdigit() is also true of "²" and other digits int() refuses.
+    ok = len(clock) in (2, 4, 6) and clock.isascii() and clock.isdigit()
     if ok:
         hh, mm, ss = int(clock[:2]), int(clock[2:4] or 0), int(clock[4:6] or 0)
         ok = hh < 24 and mm < 60 and ss < 60

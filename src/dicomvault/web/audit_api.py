@@ -101,7 +101,7 @@ def _int(request: Request, name: str, default: int | None, low: int, high: int) 
     raw = request.query_params.get(name)
     if raw is None or raw == "":
         return default
-    if not raw.isdigit() or not low <= int(raw) <= high:
+    if not (raw.isascii() and raw.isdigit()) or not low <= int(raw) <= high:
         raise HTTPProblem(400, f"{name} must be an integer from {low} to {high}", parameter=name)
     return int(raw)
 

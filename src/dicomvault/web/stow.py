@@ -479,8 +479,8 @@ def _checked_request(request: Request) -> tuple[str, str, str | None]:
             accepted=["identity", "gzip", "deflate"],
         )
     limit = settings_of(request).http.max_body_bytes
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.strip().isdigit() and int(declared) > limit:
+    declared = (request.headers.get("content-length") or "").strip()
+    if declared.isascii() and declared.isdigit() and int(declared) > limit:
         raise HTTPProblem(
             413,
             f"the body of {int(declared)} bytes is larger than {limit} bytes "

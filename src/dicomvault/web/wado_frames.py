@@ -117,7 +117,7 @@ def _frame_numbers(text: str) -> list[int]:
     numbers: list[int] = []
     for item in text.split(","):
         item = item.strip()
-        if not item.isdigit() or len(item) > 9 or int(item) < 1:
+        if not (item.isascii() and item.isdigit()) or len(item) > 9 or int(item) < 1:
             raise HTTPProblem(
                 400,
                 f"frame list {text[:80]!r}: {item[:20]!r} is not a frame number (1 or more)",

@@ -28,7 +28,7 @@ _STATES = ("pending", "sent", "expired")
 
 def _limit(request: Request) -> int:
     raw = request.query_params.get("limit", "100")
-    if not raw.isdigit() or not 1 <= int(raw) <= MAX_LIMIT:
+    if not (raw.isascii() and raw.isdigit()) or not 1 <= int(raw) <= MAX_LIMIT:
         raise HTTPProblem(400, f"limit must be an integer from 1 to {MAX_LIMIT}, not {raw!r}")
     return int(raw)
 
