@@ -47,7 +47,9 @@ Measurements (servers alternate which goes first, round by round):
 
 Ratios are dicomvault / Orthanc speed: instances/s ours / theirs, and for latencies
 Orthanc's time / ours; > 1 means dicomvault is faster. Targets (issue "DICOMweb"): STOW-RS
-and WADO-RS ≥ 1.5× Orthanc; series metadata of 1,000 instances < 150 ms.
+and WADO-RS ≥ 1.5× Orthanc; series metadata of 1,000 instances < 150 ms. WADO-RS is judged
+on the lean client's row: through httpx both servers go at httpx's pace (~1.4 GB/s here),
+so that row measures the client.
 
 ``--studies N`` adds a dicomvault-only part: an index of N studies (``--instances-per-study``
 rows each, no files) filled like :mod:`bench.bench_find` does, served by ``dicomvault
@@ -919,6 +921,10 @@ THROUGHPUT = ("stow", "wado", "wado-lean")
 
 def _target(name: str, row: dict[str, Any]) -> str:
     ours = row["figures"].get("dicomvault")
+    if name == "wado":
+        # httpx reads ~1.4 GB/s here, slower than either server sends: this row shows the
+        # client's pace (both servers alike); the target is judged on the lean client.
+        return "(httpx's pace; target: next row)"
     if name in THROUGHPUT:
         ratio = row.get("ratio")
         return ">= 1.5x: " + ("-" if ratio is None else "met" if ratio >= 1.5 else "not met")
