@@ -20,22 +20,16 @@ from dicomvault.model.records import StoredInstance
 Selected = tuple[StoredInstance, str | None]
 
 
-def _statement(
-    study_instance_uid: str,
-    series_instance_uid: str | None,
-    sop_instance_uid: str | None,
-    with_metadata: bool,
-) -> Select[tuple[object, ...]]:
+def _statement(series_given: bool, instance_given: bool, with_metadata: bool) -> Select[Any]:
+    """The SELECT of one shape, with bind parameters ``study``, ``series``, ``instance``."""
     statement = stored_instances()
     if with_metadata:
         statement = statement.add_columns(instances.c.metadata_json)
-    where: list[ColumnElement[bool]] = [
-        studies.c.study_instance_uid == bindparam("study", study_instance_uid)
-    ]
-    if series_instance_uid is not None:
-        where.append(series.c.series_instance_uid == bindparam("series", series_instance_uid))
-    if sop_instance_uid is not None:
-        where.append(instances.c.sop_instance_uid == bindparam("instance", sop_instance_uid))
+    where: list[ColumnElement[bool]] = [studies.c.study_instance_uid == bindparam("study")]
+    if series_given:
+        where.append(series.c.series_instance_uid == bindparam("series"))
+    if instance_given:
+        where.append(instances.c.sop_instance_uid == bindparam("instance"))
     return statement.where(*where).order_by(
         series.c.series_number.asc().nulls_last(),
         series.c.pk,
@@ -111,8 +105,7 @@ def _compiled(
     key = (dialect.name, series, instance, with_metadata)
     found = _COMPILED.get(key)
     if found is None:
-        statement = _statement("", "" if series else None, "" if instance else None, with_metadata)
-        compiled = statement.compile(dialect=dialect)
+        compiled = _statement(series, instance, with_metadata).compile(dialect=dialect)
         order = compiled.positiontup
         found = _COMPILED[key] = (str(compiled), None if order is None else tuple(order))
     return found
