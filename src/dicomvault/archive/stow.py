@@ -113,8 +113,9 @@ class StreamedInstance:
             self.write(chunk)
 
     def _start(self) -> None:
-        head, self._head = bytes(self._head), bytearray()
-        layout, offset = read_preamble_layout(head)
+        buffer, self._head = self._head, bytearray()
+        head = memoryview(buffer)  # written as slices: no copy of up to IN_MEMORY bytes
+        layout, offset = read_preamble_layout(bytes(head[:HEAD_SIZE]))
         spool = self._spool = self._archive.store.spool()
         self._layout = layout
         if layout == "part10":
@@ -187,18 +188,17 @@ class StreamedInstance:
         return archive._complete_async(spool, parsed, self._source_ae)
 
     def _buffered(self) -> Future[StoreResult] | None:
-        """:meth:`finish` for a Part 10 file held whole in memory: parsed from the buffer,
-        then written once. ``None`` for a bare data set (the spool path handles it)."""
-        head, self._head = self._head, bytearray()
-        layout, offset = read_preamble_layout(bytes(head[:HEAD_SIZE]))
+        """:meth:`finish` for a Part 10 file held whole in memory: parsed from the buffer
+        as it will be stored, then written by :meth:`_start`. ``None`` for a bare data set
+        (the spool path builds its File Meta Information)."""
+        head = self._head
+        layout, _ = read_preamble_layout(bytes(head[:HEAD_SIZE]))
         if layout == "no-meta":
-            self._head = head
             return None
         if layout == "part10":
-            head[:PREAMBLE] = bytes(PREAMBLE)  # zeros (CVE-2019-11687), as _start writes
-        else:  # no preamble: 128 zero bytes in front
+            head[:PREAMBLE] = bytes(PREAMBLE)  # zeros (CVE-2019-11687), as stored
+        else:  # no preamble: stored with 128 zero bytes in front
             head[:0] = bytes(PREAMBLE)
-            offset += PREAMBLE
         archive = self._archive
         parsed = parse_instance_bytes(
             head,
@@ -207,14 +207,9 @@ class StreamedInstance:
             meta_mismatch="warn",
         )
         self._check_parsed(parsed)
-        spool = archive.store.spool()
-        try:
-            spool.write(memoryview(head)[:offset])
-            spool.mark_dataset_start()
-            spool.write(memoryview(head)[offset:])
-        except BaseException:
-            spool.discard()
-            raise
+        self._start()
+        spool, self._spool = self._spool, None
+        assert spool is not None
         return archive._complete_async(spool, parsed, self._source_ae)
 
     def _check_parsed(self, parsed: ParsedInstance) -> None:
