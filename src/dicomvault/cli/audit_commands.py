@@ -14,6 +14,7 @@ from rich.text import Text
 from dicomvault.cli.common import config_options, console, fail, load_cli_settings, out, run_guarded
 from dicomvault.index import Index
 from dicomvault.index.audit import MAX_LIMIT, AuditFilter, search
+from dicomvault.model.digits import ascii_digits
 
 #: Event IDs of PS3.16 CID 400 by the names the command accepts too.
 EVENT_NAMES = {
@@ -79,7 +80,7 @@ def audit_command(
 
     def body() -> int:
         event_id = EVENT_NAMES.get(event or "", event)
-        if event_id is not None and not (event_id.isascii() and event_id.isdigit()):
+        if event_id is not None and not ascii_digits(event_id):
             fail(f"--event: {event!r} is neither an Audit Event ID nor a known name", 2)
         where = AuditFilter(
             since=_time(since, "--since"),

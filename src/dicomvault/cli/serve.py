@@ -28,6 +28,7 @@ from dicomvault.cli.services import background_services
 from dicomvault.config import Settings
 from dicomvault.dimse.server import serve_dicom
 from dicomvault.index import Index
+from dicomvault.model.digits import ascii_digits
 from dicomvault.model.errors import ConfigError
 from dicomvault.net.tls_listener import TlsAcceptor
 from dicomvault.security.tls import reload_server_contexts, server_context
@@ -257,7 +258,7 @@ def _workers_option(value: str | None) -> int | str | None:
     """``--workers``: a number of processes from 1 to 64, or ``auto``."""
     if value is None or value == "auto":
         return value
-    if value.isascii() and value.isdigit() and 1 <= int(value) <= 64:
+    if ascii_digits(value) and 1 <= int(value) <= 64:
         return int(value)
     raise click.BadParameter(f"{value!r} is not a number from 1 to 64 or 'auto'")
 

@@ -21,6 +21,7 @@ from typing import BinaryIO
 
 from dicomvault.dicom.part10 import HEAD_SIZE, KNOWN_VRS, read_file_meta, transfer_syntax_encoding
 from dicomvault.dicom.reader import UNDEFINED_LENGTH, DataSet, Element, Reader
+from dicomvault.model.digits import ascii_digits
 from dicomvault.model.errors import CannotParse, NotFound
 
 #: Bytes per number of the VRs whose values are numbers in the byte order of the
@@ -129,7 +130,7 @@ def parse_path(path: str) -> list[int | str]:
                 raise BadBulkDataPath(f"bulk data path {path!r}: {piece!r} is not a tag")
             out.append(int(piece, 16))
         else:
-            if not (piece.isascii() and piece.isdigit()) or len(piece) > 9:
+            if not ascii_digits(piece) or len(piece) > 9:
                 raise BadBulkDataPath(f"bulk data path {path!r}: {piece!r} is not an item index")
             out.append(int(piece))
     return out

@@ -92,6 +92,7 @@ from dicomvault.dicom.part10 import (
     encode_file_meta,
     read_file_meta,
 )
+from dicomvault.model.digits import ascii_digits
 from dicomvault.model.errors import (
     CannotParse,
     DeidentificationRefused,
@@ -329,7 +330,7 @@ def _terms(ds: Dataset) -> tuple[re.Pattern[str] | None, tuple[str, ...]]:
     ids = [v for k in _ID_KEYWORDS for v in values(k)]
     birth = "".join(values("PatientBirthDate"))
     # the birth date as people write it too
-    if len(birth) == 8 and birth.isascii() and birth.isdigit():
+    if len(birth) == 8 and ascii_digits(birth):
         ids += [f"{birth[:4]}-{birth[4:6]}-{birth[6:]}", f"{birth[6:]}.{birth[4:6]}.{birth[:4]}"]
     return identifying_terms(names, ids)
 

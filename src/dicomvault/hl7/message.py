@@ -13,6 +13,8 @@ import re
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from dicomvault.model.digits import ascii_digits
+
 #: The delimiters (HL7 v2.5.1 2.5.4): the field separator and the four encoding characters
 #: (component, repetition, escape, subcomponent). HL7 v2.7 adds an
 #: optional fifth one, the truncation character ``#``; both forms are accepted.
@@ -313,7 +315,7 @@ def build_ack(
     The ACK is encoded in the request's character set.
     """
     stamp = (now or datetime.datetime.now()).strftime("%Y%m%d%H%M%S")
-    minor = tuple(int(p) for p in header.version.split(".")[1:3] if p.isascii() and p.isdigit())
+    minor = tuple(int(p) for p in header.version.split(".")[1:3] if ascii_digits(p))
     kind = "ACK"
     if minor >= (4,) and header.trigger_event:
         kind = f"ACK^{escape(header.trigger_event)}^ACK"

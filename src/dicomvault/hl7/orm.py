@@ -44,6 +44,7 @@ from dicomvault.hl7.message import (
     decode,
     value,
 )
+from dicomvault.model.digits import ascii_digits
 
 #: ORC-1 Order Control (HL7 Table 0119) → what happens to the worklist. NW: new order
 #: (RAD-4); XO change request, XX changed as requested, SC status changed (RAD-13);
@@ -226,7 +227,7 @@ def _date(text: str, where: Location) -> str:
     digits = text[:8]
     try:
         datetime.datetime.strptime(digits, "%Y%m%d")
-        if len(digits) != 8 or not (digits.isascii() and digits.isdigit()):
+        if len(digits) != 8 or not ascii_digits(digits):
             raise ValueError
     except ValueError:
         raise Hl7Error(
@@ -243,8 +244,7 @@ def _time(text: str, where: Location) -> str:
     clock = re.split(r"[.+-]", text[8:], maxsplit=1)[0]
     if not clock:
         return ""
-    # isascii: str.isdigit() is also true of "²" and other digits int() refuses.
-    ok = len(clock) in (2, 4, 6) and clock.isascii() and clock.isdigit()
+    ok = len(clock) in (2, 4, 6) and ascii_digits(clock)
     if ok:
         hh, mm, ss = int(clock[:2]), int(clock[2:4] or 0), int(clock[4:6] or 0)
         ok = hh < 24 and mm < 60 and ss < 60

@@ -26,6 +26,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from dicomvault.archive.deletion import Selection
+from dicomvault.model.digits import ascii_digits
 from dicomvault.web.common import archive_of, blocking, path_uid
 from dicomvault.web.delete import check_delete_allowed, run_deletion
 from dicomvault.web.errors import HTTPProblem
@@ -133,7 +134,7 @@ async def unprotect_study(request: Request) -> Response:
 async def list_deletions(request: Request) -> Response:
     """The deletion queue and the rejected instances (the first ``limit`` of each)."""
     raw = request.query_params.get("limit", "1000")
-    if not (raw.isascii() and raw.isdigit()) or not 1 <= int(raw) <= 100_000:
+    if not ascii_digits(raw) or not 1 <= int(raw) <= 100_000:
         raise HTTPProblem(400, f"limit: expected 1 to 100000, got {raw[:20]!r}", parameter="limit")
     body = await blocking(archive_of(request).deletion.pending, int(raw))
     return JSONResponse(body)

@@ -18,6 +18,7 @@ from starlette.types import Scope
 from dicomvault.archive import Archive, audit
 from dicomvault.archive.deletion import DeletionReport, Selection
 from dicomvault.archive.users import Principal
+from dicomvault.model.digits import ascii_digits
 from dicomvault.model.records import StoredInstance, StoreResult
 from dicomvault.web.common import archive_of, blocking
 from dicomvault.web.errors import HTTPProblem
@@ -101,7 +102,7 @@ def _int(request: Request, name: str, default: int | None, low: int, high: int) 
     raw = request.query_params.get(name)
     if raw is None or raw == "":
         return default
-    if not (raw.isascii() and raw.isdigit()) or not low <= int(raw) <= high:
+    if not ascii_digits(raw) or not low <= int(raw) <= high:
         raise HTTPProblem(400, f"{name} must be an integer from {low} to {high}", parameter=name)
     return int(raw)
 

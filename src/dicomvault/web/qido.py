@@ -52,6 +52,7 @@ from starlette.routing import BaseRoute, Route
 
 from dicomvault.dicom.dicomxml import native_xml
 from dicomvault.model.attributes import ATTRIBUTES, BY_KEYWORD, level_of
+from dicomvault.model.digits import ascii_digits
 from dicomvault.model.query import (
     InformationModel,
     Level,
@@ -240,7 +241,7 @@ def _uint(request: Request, name: str) -> int | None:
     if len(values) > 1:
         raise HTTPProblem(400, f"{name}: given {len(values)} times, once at most", parameter=name)
     text = values[0].strip()
-    if not text.isdigit() or not text.isascii():
+    if not ascii_digits(text):
         raise HTTPProblem(
             400, f"{name}: {values[0]!r} is not an unsigned integer (PS3.18 8.3.4.4)",
             parameter=name,

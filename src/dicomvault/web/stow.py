@@ -57,6 +57,7 @@ from dicomvault.archive.stow import (
 )
 from dicomvault.dicom.dicomxml import native_xml
 from dicomvault.dicom.fromjson import BulkData, load_metadata
+from dicomvault.model.digits import ascii_digits
 from dicomvault.model.errors import CannotParse, NotDicom, QuotaExceeded, ingest_failure_status
 from dicomvault.model.records import StoreResult
 from dicomvault.web.audit_api import audit_stored
@@ -480,7 +481,7 @@ def _checked_request(request: Request) -> tuple[str, str, str | None]:
         )
     limit = settings_of(request).http.max_body_bytes
     declared = (request.headers.get("content-length") or "").strip()
-    if declared.isascii() and declared.isdigit() and int(declared) > limit:
+    if ascii_digits(declared) and int(declared) > limit:
         raise HTTPProblem(
             413,
             f"the body of {int(declared)} bytes is larger than {limit} bytes "

@@ -23,6 +23,7 @@ from dicomvault.dicom.frames import (
     can_decode,
     check_numbers,
 )
+from dicomvault.model.digits import ascii_digits
 from dicomvault.model.errors import CannotParse
 from dicomvault.model.records import StoredInstance
 from dicomvault.web.audit_api import audit_retrieve
@@ -117,7 +118,7 @@ def _frame_numbers(text: str) -> list[int]:
     numbers: list[int] = []
     for item in text.split(","):
         item = item.strip()
-        if not (item.isascii() and item.isdigit()) or len(item) > 9 or int(item) < 1:
+        if not ascii_digits(item) or len(item) > 9 or int(item) < 1:
             raise HTTPProblem(
                 400,
                 f"frame list {text[:80]!r}: {item[:20]!r} is not a frame number (1 or more)",

@@ -17,6 +17,7 @@ from starlette.routing import BaseRoute, Route
 
 from dicomvault.archive import commitment, mpps
 from dicomvault.archive.mpps import PerformedStep
+from dicomvault.model.digits import ascii_digits
 from dicomvault.model.uid import uid_problem
 from dicomvault.web.common import archive_of, blocking, path_uid
 from dicomvault.web.errors import HTTPProblem
@@ -28,7 +29,7 @@ _STATES = ("pending", "sent", "expired")
 
 def _limit(request: Request) -> int:
     raw = request.query_params.get("limit", "100")
-    if not (raw.isascii() and raw.isdigit()) or not 1 <= int(raw) <= MAX_LIMIT:
+    if not ascii_digits(raw) or not 1 <= int(raw) <= MAX_LIMIT:
         raise HTTPProblem(400, f"limit must be an integer from 1 to {MAX_LIMIT}, not {raw!r}")
     return int(raw)
 
