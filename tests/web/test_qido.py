@@ -21,10 +21,7 @@ from tests.web.conftest import WebServer, start_web, web_settings
 ROOT = "1.2.826.0.1.3680043.8.498.77"
 STUDY1, STUDY2, STUDY3 = f"{ROOT}.1", f"{ROOT}.2", f"{ROOT}.3"
 SERIES11, SERIES12, SERIES21, SERIES31 = (
-    f"{ROOT}.1.1",
-    f"{ROOT}.1.2",
-    f"{ROOT}.2.1",
-    f"{ROOT}.3.1",
+    f"{ROOT}.1.1", f"{ROOT}.1.2", f"{ROOT}.2.1", f"{ROOT}.3.1",
 )
 NS = "{http://dicom.nema.org/PS3.19/models/NativeDICOM}"
 
@@ -44,86 +41,25 @@ def _populate(web: WebServer, tmp: Path) -> None:
     """Three studies: a Latin-1 name with two series (CT, MR), a plain ASCII one, and
     a Japanese (UTF-8) one."""
     study1 = {
-        "PatientName": "Ünsal^Jürgen",
-        "SpecificCharacterSet": "ISO_IR 100",
-        "PatientID": "P1",
-        "StudyDate": "20200315",
-        "StudyTime": "101500",
-        "StudyDescription": "Chest CT",
-        "AccessionNumber": "ACC1",
-        "PatientBirthDate": "19700101",
-        "ReferringPhysicianName": "Who^Doctor",
-        "PatientSex": "M",
-        "StudyID": "S1",
+        "PatientName": "Ünsal^Jürgen", "SpecificCharacterSet": "ISO_IR 100",
+        "PatientID": "P1", "StudyDate": "20200315", "StudyTime": "101500",
+        "StudyDescription": "Chest CT", "AccessionNumber": "ACC1",
+        "PatientBirthDate": "19700101", "ReferringPhysicianName": "Who^Doctor",
+        "PatientSex": "M", "StudyID": "S1",
     }
-    _store(
-        web,
-        tmp,
-        f"{SERIES11}.1",
-        STUDY1,
-        SERIES11,
-        **study1,
-        Modality="CT",
-        SeriesNumber=1,
-        SeriesDescription="Axial",
-        InstanceNumber=1,
-    )
-    _store(
-        web,
-        tmp,
-        f"{SERIES11}.2",
-        STUDY1,
-        SERIES11,
-        **study1,
-        Modality="CT",
-        SeriesNumber=1,
-        SeriesDescription="Axial",
-        InstanceNumber=2,
-    )
-    _store(
-        web,
-        tmp,
-        f"{SERIES12}.1",
-        STUDY1,
-        SERIES12,
-        **study1,
-        Modality="MR",
-        SeriesNumber=2,
-        SeriesDescription="T1",
-        SeriesDate="20200316",
-        InstanceNumber=1,
-    )
-    _store(
-        web,
-        tmp,
-        f"{SERIES21}.1",
-        STUDY2,
-        SERIES21,
-        PatientName="Doe^John",
-        PatientID="P2",
-        StudyDate="20210610",
-        StudyDescription="Brain MR",
-        AccessionNumber="ACC2",
-        Modality="MR",
-        SeriesNumber=1,
-        InstanceNumber=1,
-    )
-    _store(
-        web,
-        tmp,
-        f"{SERIES31}.1",
-        STUDY3,
-        SERIES31,
-        PatientName="山田^太郎",
-        SpecificCharacterSet="ISO_IR 192",
-        PatientID="P3",
-        StudyDate="20220101",
-        StudyDescription="Abdomen",
-        AccessionNumber="ACC3",
-        Modality="CT",
-        SeriesNumber=1,
-        InstanceNumber=1,
-    )
+    _store(web, tmp, f"{SERIES11}.1", STUDY1, SERIES11, **study1, Modality="CT",
+           SeriesNumber=1, SeriesDescription="Axial", InstanceNumber=1)
+    _store(web, tmp, f"{SERIES11}.2", STUDY1, SERIES11, **study1, Modality="CT",
+           SeriesNumber=1, SeriesDescription="Axial", InstanceNumber=2)
+    _store(web, tmp, f"{SERIES12}.1", STUDY1, SERIES12, **study1, Modality="MR",
+           SeriesNumber=2, SeriesDescription="T1", SeriesDate="20200316", InstanceNumber=1)
+    _store(web, tmp, f"{SERIES21}.1", STUDY2, SERIES21, PatientName="Doe^John",
+           PatientID="P2", StudyDate="20210610", StudyDescription="Brain MR",
+           AccessionNumber="ACC2", Modality="MR", SeriesNumber=1, InstanceNumber=1)
+    _store(web, tmp, f"{SERIES31}.1", STUDY3, SERIES31, PatientName="山田^太郎",
+           SpecificCharacterSet="ISO_IR 192", PatientID="P3", StudyDate="20220101",
+           StudyDescription="Abdomen", AccessionNumber="ACC3", Modality="CT",
+           SeriesNumber=1, InstanceNumber=1)
 
 
 @pytest.fixture
@@ -167,46 +103,17 @@ def _uids(datasets: list[dict[str, Any]], tag: str) -> list[str]:
 
 
 STUDY_TAGS = {
-    "00080020",
-    "00080030",
-    "00080050",
-    "00080056",
-    "00080061",
-    "00080090",
-    "00080201",
-    "00081190",
-    "00100010",
-    "00100020",
-    "00100030",
-    "00100040",
-    "0020000D",
-    "00200010",
-    "00201206",
-    "00201208",
+    "00080020", "00080030", "00080050", "00080056", "00080061", "00080090", "00080201",
+    "00081190", "00100010", "00100020", "00100030", "00100040", "0020000D", "00200010",
+    "00201206", "00201208",
 }
 SERIES_TAGS = {
-    "00080060",
-    "00080201",
-    "0008103E",
-    "00081190",
-    "0020000E",
-    "00200011",
-    "00201209",
-    "00400244",
-    "00400245",
-    "00400275",
+    "00080060", "00080201", "0008103E", "00081190", "0020000E", "00200011", "00201209",
+    "00400244", "00400245", "00400275",
 }
 INSTANCE_TAGS = {
-    "00080016",
-    "00080018",
-    "00080056",
-    "00080201",
-    "00081190",
-    "00200013",
-    "00280010",
-    "00280011",
-    "00280100",
-    "00280008",
+    "00080016", "00080018", "00080056", "00080201", "00081190", "00200013", "00280010",
+    "00280011", "00280100", "00280008",
 }
 
 
@@ -306,7 +213,9 @@ def test_no_match_is_204_without_body(archive: WebServer) -> None:
 def test_paging_covers_the_set_without_overlap(archive: WebServer) -> None:
     seen: list[str] = []
     for offset in range(0, 6, 2):  # bounded: 3 pages of 2 over 4 series
-        response = archive.client.get("/dicom-web/series", params={"limit": 2, "offset": offset})
+        response = archive.client.get(
+            "/dicom-web/series", params={"limit": 2, "offset": offset}
+        )
         if response.status_code == 204:
             break
         page = _uids(response.json(), "0020000E")
@@ -321,7 +230,9 @@ def test_offset_counts_matches_rechecked_outside_sql(archive: WebServer) -> None
     # A wild card over the multi-valued Modalities in Study column is rechecked in
     # Python: the offset must skip matches, not candidate rows.
     first = _get(archive, "/studies", params={"ModalitiesInStudy": "M*", "limit": 1})
-    second = _get(archive, "/studies", params={"ModalitiesInStudy": "M*", "limit": 1, "offset": 1})
+    second = _get(
+        archive, "/studies", params={"ModalitiesInStudy": "M*", "limit": 1, "offset": 1}
+    )
     assert _uids(first, "0020000D") == [STUDY1]
     assert _uids(second, "0020000D") == [STUDY2]
 
@@ -336,9 +247,8 @@ def test_includefield_keyword_tag_and_all(sqlite: WebServer) -> None:
     assert _first(by_tag, "00081030") == "Chest CT"
     assert "00100021" in by_tag
     by_keyword = _get(
-        sqlite,
-        "/studies",
-        params=[("includefield", "StudyDescription"), ("includefield", "PatientBirthDate")],
+        sqlite, "/studies", params=[("includefield", "StudyDescription"),
+                                    ("includefield", "PatientBirthDate")]
     )[0]
     assert _first(by_keyword, "00081030") == "Chest CT"
     assert _first(by_keyword, "00100030") == "19700101"
@@ -370,26 +280,12 @@ def test_ohif_study_list_and_series_requests(sqlite: WebServer) -> None:
     assert "Warning" not in response.headers
     studies = response.json()
     assert len(studies) == 3
-    for tag in (
-        "0020000D",
-        "00080020",
-        "00080030",
-        "00080050",
-        "00100020",
-        "00100010",
-        "00100030",
-        "00201208",
-        "00081030",
-        "00080061",
-        "00080090",
-    ):
+    for tag in ("0020000D", "00080020", "00080030", "00080050", "00100020", "00100010",
+                "00100030", "00201208", "00081030", "00080061", "00080090"):
         assert tag in studies[0], tag
     filters = [
-        "PatientName=*sal*",
-        "00100020=*1*",
-        "AccessionNumber=*ACC1*",
-        "StudyDescription=*Chest*",
-        "ModalitiesInStudy=CT&PatientID=P1",
+        "PatientName=*sal*", "00100020=*1*", "AccessionNumber=*ACC1*",
+        "StudyDescription=*Chest*", "ModalitiesInStudy=CT&PatientID=P1",
         "StudyDate=20200101-20201231",
         f"StudyInstanceUID={STUDY1}",
     ]
