@@ -13,7 +13,7 @@ from sqlalchemy import event
 from bench.bench_find import fill, study_query
 from dicomvault.archive import Archive
 from dicomvault.config import Settings
-from dicomvault.index import query as index_query
+from dicomvault.index import find_sql
 from dicomvault.model.query import QueryKey
 
 ROWS = 3000
@@ -31,14 +31,14 @@ def big(settings: Settings) -> Iterator[Archive]:
 def test_first_match_before_last_row(big: Archive, monkeypatch: pytest.MonkeyPatch) -> None:
     """The archive pulls rows one by one from the index generator (nothing is listed)."""
     pulled = []
-    real_stream = index_query.stream
+    real_stream = find_sql.stream
 
     def counting(index: Any, statement: Any) -> Iterator[dict[str, Any]]:
         for row in real_stream(index, statement):
             pulled.append(1)
             yield row
 
-    monkeypatch.setattr(index_query, "stream", counting)
+    monkeypatch.setattr(find_sql, "stream", counting)
     result = big.find(study_query(max_results=None))
     first = next(result)
     assert first.values[0x0020000D]
@@ -80,37 +80,41 @@ def test_close_releases_the_connection(big: Archive) -> None:
     assert list(result) == []
 
 
-def test_sqlite_rows_come_through_the_plain_cursor_alike(
+def test_one_text_per_query_shape_and_no_value_in_it(
     big: Archive, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """On SQLite, C-FIND rows are read with the DBAPI cursor from SQLAlchemy's compiled
-    statement (index.query._prepared): it must be in use -- a SQLAlchemy upgrade that
-    breaks it fails here rather than silently slowing every query -- and give exactly
-    the rows the SQLAlchemy path gives, for a list of UIDs (an expanding IN), a wildcard,
-    a range and a universal query alike."""
-    if not big.index.is_sqlite:
-        pytest.skip("the plain cursor path is SQLite's")
+    """The same query shape with other values gives the same SQL text (SQLite reuses its
+    prepared statement; PostgreSQL its plan cache), every value is a parameter, and
+    the text holds no "%" (psycopg's placeholder is "%s") nor any "?" but placeholders."""
     some = [m.values[0x0020000D] for m in big.find(study_query(max_results=5))]
-    by_uids = study_query()
-    uid_key = QueryKey(0x0020000D, "StudyInstanceUID", "UI", "\\".join(some))
-    by_uids = dataclasses.replace(by_uids, keys=(*by_uids.keys, uid_key))
-    queries = [
-        by_uids,
-        study_query(PatientName="A*"),
-        study_query(StudyDate="20150101-20191231"),
-        study_query(max_results=50),
+
+    def with_uids(uids: list[str]) -> Any:
+        query = study_query()
+        key = QueryKey(0x0020000D, "StudyInstanceUID", "UI", "\\".join(uids))
+        return dataclasses.replace(query, keys=(*query.keys, key))
+
+    pairs = [
+        (with_uids(some[:2]), with_uids(some[2:4])),
+        (study_query(PatientName="A*"), study_query(PatientName="Zq%_!*")),
+        (study_query(StudyDate="20150101-20191231"), study_query(StudyDate="20160101-20161231")),
+        (study_query(max_results=50), study_query(max_results=7)),
     ]
-    prepared = []
-    real = index_query._prepared
+    seen: list[find_sql.Sql] = []
+    real = find_sql.stream
 
-    def watching(*args: Any) -> Any:
-        prepared.append(out := real(*args))
-        return out
+    def recording(index: Any, statement: find_sql.Sql) -> Iterator[dict[str, Any]]:
+        seen.append(statement)
+        return real(index, statement)
 
-    monkeypatch.setattr(index_query, "_prepared", watching)
-    fast = [[m.values for m in big.find(q)] for q in queries]
-    assert prepared and all(p is not None for p in prepared)
-    monkeypatch.setattr(index_query, "_prepared", lambda *args: None)
-    slow = [[m.values for m in big.find(q)] for q in queries]
-    assert fast == slow
-    assert len(fast[0]) == len(some) and all(fast)
+    monkeypatch.setattr(find_sql, "stream", recording)
+    for first, second in pairs:
+        seen.clear()
+        counts = [len(list(big.find(first))), len(list(big.find(second)))]
+        one, other = seen
+        assert one.text == other.text
+        assert one.params != other.params
+        assert one.text.count("?") == len(one.params)
+        assert "%" not in one.text
+        for value in (*one.params, *other.params):
+            assert not isinstance(value, str) or value not in one.text
+        assert counts[0] > 0

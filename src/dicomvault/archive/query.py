@@ -25,11 +25,11 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final
 
-from sqlalchemy import ColumnElement, func, select
+from sqlalchemy import ColumnElement
 
 from dicomvault.archive import query_metadata
+from dicomvault.index import find_sql
 from dicomvault.index import query as sql
-from dicomvault.index.schema import patients, studies
 from dicomvault.model.attributes import (
     ATTRIBUTES,
     DATE_TIME_PAIRS,
@@ -70,8 +70,8 @@ class _Plan:
 
     query: Query
     case_insensitive: bool
-    where: list[ColumnElement[bool]] = field(default_factory=list)
-    deeper: dict[Level, list[ColumnElement[bool]]] = field(default_factory=dict)
+    where: list[find_sql.Sql] = field(default_factory=list)
+    deeper: dict[Level, list[find_sql.Sql]] = field(default_factory=dict)
     columns: dict[int, Attribute] = field(default_factory=dict)  # tag -> returned column
     recheck: list[tuple[Condition, Attribute | None]] = field(default_factory=list)
     from_metadata: list[QueryKey] = field(default_factory=list)
@@ -104,7 +104,7 @@ def _integer(attribute: Attribute) -> bool:
     return attribute.vr in _INTEGER_COLUMNS and not attribute.multi
 
 
-def plan(query: Query, *, case_insensitive: bool, dialect: sql.Dialect) -> _Plan:
+def plan(query: Query, *, case_insensitive: bool, dialect: find_sql.Dialect) -> _Plan:
     """Check *query* against its model (PS3.4 C.4.1.2) and build the SQL and rechecks.
 
     Raises
@@ -143,8 +143,8 @@ def plan(query: Query, *, case_insensitive: bool, dialect: sql.Dialect) -> _Plan
         attribute = ATTRIBUTES.get(tag)
         if attribute is None or attribute.column is None or tag in combined:
             continue
-        clause, exact = sql.condition_clause(
-            sql.column(attribute.column),
+        clause, exact = find_sql.condition_clause(
+            find_sql.column(attribute.column),
             condition,
             multi=attribute.multi,
             integer=_integer(attribute),
@@ -152,6 +152,8 @@ def plan(query: Query, *, case_insensitive: bool, dialect: sql.Dialect) -> _Plan
             dialect=dialect,
         )
         level = level_of(attribute, query.model)
+        if clause is None:  # universal matching: no constraint
+            continue
         if level.depth > query.level.depth:
             p.deeper.setdefault(level, []).append(clause)
             continue
@@ -181,8 +183,8 @@ def _combined_pairs(query: Query, conditions: dict[int, Condition]) -> set[int]:
 
 
 def _combined_clauses(
-    query: Query, conditions: dict[int, Condition], dialect: sql.Dialect
-) -> list[ColumnElement[bool]]:
+    query: Query, conditions: dict[int, Condition], dialect: find_sql.Dialect
+) -> list[find_sql.Sql]:
     clauses = []
     for date_tag, time_tag in DATE_TIME_PAIRS:
         if date_tag not in conditions or time_tag not in conditions:
@@ -212,8 +214,8 @@ def _combined_clauses(
         time_column = ATTRIBUTES[time_tag].column
         assert date_column is not None and time_column is not None
         clauses.append(
-            sql.search_combined(
-                sql.column(date_column), sql.column(time_column), low, high, dialect
+            find_sql.search_combined(
+                find_sql.column(date_column), find_sql.column(time_column), low, high, dialect
             )
         )
     return clauses
@@ -309,10 +311,8 @@ def find(archive: Archive, query: Query) -> FindResult:
         Before any row is read: the status says why (PS3.4 Table C.4-1).
     """
     index = archive.index
-    dialect = sql.Dialect(sqlite=index.is_sqlite)
+    dialect = find_sql.Dialect(sqlite=index.is_sqlite)
     p = plan(query, case_insensitive=archive.settings.query.case_insensitive_names, dialect=dialect)
-    table = sql.LEVEL_TABLE[query.level]
-    statement = sql.level_select(query.level)
     selected: dict[int, Attribute] = dict(p.columns)
     for attribute in unique_keys(query.model, query.level):
         selected[attribute.tag] = attribute
@@ -320,31 +320,33 @@ def find(archive: Archive, query: Query) -> FindResult:
         if checked is not None:
             selected[checked.tag] = checked
     columns = [
-        sql.column(a.column).label(f"c{tag}") for tag, a in selected.items() if a.column is not None
+        (find_sql.column(a.column), f"c{tag}")
+        for tag, a in selected.items()
+        if a.column is not None
     ]
-    statement = statement.add_columns(*columns)
-    statement = statement.add_columns(*_charset_columns(query.level))
+    low, high = find_sql.charsets(query.level)
+    columns += [(low, "charset_low"), (high, "charset_high")]
     if p.needs_metadata:
-        statement = statement.add_columns(sql.one_metadata(query.level).label("metadata"))
-    statement = statement.where(*p.where)
+        columns.append((find_sql.one_metadata(query.level), "metadata"))
+    where = list(p.where)
     if p.deeper:
         deepest = max(p.deeper, key=lambda lv: lv.depth)
         clauses = [clause for level in p.deeper for clause in p.deeper[level]]
-        statement = statement.where(sql.below(query.level, deepest, clauses))
-    statement = statement.order_by(table.c.pk)
+        where.append(find_sql.below(query.level, deepest, clauses))
     cap = _cap(archive, query)
     exact_in_sql = not p.recheck
     # The offset (QIDO-RS paging) is applied in SQL when SQL decides every match alone;
     # otherwise rows are rechecked in Python and the first matches are skipped there, so
     # that the offset counts matches, not candidate rows.
     skip = max(query.offset, 0)
+    limit = None
+    offset = 0
     if exact_in_sql:
-        if skip:
-            statement = statement.offset(skip)
-            skip = 0
+        offset, skip = skip, 0
         if cap is not None:
-            statement = statement.limit(cap + 1)
-    rows = sql.stream(index, statement)
+            limit = cap + 1
+    statement = find_sql.select(query.level, columns, where, limit=limit, offset=offset)
+    rows = find_sql.stream(index, statement)
     converter = _Rows(p)
 
     def matched() -> Iterator[Match]:
@@ -362,20 +364,6 @@ def find(archive: Archive, query: Query) -> FindResult:
             rows.close()
 
     return FindResult(matched(), limit=cap)
-
-
-def _charset_columns(level: Level) -> list[ColumnElement[Any]]:
-    if level is Level.PATIENT:
-        of_patient = studies.c.patient_pk == patients.c.pk
-        charset = studies.c.specific_character_set
-        low = select(func.min(charset)).where(of_patient).correlate(patients)
-        high = select(func.max(charset)).where(of_patient).correlate(patients)
-        return [
-            low.scalar_subquery().label("charset_low"),
-            high.scalar_subquery().label("charset_high"),
-        ]
-    column = studies.c.specific_character_set
-    return [column.label("charset_low"), column.label("charset_high")]
 
 
 def retrieve_instances(archive: Archive, query: Query) -> list[StoredInstance]:

@@ -46,6 +46,7 @@ from dicomvault.model.errors import (
     NotFound,
     OutOfResources,
 )
+from dicomvault.model.matching import fold
 from dicomvault.model.records import (
     Stats,
     StoredInstance,
@@ -68,6 +69,14 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cur.execute("PRAGMA busy_timeout=30000")
     cur.execute("PRAGMA foreign_keys=ON")
     cur.close()
+    # Case-insensitive Person Name matching (index/find_sql.py): SQLite's own lower()
+    # folds ASCII only. Registered once per connection: registering a function again
+    # expires the connection's prepared statements, and C-FIND relies on them.
+    dbapi_conn.create_function("dicomvault_fold", 1, _fold_or_none, deterministic=True)
+
+
+def _fold_or_none(value: object) -> object:
+    return fold(value) if isinstance(value, str) else value
 
 
 #: Pooled connections per engine. The serving process runs blocking index calls on up
