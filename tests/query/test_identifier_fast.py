@@ -144,6 +144,33 @@ def test_fast_writer_equals_pydicom(syntax: str, monkeypatch: pytest.MonkeyPatch
         assert fallbacks < total * 0.6  # the common case takes the fast path
 
 
+@pytest.mark.parametrize("syntax", SYNTAXES[:3])
+def test_one_encoder_for_many_matches_equals_pydicom(syntax: str) -> None:
+    """An encoder keeps the layout of each set of tags it has written: the matches of one
+    query, with and without a character set, still come out as pydicom writes them."""
+    rng = random.Random(hash(syntax) & 0xFFFF)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for _ in range(40):
+            keys = rng.sample(KEYS, rng.randint(1, len(KEYS)))
+            query = Query(
+                InformationModel.STUDY_ROOT, Level.STUDY, tuple(sorted(keys, key=lambda k: k.tag))
+            )
+            ae = rng.choice([None, "DICOMVAULT"])
+            encoder = IdentifierEncoder(query, syntax, retrieve_ae_title=ae)
+            for _ in range(15):
+                match = _match(rng, keys)
+                try:
+                    reference = encode_identifier_pydicom(
+                        match, query, syntax, retrieve_ae_title=ae
+                    )
+                except Exception as exc:
+                    with pytest.raises(type(exc)):
+                        encoder(match)
+                    continue
+                assert encoder(match) == reference, (match, ae)
+
+
 def test_fast_path_taken_for_plain_study_matches(monkeypatch: pytest.MonkeyPatch) -> None:
     def fail(*args: object, **kwargs: object) -> bytes:
         raise AssertionError("fell back to pydicom")

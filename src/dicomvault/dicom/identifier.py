@@ -18,6 +18,7 @@ import io
 import re
 import struct
 import zlib
+from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any, Final
 
@@ -270,12 +271,16 @@ def _encodes(char: str, codec: str) -> bool:
 def response_charset(match: Match) -> list[str] | None:
     """The Specific Character Set of a response: the stored one when it can encode every
     value, else ISO_IR 192; ``None`` (absent) for ASCII-only values without one."""
-    stored = match.values.get(SPECIFIC_CHARACTER_SET)
+    texts = _texts({k: v for k, v in match.values.items() if k != SPECIFIC_CHARACTER_SET})
+    return _charset_for(match.values.get(SPECIFIC_CHARACTER_SET), texts)
+
+
+def _charset_for(stored: object, texts: list[str]) -> list[str] | None:
+    """:func:`response_charset` of a stored character set and the values' texts."""
     terms = (
         [stored] if isinstance(stored, str) else list(stored) if isinstance(stored, list) else []
     )
     terms = [str(t) for t in terms]
-    texts = _texts({k: v for k, v in match.values.items() if k != SPECIFIC_CHARACTER_SET})
     if terms and _can_encode(texts, terms):
         return terms
     if all(text.isascii() for text in texts) and not terms:
@@ -446,8 +451,8 @@ class IdentifierEncoder:
         self._fast = little and transfer_syntax_uid in _SYNTAXES_LE
         self._vrs = {key.tag: key.vr for key in query.keys}
         self._level = query.level.value
-        #: tag -> encoded tag (and explicit VR) prefix, per VR.
-        self._heads: dict[tuple[int, str], bytes] = {}
+        #: The layout of each set of tags met so far (matches of one query share one).
+        self._layouts: dict[tuple[tuple[int, ...], bool], _Layout] = {}
 
     def __call__(self, match: Match) -> bytes:
         """The encoded Identifier of *match*."""
@@ -466,9 +471,25 @@ class IdentifierEncoder:
         )
 
     def _write(self, match: Match) -> bytes:
-        charset = response_charset(match)
+        values = match.values
+        tags = tuple(values)
+        layout = self._layouts.get((tags, True))
+        if layout is None:  # the texts' tags: the same layout for either character set
+            layout = self._layouts[(tags, True)] = self._layout(tags, with_charset=True)
+        texts: list[str] = []
+        for tag in layout.text_tags:
+            text = values[tag]
+            if isinstance(text, str):
+                texts.append(text)
+            elif isinstance(text, list):
+                texts.extend(v for v in text if isinstance(v, str))
+        charset = _charset_for(values.get(SPECIFIC_CHARACTER_SET), texts)
         if charset is None:
             codec = "latin_1"
+            plain = self._layouts.get((tags, False))
+            if plain is None:
+                plain = self._layouts[(tags, False)] = self._layout(tags, with_charset=False)
+            layout = plain
         elif len(charset) == 1 and charset[0] in _FAST_CHARSETS:
             codecs = _codecs((charset[0],))
             if codecs is None:  # pragma: no cover - the whitelist is all known sets
@@ -476,44 +497,92 @@ class IdentifierEncoder:
             codec = codecs[0]
         else:
             raise _Unsupported
-        values = dict(match.values)
-        values.pop(SPECIFIC_CHARACTER_SET, None)
-        if charset is not None:
-            values[SPECIFIC_CHARACTER_SET] = charset if len(charset) > 1 else charset[0]
-        values.setdefault(QUERY_RETRIEVE_LEVEL, self._level)
-        if self.retrieve_ae_title is not None:
-            values[RETRIEVE_AE_TITLE] = self.retrieve_ae_title
-        vrs = self._vrs
         out: list[bytes] = []
-        for tag in sorted(values):
-            value = values[tag]
-            vr = vrs.get(tag) or _safe_vr(tag) if tag != SPECIFIC_CHARACTER_SET else "CS"
-            if vr in ("UN", "US or SS"):
-                if not isinstance(value, str):
-                    raise _Unsupported
-                vr = "LO"
-            elif vr not in _FAST_VRS:
+        for tag, vr, kind, prefix in layout.elements:
+            if tag == SPECIFIC_CHARACTER_SET:
+                assert charset is not None
+                value: object = charset[0]
+            elif tag == RETRIEVE_AE_TITLE and self.retrieve_ae_title is not None:
+                value = self.retrieve_ae_title
+            elif tag in values:
+                value = values[tag]
+            else:  # only Query/Retrieve Level can be missing
+                value = self._level
+            if type(value) is str and kind:
+                if kind is _PLAIN:
+                    raw = value.encode("latin_1")
+                    if len(raw) % 2:
+                        raw += b"\0" if vr == "UI" else b" "
+                else:
+                    if kind is _NAME and "=" in value:
+                        raise _Unsupported
+                    raw = value.encode(codec)
+                    if len(raw) % 2:
+                        raw += b" "
+            elif kind is _ANY_STRING:  # a tag of no known VR takes a string only
                 raise _Unsupported
-            raw = _value_bytes(value, vr, codec)
-            out.append(self._head(tag, vr, len(raw)))
+            else:
+                raw = _value_bytes(value, vr, codec)
+            length = len(raw)
+            if self._implicit or vr in _LONG_VRS:
+                out.append(prefix + length.to_bytes(4, "little"))
+            elif length > 0xFFFF:
+                raise _Unsupported  # pydicom rewrites the VR as UN
+            else:
+                out.append(prefix + length.to_bytes(2, "little"))
             out.append(raw)
         return b"".join(out)
 
-    def _head(self, tag: int, vr: str, length: int) -> bytes:
-        prefix = self._heads.get((tag, vr))
-        if prefix is None:
+    def _layout(self, tags: tuple[int, ...], *, with_charset: bool) -> _Layout:
+        """The elements a match with these *tags* is written as, in tag order: for each,
+        its VR, how a string value is encoded and the encoded tag (and explicit VR)."""
+        written = {t for t in tags if t != SPECIFIC_CHARACTER_SET} | {QUERY_RETRIEVE_LEVEL}
+        if with_charset:
+            written.add(SPECIFIC_CHARACTER_SET)
+        if self.retrieve_ae_title is not None:
+            written.add(RETRIEVE_AE_TITLE)
+        elements: list[tuple[int, str, object, bytes]] = []
+        for tag in sorted(written):
+            vr = self._vrs.get(tag) or _safe_vr(tag) if tag != SPECIFIC_CHARACTER_SET else "CS"
+            kind: object
+            if vr in ("UN", "US or SS"):
+                vr, kind = "LO", _ANY_STRING
+            elif vr not in _FAST_VRS:
+                raise _Unsupported
+            elif vr == "PN":
+                kind = _NAME
+            elif vr in _CHARSET_VRS:
+                kind = _TEXT
+            elif vr in _PLAIN_VRS:
+                kind = _PLAIN
+            else:
+                kind = None  # numbers: _value_bytes checks and writes them
             if self._implicit:
                 prefix = struct.pack("<HH", tag >> 16, tag & 0xFFFF)
             elif vr in _LONG_VRS:
                 prefix = struct.pack("<HH2sH", tag >> 16, tag & 0xFFFF, vr.encode(), 0)
             else:
                 prefix = struct.pack("<HH2s", tag >> 16, tag & 0xFFFF, vr.encode())
-            self._heads[(tag, vr)] = prefix
-        if self._implicit or vr in _LONG_VRS:
-            return prefix + length.to_bytes(4, "little")
-        if length > 0xFFFF:
-            raise _Unsupported  # pydicom rewrites the VR as UN
-        return prefix + length.to_bytes(2, "little")
+            elements.append((tag, vr, kind, prefix))
+        text_tags = tuple(
+            t for t in tags if t != SPECIFIC_CHARACTER_SET and _safe_vr(t) in _TEXT_VRS
+        )
+        return _Layout(elements, text_tags)
+
+
+#: How the fast writer encodes a string value (``_Layout.elements``' third field).
+_PLAIN: Final = "plain"  # default repertoire (ISO 8859-1), UI padded with NUL
+_TEXT: Final = "text"  # the response's character set
+_NAME: Final = "name"  # PN: the character set, one component group only
+_ANY_STRING: Final = "any-string"  # no known VR: a string becomes LO (pydicom does)
+
+
+@dataclass(frozen=True, slots=True)
+class _Layout:
+    """Per set of tags: the elements to write and the tags whose values are texts."""
+
+    elements: list[tuple[int, str, object, bytes]]
+    text_tags: tuple[int, ...]
 
 
 def _parts(value: object) -> list[Any] | None:
