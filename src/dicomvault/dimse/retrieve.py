@@ -13,11 +13,12 @@ response carries the Failed SOP Instance UID List (0008,0058) when any failed
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import struct
 import zlib
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
 from typing import BinaryIO
 
 from dicomvault.archive import Archive
@@ -36,7 +37,7 @@ from dicomvault.dimse.status import (
 from dicomvault.model.errors import DicomVaultError
 from dicomvault.model.records import StoredInstance
 from dicomvault.net.errors import NetError, NoPresentationContext
-from dicomvault.net.fileio import parse_file_meta
+from dicomvault.net.fileio import NotDicomFile, parse_file_meta
 from dicomvault.net.handlers import SUCCESS, DimseStatus, QueryRequest, Response
 from dicomvault.net.service_user import ServiceUser
 from dicomvault.net.uids import (
@@ -48,6 +49,8 @@ from dicomvault.net.uids import (
 log = logging.getLogger("dicomvault.dimse")
 
 _HEAD = 1 << 16
+#: Read first to find the data set: the file meta of nearly every file fits.
+_META_HEAD = 4096
 
 
 def failed_uid_list(uids: Sequence[str], transfer_syntax_uid: str) -> bytes:
@@ -89,12 +92,19 @@ async def select_instances(
 def open_stored(archive: Archive, instance: StoredInstance) -> tuple[BinaryIO, int, str]:
     """Open an instance's blob positioned at its data set: (file, data set length,
     stored transfer syntax)."""
-    fh = archive.store.open(instance.blob_name)
+    fh = archive.store.open(instance.blob_name, buffered=False)
     try:
-        head = fh.read(_HEAD)
-        meta, offset = parse_file_meta(head)
-        fh.seek(0, os.SEEK_END)
-        size = fh.tell()
+        fd = fh.fileno()
+        size = os.fstat(fd).st_size
+        head = os.pread(fd, _META_HEAD, 0)
+        try:
+            meta, offset = parse_file_meta(head)
+            if offset + 8 > len(head) and size > len(head):  # group 2 may go on past it
+                raise NotDicomFile("file meta information is longer than read")
+        except NotDicomFile:
+            if size <= len(head):
+                raise
+            meta, offset = parse_file_meta(os.pread(fd, _HEAD, 0))
         fh.seek(offset)
     except BaseException:
         fh.close()
@@ -209,20 +219,35 @@ async def send_deidentified(
     )
 
 
+#: An instance's blob opened at its data set (:func:`open_stored`), or why it could not be.
+Opened = tuple[BinaryIO, int, str] | Exception
+
+
 async def send_instance(
     archive: Archive,
     sender: ServiceUser,
     instance: StoredInstance,
     move_originator: tuple[str, int] | None,
+    *,
+    opened: Opened | None = None,
+    while_waiting: Callable[[], object] | None = None,
 ) -> DimseStatus:
     """One C-STORE sub-operation: as stored when possible, else transcoded.
+
+    ``opened`` is the instance's blob when the caller opened it ahead;
+    ``while_waiting`` runs while the receiver takes the data set (see
+    :meth:`ServiceUser.store_stream`).
 
     Raises
     ------
     NoPresentationContext
         The receiver accepted the SOP class in no syntax we can produce.
     """
-    fh, length, syntax = open_stored(archive, instance)
+    if opened is None:
+        opened = open_stored(archive, instance)
+    if isinstance(opened, Exception):
+        raise opened
+    fh, length, syntax = opened
     with fh:
         if sender.find_context(instance.sop_class_uid, syntax) is not None:
             return await sender.store_stream(
@@ -232,6 +257,7 @@ async def send_instance(
                 instance.sop_instance_uid,
                 syntax,
                 move_originator=move_originator,
+                while_waiting=while_waiting,
             )
         targets = _accepted_syntaxes(sender, instance.sop_class_uid)
         data = fh.read(length)
@@ -258,15 +284,77 @@ async def run_sub_operations(
     yield a pending response per sub-operation and the final response (PS3.4 C.4.2.2,
     C.4.3.2). C-CANCEL ends with 0xFE00 (PS3.4 C.4.2.3.1); a lost association fails what
     remains."""
-    syntax = request.transfer_syntax_uid
     ops = SubOperations(len(instances))
+    ahead = _Ahead(archive, instances)
+    responses = _sub_operations(
+        archive, sender, instances, request, ops, ahead, move_originator, deidentify
+    )
+    try:
+        async with contextlib.aclosing(responses):
+            async for response in responses:
+                yield response
+    finally:
+        ahead.close()
+
+
+class _Ahead:
+    """The next instance's blob, opened while the receiver takes the current one: the
+    open and the file meta's parsing leave the time between a C-STORE response and the
+    next C-STORE request (~60 µs of its ~150 µs)."""
+
+    def __init__(self, archive: Archive, instances: Sequence[StoredInstance]) -> None:
+        self.archive = archive
+        self.instances = instances
+        self.opened: dict[int, Opened] = {}
+
+    def opener(self, index: int) -> Callable[[], object] | None:
+        """What opens instance ``index`` (None: there is none)."""
+        if index >= len(self.instances):
+            return None
+
+        def open_next() -> None:
+            try:
+                self.opened[index] = open_stored(self.archive, self.instances[index])
+            except Exception as exc:  # raised in its own turn, as if opened then
+                self.opened[index] = exc
+
+        return open_next
+
+    def take(self, index: int) -> Opened | None:
+        return self.opened.pop(index, None)
+
+    def close(self) -> None:
+        for opened in self.opened.values():
+            if not isinstance(opened, Exception):
+                opened[0].close()
+        self.opened.clear()
+
+
+async def _sub_operations(
+    archive: Archive,
+    sender: ServiceUser,
+    instances: Sequence[StoredInstance],
+    request: QueryRequest,
+    ops: SubOperations,
+    ahead: _Ahead,
+    move_originator: tuple[str, int] | None,
+    deidentify: Deidentifier | None,
+) -> AsyncGenerator[Response, None]:
+    syntax = request.transfer_syntax_uid
     for index, instance in enumerate(instances):
         if request.cancelled.is_set():
             yield ops.response(DimseStatus(CANCEL), syntax, final=True)
             return
         try:
             if deidentify is None:
-                status = await send_instance(archive, sender, instance, move_originator)
+                status = await send_instance(
+                    archive,
+                    sender,
+                    instance,
+                    move_originator,
+                    opened=ahead.take(index),
+                    while_waiting=ahead.opener(index + 1),
+                )
             else:
                 status = await send_deidentified(sender, instance, deidentify, move_originator)
         except NoPresentationContext as exc:

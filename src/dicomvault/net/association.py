@@ -645,6 +645,25 @@ class Association(UpperLayer):
         if data_set is not None:
             self._send_fragments(ctx, memoryview(data_set), 0)
 
+    def message_lead(self, ctx: int, command: c.CommandSet) -> bytes:
+        """The PDUs of a message's command set, as one buffer, for a caller that sends
+        the data set itself (net/sendfile.py).
+
+        Unlike :meth:`send_message`, pending responses batched so far are left to go out
+        after it (on the event loop's next turn): a C-GET's pending response for the
+        previous sub-operation then follows the next sub-operation's C-STORE instead of
+        delaying it. Pending responses only report progress (PS3.4 C.4.3.2); the
+        requestor takes each message as it comes, and the final response still comes
+        last."""
+        parts: list[bytes | memoryview] = []
+        raw = memoryview(c.encode_command(command))
+        limit = self.max_send_value
+        for pos in range(0, len(raw), limit):
+            piece = raw[pos : pos + limit]
+            flags = MCH_COMMAND | (MCH_LAST if pos + limit >= len(raw) else 0)
+            parts += [encode_pdata_header(ctx, flags, len(piece)), piece]
+        return b"".join(parts)
+
     def _send_fragments(self, ctx: int, value: memoryview, mch: int) -> None:
         limit = self.max_send_value
         total = len(value)

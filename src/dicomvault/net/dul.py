@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import socket
 from typing import Any, cast
 
@@ -96,6 +97,9 @@ class UpperLayer(asyncio.Protocol):
         self._pdv_mch = 0
         self._paused = False
         self._drain: asyncio.Future[None] | None = None
+        #: Writes held while PDUs go around the transport (net/sendfile.py).
+        self._held: list[bytes | memoryview] | None = None
+        self._sendfile_socket: socket.socket | None = None
         self.abort_reason: str | None = None
         if requestor:
             self.fsm.dispatch("Evt1")
@@ -116,6 +120,9 @@ class UpperLayer(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._mode = _DEAD
+        if self._sendfile_socket is not None:
+            self._sendfile_socket.close()
+            self._sendfile_socket = None
         self._stop_artim()
         if self.fsm.state != "Sta1":
             self.fsm.dispatch("Evt17", exc)
@@ -339,8 +346,34 @@ class UpperLayer(asyncio.Protocol):
             self.fsm.dispatch("Evt18")
 
     def _write(self, data: bytes) -> None:
-        if self.transport is not None and not self.transport.is_closing():
+        if self._held is not None:
+            self._held.append(data)
+        elif self.transport is not None and not self.transport.is_closing():
             self.transport.write(data)
+
+    def sendfile_socket(self) -> socket.socket | None:
+        """The connection's socket for net/sendfile.py (None: not a socket), kept until
+        the connection is lost. A duplicate descriptor: if the transport closes its own,
+        the number may be reused at once by another connection, while the duplicate
+        keeps pointing at this one. It shares the transport's O_NONBLOCK flag: never
+        change it."""
+        if self._sendfile_socket is None and self.transport is not None:
+            own = self.transport.get_extra_info("socket")
+            if own is not None:
+                self._sendfile_socket = socket.socket(fileno=os.dup(own.fileno()))
+        return self._sendfile_socket
+
+    def hold_writes(self) -> None:
+        """Keep what the association writes from now on until :meth:`release_writes`:
+        PDUs are going to the socket around the transport (net/sendfile.py)."""
+        self._held = []
+
+    def release_writes(self, *, discard: bool = False) -> None:
+        """Write what was held meanwhile (nothing with ``discard``), in order."""
+        held, self._held = self._held or [], None
+        transport = self.transport
+        if held and not discard and transport is not None and not transport.is_closing():
+            transport.writelines(held)
 
     def _close(self) -> None:
         self._mode = _DEAD
@@ -396,6 +429,9 @@ class UpperLayer(asyncio.Protocol):
         self._start_artim()
 
     def DT_1(self, arg: Any) -> None:
+        if self._held is not None:
+            self._held.extend(arg if isinstance(arg, list) else [arg])
+            return
         if self.transport is None or self.transport.is_closing():
             return
         if isinstance(arg, list):

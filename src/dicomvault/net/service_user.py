@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO, NamedTuple
 
@@ -21,6 +22,7 @@ from dicomvault.net.errors import AssociationAborted, NoPresentationContext
 from dicomvault.net.fileio import FileInfo, read_file_info
 from dicomvault.net.handlers import AcceptedContext, DimseStatus, Response
 from dicomvault.net.pdu import encode_pdata_header
+from dicomvault.net.sendfile import send_file_pdus
 from dicomvault.net.uids import (
     EXPLICIT_VR_LITTLE_ENDIAN,
     IMPLICIT_VR_LITTLE_ENDIAN,
@@ -155,7 +157,11 @@ class ServiceUser(Association):
         self, future: asyncio.Future[c.CommandSet], timeout: float | None
     ) -> DimseStatus:
         try:
-            response = await asyncio.wait_for(future, timeout or self.timeout)
+            # asyncio.timeout, not wait_for: the task wakes as soon as the response is
+            # set, not two event loop iterations later (wait_for relays it through a
+            # callback and a second future).
+            async with asyncio.timeout(timeout or self.timeout):
+                response = await future
         except TimeoutError:
             self.abort("DIMSE timeout")
             raise
@@ -275,12 +281,15 @@ class ServiceUser(Association):
         timeout: float | None = None,
         *,
         move_originator: tuple[str, int] | None = None,
+        while_waiting: Callable[[], object] | None = None,
     ) -> DimseStatus:
         """C-STORE ``length`` data set bytes read from ``fh`` at its position, as they
         are (PS3.7 9.1.1): one P-DATA-TF PDU per peer maximum length, read in blocks.
 
         ``move_originator`` is the (AE title, Message ID) of the C-MOVE this store is a
-        sub-operation of (PS3.7 9.1.1.1, 0000,1030-1031).
+        sub-operation of (PS3.7 9.1.1.1, 0000,1030-1031). ``while_waiting`` is called
+        once the data set is sent, before the response comes: work the caller can do
+        while the peer takes it (the next sub-operation's file opened).
 
         Raises
         ------
@@ -295,11 +304,16 @@ class ServiceUser(Association):
         self._check_open()
         message_id = self.next_message_id()
         future = self.expect_response(message_id)
-        self.send_message(
-            ctx.id,
-            self._store_command(message_id, sop_class_uid, sop_instance_uid, move_originator),
-        )
+        command = self._store_command(message_id, sop_class_uid, sop_instance_uid, move_originator)
         limit = self.max_send_value
+        # The command (and any batched pending responses) leave with the data set's first
+        # PDU, in one segment: the peer wakes once for them, not three times.
+        lead = self.message_lead(ctx.id, command)
+        if await self._sendfile(fh, ctx.id, length, limit, lead):
+            if while_waiting is not None:
+                while_waiting()
+            return await self._wait(future, timeout)
+        self.send(lead)
         remaining = length
         if remaining == 0:
             self.send_parts([encode_pdata_header(ctx.id, MCH_LAST, 0)])
@@ -320,7 +334,23 @@ class ServiceUser(Association):
                     ]
                 )
             await self.drain()
+        if while_waiting is not None:
+            while_waiting()
         return await self._wait(future, timeout)
+
+    async def _sendfile(
+        self, fh: BinaryIO, context_id: int, length: int, limit: int, lead: bytes
+    ) -> bool:
+        """``lead`` then the data set PDUs straight from ``fh``'s file, when the transport
+        allows it (:mod:`dicomvault.net.sendfile`); False, nothing sent, when not. The
+        file's position is left as it was."""
+        try:
+            file, offset = fh.fileno(), fh.tell()
+        except (OSError, ValueError):  # not a file of its own (io.UnsupportedOperation)
+            return False
+        return await send_file_pdus(
+            self, context_id, file, offset, length, limit, self.timeout, lead=lead
+        )
 
     async def _send_converted(self, info: FileInfo, timeout: float | None) -> DimseStatus:
         target = next(
