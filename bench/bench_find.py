@@ -327,42 +327,102 @@ def measure_dimse(
             if probe.returncode == 0:
                 break
             time.sleep(0.2)
-        rng = random.Random(11)
-        out: dict[str, dict[str, float]] = {}
-        for name, make in scenarios(samples, rng).items():
-            if name == "universal-capped":
-                continue
-            times, counts = [], []
-            for _ in range(runs):
-                args = [
-                    "/usr/bin/findscu",
-                    "-v",
-                    "-S",
-                    "-aec",
-                    "DICOMVAULT",
-                    "127.0.0.1",
-                    str(port),
-                    "-k",
-                    "QueryRetrieveLevel=STUDY",
-                    "-k",
-                    "StudyInstanceUID",
-                ]
-                for keyword, value in make().items():
-                    args += ["-k", f"{keyword}={value}"]
-                start = time.perf_counter()
-                done = subprocess.run(args, env=env, capture_output=True, text=True, check=False)
-                times.append((time.perf_counter() - start) * 1000)
-                counts.append((done.stdout + done.stderr).count("(Pending)"))
-            times.sort()
-            out[name] = {
-                "median_ms": statistics.median(times),
-                "p95_ms": times[min(len(times) - 1, int(len(times) * 0.95))],
-                "mean_matches": statistics.mean(counts),
-            }
-        return out
+        return {
+            "findscu": _findscu_times(port, env, samples, runs),
+            "lean": _lean_times(port, samples, runs * 4),
+        }
     finally:
         server.terminate()
         server.wait(timeout=20)
+
+
+def _figures(times: list[float], counts: list[int]) -> dict[str, float]:
+    times.sort()
+    return {
+        "median_ms": statistics.median(times),
+        "p95_ms": times[min(len(times) - 1, int(len(times) * 0.95))],
+        "mean_matches": statistics.mean(counts),
+    }
+
+
+def _lean_times(port: int, samples: dict[str, list[str]], runs: int) -> dict[str, dict[str, float]]:
+    """C-FIND-RQ to final response from :mod:`dicomvault.net` over one open association
+    (responses counted, not decoded): the server's answer time over DIMSE, without
+    findscu's own process start and printing (bench.bench_qr_orthanc does the same
+    against Orthanc). On uvloop when installed, as the server."""
+    import asyncio
+
+    from bench.bench_qr_orthanc import _identifier
+    from dicomvault.net import associate
+
+    find_uid = "1.2.840.10008.5.1.4.1.2.2.1"
+
+    async def main() -> dict[str, dict[str, float]]:
+        out: dict[str, dict[str, float]] = {}
+        async with associate(
+            "127.0.0.1",
+            port,
+            called_ae="DICOMVAULT",
+            calling_ae="BENCHFIND",
+            contexts=[(find_uid, ["1.2.840.10008.1.2"])],
+            timeout=120,
+        ) as assoc:
+            for name, make in scenarios(samples, random.Random(11)).items():
+                if name == "universal-capped":
+                    continue
+                times, counts = [], []
+                for run in range(runs + 2):  # two warm-up rounds, not counted
+                    identifier = _identifier(make())
+                    start = time.perf_counter()
+                    pending = 0
+                    async for response in assoc.find(find_uid, identifier):
+                        pending += response.status.status in (0xFF00, 0xFF01)
+                    if run >= 2:
+                        times.append((time.perf_counter() - start) * 1000)
+                        counts.append(pending)
+                out[name] = _figures(times, counts)
+        return out
+
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(main())
+    result: dict[str, dict[str, float]] = uvloop.run(main())
+    return result
+
+
+def _findscu_times(
+    port: int, env: dict[str, str], samples: dict[str, list[str]], runs: int
+) -> dict[str, dict[str, float]]:
+    """The whole ``findscu -v`` process per query (start, association, printing)."""
+    rng = random.Random(11)
+    out: dict[str, dict[str, float]] = {}
+    for name, make in scenarios(samples, rng).items():
+        if name == "universal-capped":
+            continue
+        times, counts = [], []
+        for _ in range(runs):
+            args = [
+                "/usr/bin/findscu",
+                "-v",
+                "-S",
+                "-aec",
+                "DICOMVAULT",
+                "127.0.0.1",
+                str(port),
+                "-k",
+                "QueryRetrieveLevel=STUDY",
+                "-k",
+                "StudyInstanceUID",
+            ]
+            for keyword, value in make().items():
+                args += ["-k", f"{keyword}={value}"]
+            start = time.perf_counter()
+            done = subprocess.run(args, env=env, capture_output=True, text=True, check=False)
+            times.append((time.perf_counter() - start) * 1000)
+            counts.append((done.stdout + done.stderr).count("(Pending)"))
+        out[name] = _figures(times, counts)
+    return out
 
 
 @contextmanager
@@ -437,11 +497,15 @@ def main(argv: list[str] | None = None) -> int:
                 f"{args.studies * args.instances_per_study} instances "
                 f"(filled in {report[kind]['fill_s']} s)"
             )
-            for phase in ("before", "after", "dimse"):
-                if phase not in report[kind]:
+            phases = [(p, report[kind].get(p)) for p in ("before", "after")]
+            dimse = report[kind].get("dimse", {})
+            phases += [("dimse, findscu -v", dimse.get("findscu"))]
+            phases += [("dimse, dicomvault.net open association", dimse.get("lean"))]
+            for phase, figures_of in phases:
+                if figures_of is None:
                     continue
                 print(f"  [{phase}]")
-                for name, figures in report[kind][phase].items():
+                for name, figures in figures_of.items():
                     extra = (
                         f"  ({figures['mean_matches']:.0f} matches)"
                         if "mean_matches" in figures

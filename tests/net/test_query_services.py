@@ -15,7 +15,7 @@ from pynetdicom import AE, build_role
 
 from dicomvault.net import AcceptorPolicy, DimseStatus, RoleSelection, ServiceRegistry, associate
 from dicomvault.net import commands as c
-from dicomvault.net.handlers import SUCCESS, QueryRequest, Response
+from dicomvault.net.handlers import SUCCESS, Matches, QueryRequest, Response
 from dicomvault.net.uids import IMPLICIT_VR_LITTLE_ENDIAN, STUDY_ROOT_FIND, STUDY_ROOT_GET
 
 CT = PYDICOM_TEST_FILES / "CT_small.dcm"
@@ -133,27 +133,36 @@ def test_find_streams_pending_responses() -> None:
 
 
 class BigFinder:
-    """Yields ``count`` matches of ~``size`` bytes, numbered, then Success."""
+    """Yields ``count`` matches of ~``size`` bytes, numbered, then Success; one
+    ``Response`` each, or ``Matches`` of up to 64 with ``batched``."""
 
-    def __init__(self, count: int, size: int) -> None:
+    def __init__(self, count: int, size: int, *, batched: bool = False) -> None:
         self.count = count
         self.size = size
+        self.batched = batched
 
-    async def handle(self, request: QueryRequest) -> AsyncIterator[Response]:
+    async def handle(self, request: QueryRequest) -> AsyncIterator[Response | Matches]:
+        ready: list[bytes] = []
         for n in range(self.count):
             ds = Dataset()
             ds.QueryRetrieveLevel = "STUDY"
             ds.StudyInstanceUID = f"1.2.3.{n}"
             # every 50th larger than the PDU: fragmented, the batch flushed before it
             ds.add_new(0x00091001, "UT", "x" * (self.size * (20 if n % 50 == 7 else 1)))
-            yield Response(DimseStatus(0xFF00), encode(ds, request.transfer_syntax_uid))
+            identifier = encode(ds, request.transfer_syntax_uid)
+            if not self.batched:
+                yield Response(DimseStatus(0xFF00), identifier)
+            elif len(ready := [*ready, identifier]) == 64 or n == self.count - 1:
+                yield Matches(ready)
+                ready = []
             if n % 100 == 99:
                 await asyncio.sleep(0)  # the event loop turns: a batch goes out here
         yield Response(SUCCESS)
 
 
-def test_find_many_pending_responses_batched_in_order() -> None:
-    srv = serve_with(BigFinder(400, 1000))  # ~400 KB of identifiers: several batches
+@pytest.mark.parametrize("batched", [False, True], ids=["responses", "matches"])
+def test_find_many_pending_responses_batched_in_order(batched: bool) -> None:
+    srv = serve_with(BigFinder(400, 1000, batched=batched))  # ~400 KB: several batches
     try:
 
         async def run() -> list[Response]:

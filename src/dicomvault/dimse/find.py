@@ -26,11 +26,10 @@ from dicomvault.dimse.query_threads import QueryThreads
 from dicomvault.dimse.status import (
     CANCEL,
     OUT_OF_RESOURCES,
-    PENDING,
     status_for_query_error,
 )
 from dicomvault.model.query import FindResult, InformationModel, InvalidQuery, Query
-from dicomvault.net.handlers import SUCCESS, DimseStatus, QueryRequest, Response
+from dicomvault.net.handlers import SUCCESS, DimseStatus, Matches, QueryRequest, Response
 from dicomvault.net.uids import (
     PATIENT_ROOT_FIND,
     PATIENT_ROOT_GET,
@@ -88,7 +87,7 @@ class ArchiveFindHandler:
     def __init__(self, archive: Archive) -> None:
         self.archive = archive
 
-    async def handle(self, request: QueryRequest) -> AsyncIterator[Response]:
+    async def handle(self, request: QueryRequest) -> AsyncIterator[Response | Matches]:
         assoc = request.association
         try:
             query = decode_request(request)
@@ -129,11 +128,10 @@ class ArchiveFindHandler:
             while True:
                 if isinstance(chunk, Exception):
                     raise chunk
-                for identifier in chunk:
-                    if request.cancelled.is_set():
-                        yield Response(DimseStatus(CANCEL))
-                        return
-                    yield Response(DimseStatus(PENDING), identifier)
+                if request.cancelled.is_set():
+                    yield Response(DimseStatus(CANCEL))
+                    return
+                yield Matches(chunk)  # pending responses (0xFF00), sent back to back
                 if len(chunk) < CHUNK:
                     break
                 chunk = await loop.run_in_executor(worker, _take, opened, encoder)

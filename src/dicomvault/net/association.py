@@ -11,9 +11,11 @@ length (PS3.8 9.3.5, Annex E).
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
+import struct
 import time
-from typing import Any
+from typing import Any, Final
 
 from dicomvault import metrics
 from dicomvault.net import commands as c
@@ -23,6 +25,7 @@ from dicomvault.net.handlers import (
     SUCCESS,
     AssociationInfo,
     DimseStatus,
+    Matches,
     NormalizedHandler,
     NRequest,
     NResponse,
@@ -79,6 +82,37 @@ def sop_class_of(command: c.CommandSet) -> str:
     if int(command[c.CommandField]) in REQUESTED_UID_FIELDS:
         return str(command.get(c.RequestedSOPClassUID, ""))
     return str(command.get(c.AffectedSOPClassUID, ""))
+
+
+#: The sub-operation counts of a C-MOVE/C-GET response (PS3.7 9.3.3.2, 9.3.4.2).
+_COUNT_ELEMENTS: Final = (
+    c.NumberOfRemainingSuboperations,
+    c.NumberOfCompletedSuboperations,
+    c.NumberOfFailedSuboperations,
+    c.NumberOfWarningSuboperations,
+)
+_U16: Final = struct.Struct("<H")
+
+
+_NO_COUNTS: Final = (None, None, None, None)
+
+
+def _pending_key(
+    status: DimseStatus, no_identifier: bool, counts: tuple[int | None, ...]
+) -> tuple[object, ...]:
+    """What a pending response's cached command set depends on (counts: only which)."""
+    return (
+        status.status,
+        status.error_comment,
+        no_identifier,
+        *[count is None for count in counts],
+    )
+
+
+@functools.cache
+def _us_header(element: int) -> bytes:
+    """The implicit VR little endian header of a US element of group 0000."""
+    return struct.pack("<HHI", 0, element, 2)
 
 
 class Association(UpperLayer):
@@ -412,7 +446,10 @@ class Association(UpperLayer):
                 if field == c.C_FIND_RQ and request.cancelled.is_set():
                     final = Response(DimseStatus(STATUS_CANCEL))
                     break
-                if response.pending:
+                if isinstance(response, Matches):
+                    self._send_matches(incoming, response, commands)
+                    await self.drain()
+                elif response.pending:
                     self.send_response(incoming, response, commands)
                     await self.drain()
                 else:
@@ -439,23 +476,25 @@ class Association(UpperLayer):
         """Send a C-FIND/C-MOVE/C-GET response (PS3.7 9.3.2.2, 9.3.3.2, 9.3.4.2); a
         final one completes the request.
 
-        *commands* caches the encoded command sets of one request's pending responses
-        (they repeat: same message ID, status and counts); pending responses that fit in
+        *commands* caches the encoded command sets of one request's pending responses:
+        they repeat but for the sub-operation counts, whose US values (2 bytes each)
+        are written into a copy of the cached encoding. Pending responses that fit in
         one PDU each are batched into one transport write (:meth:`_queue_pending`).
         """
         key: tuple[object, ...] = ()
+        counts = (response.remaining, response.completed, response.failed, response.warning)
         if commands is not None and response.pending:
-            key = (
-                response.status.status,
-                response.status.error_comment,
-                response.identifier is None,
-                response.remaining,
-                response.completed,
-                response.failed,
-                response.warning,
-            )
-            raw = commands.get(key)
-            if raw is not None:
+            key = _pending_key(response.status, response.identifier is None, counts)
+            template = commands.get(key)
+            if template is not None:
+                raw = template
+                if any(count is not None for count in counts):
+                    patched = bytearray(template)
+                    for element, count in zip(_COUNT_ELEMENTS, counts, strict=True):
+                        if count is not None:
+                            at = template.find(_us_header(element)) + 8
+                            _U16.pack_into(patched, at, min(count, 0xFFFF))
+                    raw = bytes(patched)
                 self._send_pending(incoming.context_id, raw, response.identifier)
                 return
         command: c.CommandSet = {
@@ -484,6 +523,18 @@ class Association(UpperLayer):
             self._send_pending(incoming.context_id, raw, response.identifier)
         elif self.fsm.state in ("Sta6", "Sta8"):
             self.send_message(incoming.context_id, command, response.identifier)
+
+    def _send_matches(
+        self, incoming: Incoming, matches: Matches, commands: dict[tuple[object, ...], bytes]
+    ) -> None:
+        """Pending C-FIND responses, one per Identifier, their command set encoded once."""
+        identifiers = matches.identifiers
+        if not identifiers:
+            return
+        self.send_response(incoming, Response(matches.status, identifiers[0]), commands)
+        command = commands[_pending_key(matches.status, False, _NO_COUNTS)]
+        for identifier in identifiers[1:]:
+            self._send_pending(incoming.context_id, command, identifier)
 
     def _send_pending(self, ctx: int, command: bytes, data_set: bytes | None) -> None:
         """Send a pending response whose command set is already encoded."""

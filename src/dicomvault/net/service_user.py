@@ -57,6 +57,11 @@ def response_of(command: c.CommandSet, data_set: bytes | None) -> Response:
     )
 
 
+def _time_out(future: asyncio.Future[c.CommandSet]) -> None:
+    if not future.done():
+        future.set_exception(TimeoutError("no response within the DIMSE timeout"))
+
+
 class ResponseStream:
     """The responses to one C-FIND/C-MOVE/C-GET request, as an async iterator.
 
@@ -156,15 +161,18 @@ class ServiceUser(Association):
     async def _wait(
         self, future: asyncio.Future[c.CommandSet], timeout: float | None
     ) -> DimseStatus:
+        # A timer on the future itself, not wait_for or asyncio.timeout: the task wakes
+        # as soon as the response is set (wait_for relays it through a callback and a
+        # second future: two event loop turns), and a C-GET sub-operation's round trip
+        # is short enough for asyncio.timeout's own bookkeeping to show.
+        timer = self._loop.call_later(timeout or self.timeout, _time_out, future)
         try:
-            # asyncio.timeout, not wait_for: the task wakes as soon as the response is
-            # set, not two event loop iterations later (wait_for relays it through a
-            # callback and a second future).
-            async with asyncio.timeout(timeout or self.timeout):
-                response = await future
+            response = await future
         except TimeoutError:
             self.abort("DIMSE timeout")
             raise
+        finally:
+            timer.cancel()
         return status_of(response)
 
     # -- C-ECHO --------------------------------------------------------------------------
