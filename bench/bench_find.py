@@ -13,9 +13,11 @@ here), then measures study-level ``Archive.find`` latency, consuming every match
 - ``universal-capped``: no keys, max_results=100.
 
 With ``--indexes`` it then adds the indexes recommended in ``docs`` (the report of the
-issue) and measures again ("after"). With ``--dimse`` it also times ``/usr/bin/findscu``
-(``TCP_NODELAY=1``) against ``dicomvault serve`` on the same index, end to end (process
-start of findscu included). Prints median and p95 in ms per query per backend.
+issue) and measures again ("after"). With ``--dimse`` it also times ``dicomvault serve``
+on the same index over DIMSE two ways: ``/usr/bin/findscu -v`` (``TCP_NODELAY=1``) end to
+end, its process start and printing included, and :mod:`dicomvault.net` over one open
+association (C-FIND-RQ to final response, responses counted: the server's own answer
+time). Prints median and p95 in ms per query per backend.
 
 Run: ``python -m bench.bench_find [--quick] [--studies N --instances-per-study M]
 [--indexes] [--dimse] [--runs R] [--json FILE]``. Targets: median < 50 ms, p95 < 150 ms
