@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from dicomvault.index.db import Index
-from dicomvault.index.query import PAGE, plan_for_every_row
+from dicomvault.index.query import PAGE, plan_for_every_row, result_rows
 from dicomvault.model.matching import Condition, Kind, Term
 from dicomvault.model.query import Level
 
@@ -438,9 +438,4 @@ def stream(index: Index, statement: Sql) -> Generator[dict[str, Any], None, None
         result = conn.execution_options(stream_results=True, yield_per=PAGE).exec_driver_sql(
             text, statement.params
         )
-        try:
-            keys = list(result.keys())
-            for row in result:
-                yield dict(zip(keys, row, strict=True))
-        finally:
-            result.close()
+        yield from result_rows(result)

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Generator, Sequence
 from typing import Any, Final
 
-from sqlalchemy import ColumnElement, Connection, Select, Table, func, select
+from sqlalchemy import ColumnElement, Connection, CursorResult, Select, Table, func, select
 
 from dicomvault.index.db import Index, stored_instance, stored_instances
 from dicomvault.index.schema import instances, patients, series, studies
@@ -63,12 +63,17 @@ def stream(index: Index, statement: Select[Any]) -> Generator[dict[str, Any], No
         if not index.is_sqlite:
             plan_for_every_row(conn)
         result = conn.execution_options(stream_results=True, yield_per=PAGE).execute(statement)
-        try:
-            keys = list(result.keys())
-            for row in result:
-                yield dict(zip(keys, row, strict=True))
-        finally:
-            result.close()
+        yield from result_rows(result)
+
+
+def result_rows(result: CursorResult[Any]) -> Generator[dict[str, Any], None, None]:
+    """The rows of *result* as dicts keyed by column label; the result closed after."""
+    try:
+        keys = list(result.keys())
+        for row in result:
+            yield dict(zip(keys, row, strict=True))
+    finally:
+        result.close()
 
 
 def retrieve(index: Index, clauses: Sequence[ColumnElement[bool]]) -> list[StoredInstance]:
