@@ -321,6 +321,39 @@ def test_a_burst_is_one_write_and_flush_does_not_wait_for_the_window(
         assert batches == [20, 1]
 
 
+def test_closing_the_archive_writes_and_stops_its_trail(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Archive.close writes what its trail has queued and stops the writer: nothing is
+    written into the data directory afterwards (it may be gone by then)."""
+    monkeypatch.setattr(audit, "LINGER_SECONDS", 5.0)
+    settings = load_settings(None, {"storage": {"path": tmp_path / "data"}})
+    started = time.monotonic()
+    with Archive.open(settings) as archive:
+        audit.queried(archive, "FINDSCU", "127.0.0.1", "/dicom-web/studies", b"last")
+        trail = audit.trail_of(archive)
+    assert time.monotonic() - started < 4  # not the 5 s window
+    assert trail._thread is not None and not trail._thread.is_alive()
+    with Archive.open(settings) as again:
+        assert len(recorded(again, event_id="110112")) == 1
+
+
+def test_a_full_batch_does_not_wait_for_the_window(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(audit, "LINGER_SECONDS", 10.0)
+    settings = load_settings(None, {"storage": {"path": tmp_path / "data"}})
+    with Archive.open(settings) as archive:
+        trail = audit.trail_of(archive)
+        assert trail.flush(5)
+        for n in range(2 * audit.BATCH):
+            audit.queried(archive, "FINDSCU", "127.0.0.1", "/dicom-web/studies", b"%d" % n)
+        # At least the first full batch, well inside the 10 s window (the rest may wait
+        # for it: a batch is BATCH items, flush's wake-up marker among them).
+        found = wait_recorded(archive, audit.BATCH, timeout=8, event_id="110112")
+        assert len(found) >= audit.BATCH
+
+
 def test_close_on_the_writer_thread_itself(tmp_path: Path) -> None:
     """The archive's finalizer may run on the writer thread (when it drops the last
     reference): closing there must not try to join itself; the writer stops and closes

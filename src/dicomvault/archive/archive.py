@@ -241,6 +241,12 @@ class Archive:
         self.store.sync([item.blob.name for item in items])
 
     def close(self) -> None:
+        # The audit trail writes into this archive's index and data directory: what it
+        # has queued is written now, and its writer stopped, not whenever the archive
+        # is garbage collected (a closed data directory may be gone by then).
+        from dicomvault.archive import audit
+
+        audit.close_trail(self)
         if self._writer_instance is not None:
             self._writer_instance.close()
         self.index.close()

@@ -214,6 +214,7 @@ class AuditTrail:
         self.dropped = 0
         self.written = 0
         self._flushing = 0  # flush() calls waiting: the writer does not linger
+        self._wanted = BATCH  # queued messages that fill the writer's batch (_gather)
         self._close_on_exit = False  # close() was called on the writer thread itself
 
     # -- participants ---------------------------------------------------------------
@@ -254,6 +255,8 @@ class AuditTrail:
         self._start_writer()
         try:
             self._queue.put_nowait(message)
+            if self._queue.qsize() >= self._wanted:
+                self._idle.notify_all()  # the writer's batch is full: no need to linger
         except queue.Full:
             self.dropped += 1
             if self.dropped in (1, 10, 100) or self.dropped % 1000 == 0:
@@ -375,13 +378,19 @@ class AuditTrail:
 
         The writer sleeps out the window rather than taking each message as it comes: a
         wake-up per message (one per C-FIND) cost a context switch and a turn of the GIL
-        on the threads answering the queries. ``flush`` and ``close`` cut the sleep short.
+        on the threads answering the queries. ``flush``, ``close`` and a full batch
+        queued cut the sleep short.
         """
         self._drain(batch)
         waiting = any(item is not _WAKE for item in batch) and _STOP not in batch
         if waiting and len(batch) < BATCH:
             with self._idle:
-                self._idle.wait_for(lambda: self._flushing or self._closed, LINGER_SECONDS)
+                self._wanted = want = BATCH - len(batch)
+                self._idle.wait_for(
+                    lambda: self._flushing or self._closed or self._queue.qsize() >= want,
+                    LINGER_SECONDS,
+                )
+                self._wanted = BATCH
             self._drain(batch)
 
     def _drain(self, batch: list[object]) -> None:
