@@ -15,6 +15,7 @@ import functools
 import logging
 import struct
 import time
+from collections.abc import Iterator
 from typing import Any, Final
 
 from dicomvault import metrics
@@ -706,28 +707,29 @@ class Association(UpperLayer):
         delaying it. Pending responses only report progress (PS3.4 C.4.3.2); the
         requestor takes each message as it comes, and the final response still comes
         last."""
-        parts: list[bytes | memoryview] = []
         raw = memoryview(c.encode_command(command))
-        limit = self.max_send_value
-        for pos in range(0, len(raw), limit):
-            piece = raw[pos : pos + limit]
-            flags = MCH_COMMAND | (MCH_LAST if pos + limit >= len(raw) else 0)
-            parts += [encode_pdata_header(ctx, flags, len(piece)), piece]
-        return b"".join(parts)
+        return b"".join(part for pdu in self._pdus(ctx, raw, MCH_COMMAND) for part in pdu)
 
     def _send_fragments(self, ctx: int, value: memoryview, mch: int) -> None:
-        limit = self.max_send_value
         total = len(value)
-        if total <= limit:
+        if total <= self.max_send_value:
             # One write per small PDU: a single segment on the wire.
             self.send(encode_pdata_header(ctx, mch | MCH_LAST, total) + value)
             return
+        for pdu in self._pdus(ctx, value, mch):
+            self.send_parts(pdu)
+
+    def _pdus(self, ctx: int, value: memoryview, mch: int) -> Iterator[list[bytes | memoryview]]:
+        """``value`` as P-DATA-TF PDUs of the peer's maximum length: (header, fragment)
+        each, the last fragment flagged (PS3.8 E.2)."""
+        limit = self.max_send_value
+        total = len(value)
         pos = 0
         while pos < total:
             piece = value[pos : pos + limit]
             pos += len(piece)
             flags = mch | (MCH_LAST if pos >= total else 0)
-            self.send_parts([encode_pdata_header(ctx, flags, len(piece)), piece])
+            yield [encode_pdata_header(ctx, flags, len(piece)), piece]
 
     def expect_responses(self, message_id: int) -> asyncio.Queue[StreamItem]:
         """Register interest in the (several) responses to ``message_id``; call

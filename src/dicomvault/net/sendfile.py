@@ -26,6 +26,7 @@ import os
 import socket
 from typing import TYPE_CHECKING, Final
 
+from dicomvault.net.association import MCH_LAST
 from dicomvault.net.pdu import encode_pdata_header
 
 if TYPE_CHECKING:
@@ -33,8 +34,6 @@ if TYPE_CHECKING:
 
 #: Smallest PDV value (the peer's maximum PDU length less 6) sent with ``sendfile``.
 MIN_VALUE: Final = 32768
-#: Message Control Header of the last fragment of a data set (PS3.8 E.2).
-_LAST: Final = 0x02
 
 
 async def send_file_pdus(
@@ -77,7 +76,7 @@ async def send_file_pdus(
         while sent < length:
             size = min(max_value, length - sent)
             last = sent + size == length
-            header = encode_pdata_header(context_id, _LAST if last else 0, size)
+            header = encode_pdata_header(context_id, MCH_LAST if last else 0, size)
             await _send(loop, sock, lead + header if sent == 0 else header, timeout)
             await _sendfile(loop, sock, file, offset + sent, size, timeout)
             sent += size

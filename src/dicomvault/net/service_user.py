@@ -314,10 +314,10 @@ class ServiceUser(Association):
         future = self.expect_response(message_id)
         command = self._store_command(message_id, sop_class_uid, sop_instance_uid, move_originator)
         limit = self.max_send_value
-        # The command (and any batched pending responses) leave with the data set's first
-        # PDU, in one segment: the peer wakes once for them, not three times.
+        # The command leaves with the data set's first PDU, in one segment: the peer wakes
+        # once for both.
         lead = self.message_lead(ctx.id, command)
-        if await self._sendfile(fh, ctx.id, length, limit, lead):
+        if await self._sendfile(fh, ctx.id, length, limit, lead, timeout or self.timeout):
             if while_waiting is not None:
                 while_waiting()
             return await self._wait(future, timeout)
@@ -347,7 +347,7 @@ class ServiceUser(Association):
         return await self._wait(future, timeout)
 
     async def _sendfile(
-        self, fh: BinaryIO, context_id: int, length: int, limit: int, lead: bytes
+        self, fh: BinaryIO, context_id: int, length: int, limit: int, lead: bytes, timeout: float
     ) -> bool:
         """``lead`` then the data set PDUs straight from ``fh``'s file, when the transport
         allows it (:mod:`dicomvault.net.sendfile`); False, nothing sent, when not. The
@@ -357,7 +357,7 @@ class ServiceUser(Association):
         except (OSError, ValueError):  # not a file of its own (io.UnsupportedOperation)
             return False
         return await send_file_pdus(
-            self, context_id, file, offset, length, limit, self.timeout, lead=lead
+            self, context_id, file, offset, length, limit, timeout, lead=lead
         )
 
     async def _send_converted(self, info: FileInfo, timeout: float | None) -> DimseStatus:
