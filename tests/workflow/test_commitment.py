@@ -16,6 +16,7 @@ from pynetdicom.sop_class import StorageCommitmentPushModel
 
 from dicomvault.archive import Archive
 from dicomvault.archive import commitment as jobs
+from dicomvault.dicom.commitment import CommitmentRequest, Reference
 
 CT = "1.2.840.10008.5.1.4.1.1.2"
 MR = "1.2.840.10008.5.1.4.1.1.4"
@@ -61,6 +62,24 @@ def test_failure_reasons(wf_server: Any, wf_archive: Archive, stored: Any) -> No
     assert [i.ReferencedSOPInstanceUID for i in result.ReferencedSOPSequence] == [good[1]]
     reasons = {i.ReferencedSOPInstanceUID: i.FailureReason for i in result.FailedSOPSequence}
     assert reasons == {wrong_class[1]: 0x0119, corrupt[1]: 0x0110, never[1]: 0x0112}
+
+
+def test_a_job_asked_on_an_association_is_held_from_the_poller(wf_archive: Archive) -> None:
+    # The N-ACTION handler delivers on the requester's association; a poller that claimed
+    # the job first would send it on a new association the requester never sees.
+    def record(claimed: bool) -> str:
+        uid = generate_uid()
+        request = CommitmentRequest(uid, (Reference(CT, generate_uid()),))
+        jobs.request_commitment(
+            wf_archive, request, calling_ae_title="SCU", called_ae_title="DICOMVAULT",
+            peer_host="127.0.0.1", claimed=claimed,
+        )  # fmt: skip
+        return uid
+
+    held, free = record(claimed=True), record(claimed=False)
+    assert jobs.due_jobs(wf_archive) == [free]
+    assert jobs.claim(wf_archive, held) is None
+    assert jobs.claim(wf_archive, free) is not None
 
 
 def test_report_on_a_new_association(

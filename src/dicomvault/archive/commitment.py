@@ -129,8 +129,15 @@ def request_commitment(
     calling_ae_title: str,
     called_ae_title: str,
     peer_host: str,
+    claimed: bool = False,
 ) -> CommitmentJob:
     """Record a Request Storage Commitment as a pending job (PS3.4 J.3.2).
+
+    ``claimed``: the job is born held (as :func:`claim` would hold it) by the caller,
+    which delivers it at once on the requester's association. Without it, a poller in
+    this or another worker could claim the job between the insert and the caller's claim
+    and send the report on a new association instead, which a requester waiting on its
+    own association never sees. A crash before delivery leaves the hold to expire.
 
     Raises
     ------
@@ -150,6 +157,7 @@ def request_commitment(
             refs=refs,
             now=now,
             deadline=deadline,
+            claimed_until=now + CLAIM if claimed else None,
         )
     except sql.DuplicateKey:
         raise DuplicateTransaction(

@@ -71,17 +71,28 @@ class CommitmentReporter:
         self.archive = archive
         self._tasks: set[asyncio.Task[bool]] = set()
 
-    def deliver_soon(self, transaction_uid: str, channel: ServiceUser | None) -> None:
-        """Start delivering a new job's report, on ``channel`` if still open."""
-        task = asyncio.get_running_loop().create_task(self.deliver(transaction_uid, channel))
+    def deliver_soon(self, job: jobs.CommitmentJob, channel: ServiceUser | None) -> None:
+        """Start delivering a new job's report, on ``channel`` if still open. The job was
+        recorded already claimed (:func:`~dicomvault.archive.commitment.request_commitment`
+        ``claimed=True``), so no poller sends it elsewhere first."""
+        task = asyncio.get_running_loop().create_task(
+            self.deliver(job.transaction_uid, channel, claimed=job)
+        )
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def deliver(self, transaction_uid: str, channel: ServiceUser | None = None) -> bool:
-        """One delivery attempt for a job (claimed first: another worker may hold it).
-        Returns whether the report was answered with Success."""
+    async def deliver(
+        self,
+        transaction_uid: str,
+        channel: ServiceUser | None = None,
+        *,
+        claimed: jobs.CommitmentJob | None = None,
+    ) -> bool:
+        """One delivery attempt for a job, claimed first (another worker may hold it)
+        unless the caller holds it already (``claimed``). Returns whether the report was
+        answered with Success."""
         archive = self.archive
-        job = await asyncio.to_thread(jobs.claim, archive, transaction_uid)
+        job = claimed or await asyncio.to_thread(jobs.claim, archive, transaction_uid)
         if job is None:
             return False
         try:
@@ -215,13 +226,14 @@ class CommitmentHandler:
         info = request.association
         try:
             parsed = parse_commitment_request(request.data_set, request.transfer_syntax_uid)
-            await asyncio.to_thread(
+            job = await asyncio.to_thread(
                 jobs.request_commitment,
                 self.archive,
                 parsed,
                 calling_ae_title=info.calling_ae_title,
                 called_ae_title=info.called_ae_title,
                 peer_host=info.peer_host,
+                claimed=True,
             )
         except InvalidCommitmentRequest as exc:
             return NResponse(DimseStatus(exc.status, str(exc)))
@@ -235,5 +247,5 @@ class CommitmentHandler:
             info.calling_ae_title,
         )
         channel = request.channel if isinstance(request.channel, ServiceUser) else None
-        self.reporter.deliver_soon(parsed.transaction_uid, channel)
+        self.reporter.deliver_soon(job, channel)
         return NResponse(SUCCESS)

@@ -55,6 +55,7 @@ def insert_job(
     refs: str,
     now: datetime,
     deadline: datetime,
+    claimed_until: datetime | None = None,
 ) -> None:
     try:
         with index._writing() as conn:
@@ -69,6 +70,7 @@ def insert_job(
                     created_at=now,
                     next_attempt_at=now,
                     deadline=deadline,
+                    claimed_until=claimed_until,
                 )
             )
     except IntegrityError:
