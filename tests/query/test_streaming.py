@@ -14,6 +14,7 @@ from bench.bench_find import fill, study_query
 from dicomvault.archive import Archive
 from dicomvault.config import Settings
 from dicomvault.index import find_sql
+from dicomvault.model.matching import fold
 from dicomvault.model.query import QueryKey
 
 ROWS = 3000
@@ -118,3 +119,30 @@ def test_one_text_per_query_shape_and_no_value_in_it(
         for value in (*one.params, *other.params):
             assert not isinstance(value, str) or value not in one.text
         assert counts[0] > 0
+
+
+def test_non_ascii_name_prefix_narrows_by_the_name_index(
+    big: Archive, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A case-insensitive PN prefix holding a non-ASCII letter ("müSO*") matches as the
+    fold says, and on SQLite still narrows by the NOCASE name index on its ASCII head
+    instead of folding every patient's name (280 ms at 100,000 studies)."""
+    names = {str(m.values[0x00100010]) for m in big.find(study_query())}
+    wanted = sorted(n for n in names if fold(n).startswith("müso"))
+    assert wanted, "the synthetic names hold the syllable 'mü'"
+    seen: list[find_sql.Sql] = []
+    real = find_sql.stream
+
+    def recording(index: Any, statement: find_sql.Sql) -> Iterator[dict[str, Any]]:
+        seen.append(statement)
+        return real(index, statement)
+
+    monkeypatch.setattr(find_sql, "stream", recording)
+    found = {str(m.values[0x00100010]) for m in big.find(study_query(PatientName="müSO*"))}
+    assert sorted(found) == wanted
+    if big.index.is_sqlite:
+        (statement,) = seen
+        with big.index._read.connect() as conn:
+            plan = conn.exec_driver_sql("EXPLAIN QUERY PLAN " + statement.text, statement.params)
+            details = " ".join(str(row[-1]) for row in plan)
+        assert "ix_patients_name_nocase" in details, details

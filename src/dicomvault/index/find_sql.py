@@ -223,8 +223,13 @@ def search_person_name(expr: str, term: Term, case_insensitive: bool, dialect: D
         # of the Alphabetic group (which holds no "=").
         if case_insensitive:
             if dialect.sqlite:
-                if prefix.isascii():  # SQLite LIKE folds ASCII only: exact for ASCII
-                    clauses.insert(0, _like_prefix(expr, prefix))
+                # SQLite's LIKE folds ASCII letters only, so only the prefix's ASCII head
+                # is a necessary condition; its index range (the NOCASE index) stops at
+                # the first non-ASCII character anyway. Without it a name like "MÜSO*"
+                # scanned every patient through dicomvault_fold (280 ms at 100k studies).
+                head = _ascii_head(prefix)
+                if head:
+                    clauses.insert(0, _like_prefix(expr, head))
             else:
                 clauses.insert(0, _like_prefix(f"lower({expr})", prefix))
         elif dialect.sqlite:
@@ -245,6 +250,13 @@ def _alphabetic_prefix(term: Term) -> str:
             break
         out.append(char)
     return "".join(out)
+
+
+def _ascii_head(text: str) -> str:
+    for position, char in enumerate(text):
+        if not char.isascii():
+            return text[:position]
+    return text
 
 
 def _like_prefix(expr: str, prefix: str) -> Sql:
