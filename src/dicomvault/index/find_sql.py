@@ -426,6 +426,52 @@ def select(
     return Sql(text, params)
 
 
+#: What :class:`~dicomvault.model.records.StoredInstance` holds, in its order.
+_STORED: Final = (
+    "instances.sop_instance_uid",
+    "instances.sop_class_uid",
+    "studies.study_instance_uid",
+    "series.series_instance_uid",
+    "instances.transfer_syntax_uid",
+    "instances.blob_name",
+    "instances.size",
+    "instances.sha256",
+    "instances.dataset_sha256",
+)
+
+
+def retrieve(unique: Sequence[tuple[str, Sequence[str]]]) -> Sql:
+    """``SELECT`` of what a C-MOVE / C-GET sends (PS3.4 C.4.2.2.1): the instances whose
+    unique keys (``(column spec, values)``) each hold one of the values, by study,
+    series, then storage order. Columns in :class:`StoredInstance`'s order."""
+    where = []
+    for spec, values in unique:
+        marks = ", ".join("?" * len(values))
+        test = f"= {marks}" if len(values) == 1 else f"IN ({marks})"
+        where.append(Sql(f"{column(spec)} {test}", tuple(values)))
+    selected = ", ".join(column(spec) for spec in _STORED)
+    text = f"SELECT {selected} FROM {hierarchy(Level.IMAGE)}"
+    params: tuple[Any, ...] = ()
+    if where:
+        clause = _all(where)
+        text += f" WHERE {clause.text}"
+        params = clause.params
+    return Sql(text + " ORDER BY studies.pk, series.pk, instances.pk", params)
+
+
+def rows(index: Index, statement: Sql) -> list[tuple[Any, ...]]:
+    """Every row of *statement*, as tuples (a short result, read at once)."""
+    with index._read.connect() as conn:
+        if index.is_sqlite:
+            cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+            try:
+                return list(cursor.execute(statement.text, statement.params))
+            finally:
+                cursor.close()
+        text = statement.text.replace("?", "%s")  # psycopg's placeholder, as in stream()
+        return [tuple(row) for row in conn.exec_driver_sql(text, statement.params)]
+
+
 def stream(index: Index, statement: Sql) -> Generator[dict[str, Any], None, None]:
     """Run *statement* and yield its rows as dicts keyed by the column labels, a page at
     a time, holding the connection (and the server-side cursor) only while the caller

@@ -1,48 +1,22 @@
-"""Statements run through SQLAlchemy and streamed: worklist items and retrieve selections.
+"""Statements run through SQLAlchemy and streamed: worklist items.
 
-C-FIND matching itself is SQL text (:mod:`dicomvault.index.find_sql`); what stays here
-are the statements built as SQLAlchemy constructs by their callers: rows are read with
-``stream_results`` (a server-side cursor on PostgreSQL, SQLite's lazy stepping) in pages
-of :data:`PAGE`, so a query over a million rows holds one page.
+C-FIND matching and retrieve selections are SQL text (:mod:`dicomvault.index.find_sql`);
+what stays here are the statements built as SQLAlchemy constructs by their callers: rows
+are read with ``stream_results`` (a server-side cursor on PostgreSQL, SQLite's lazy
+stepping) in pages of :data:`PAGE`, so a query over a million rows holds one page.
 """
 
 from __future__ import annotations
 
-from collections.abc import Generator, Sequence
+from collections.abc import Generator
 from typing import Any, Final
 
-from sqlalchemy import ColumnElement, Connection, CursorResult, Select, Table, func, select
+from sqlalchemy import Connection, CursorResult, Select
 
-from dicomvault.index.db import Index, stored_instance, stored_instances
-from dicomvault.index.schema import instances, patients, series, studies
-from dicomvault.model.records import StoredInstance
+from dicomvault.index.db import Index
 
 #: Rows fetched per round trip when streaming.
 PAGE: Final = 500
-_TABLES: Final[dict[str, Table]] = {
-    "patients": patients,
-    "studies": studies,
-    "series": series,
-    "instances": instances,
-}
-
-
-def column(spec: str) -> ColumnElement[Any]:
-    """``"table.column"`` → the column; ``"sum:studies.column"`` → the patient's sum."""
-    if spec.startswith("sum:"):
-        table_name, name = spec[4:].split(".")
-        # An alias, correlated to the patient only: in a Study Root query the outer
-        # statement selects from the studies table too, and auto-correlation would then
-        # leave the subquery without a FROM.
-        table = _TABLES[table_name].alias(f"{table_name}_of_patient")
-        return (
-            select(func.coalesce(func.sum(table.c[name]), 0))
-            .where(table.c.patient_pk == patients.c.pk)
-            .correlate(patients)
-            .scalar_subquery()
-        )
-    table_name, name = spec.split(".")
-    return _TABLES[table_name].c[name]
 
 
 def plan_for_every_row(conn: Connection) -> None:
@@ -74,15 +48,3 @@ def result_rows(result: CursorResult[Any]) -> Generator[dict[str, Any], None, No
             yield dict(zip(keys, row, strict=True))
     finally:
         result.close()
-
-
-def retrieve(index: Index, clauses: Sequence[ColumnElement[bool]]) -> list[StoredInstance]:
-    """The instances meeting *clauses* (over the four tables joined), in a stable order:
-    by study, series, then storage order."""
-    statement = (
-        stored_instances()
-        .join(patients, studies.c.patient_pk == patients.c.pk)
-        .where(*clauses)
-        .order_by(studies.c.pk, series.c.pk, instances.c.pk)
-    )
-    return [stored_instance(row) for row in stream(index, statement)]
