@@ -186,6 +186,52 @@ def test_find_many_pending_responses_batched_in_order(batched: bool) -> None:
     assert uids == [f"1.2.3.{n}" for n in range(400)]
 
 
+class Stalling:
+    """One match, then nothing: the requester's DIMSE timeout has to end the wait, and
+    the server's shutdown the handler (it never looks at ``request.cancelled``)."""
+
+    def __init__(self) -> None:
+        self.cancelled = False
+
+    async def handle(self, request: QueryRequest) -> AsyncIterator[Response]:
+        yield Response(DimseStatus(0xFF00), encode(_query()))
+        try:
+            await asyncio.sleep(30)
+        except asyncio.CancelledError:
+            self.cancelled = True
+            raise
+        yield Response(SUCCESS)
+
+
+def test_response_stream_times_out_and_aborts() -> None:
+    stalling = Stalling()
+    srv = serve_with(stalling)
+    try:
+
+        async def run() -> tuple[list[int], float, str]:
+            async with associate(
+                "127.0.0.1",
+                srv.port,
+                called_ae="QR",
+                contexts=[(STUDY_ROOT_FIND, [IMPLICIT_VR_LITTLE_ENDIAN])],
+            ) as assoc:
+                seen: list[int] = []
+                start = asyncio.get_running_loop().time()
+                with pytest.raises(TimeoutError):
+                    async for response in assoc.find(STUDY_ROOT_FIND, encode(_query()), timeout=0.5):
+                        seen.append(response.status.status)
+                waited = asyncio.get_running_loop().time() - start
+                return seen, waited, assoc.fsm.state
+
+        seen, waited, state = asyncio.run(run())
+    finally:
+        srv.close()
+    assert seen == [0xFF00]
+    assert 0.5 <= waited < 5
+    assert state in ("Sta1", "Sta13")  # aborted: nothing more can come on it
+    assert stalling.cancelled  # by the server's shutdown, not destroyed with its loop
+
+
 def test_find_cancel_stops_the_handler() -> None:
     finder = Finder(None)
     srv = serve_with(finder)

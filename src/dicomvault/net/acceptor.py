@@ -289,6 +289,8 @@ class ServerState:
         self.log = logger
         self.active = 0
         self.connections: set[AcceptorAssociation] = set()
+        #: Handlers still running for associations already closed (see serve()).
+        self.leftover: set[asyncio.Task[None]] = set()
         self.stopping = False
         self._ids = itertools.count(1)
         self._prefix = f"{os.getpid():x}"
@@ -496,6 +498,9 @@ class AcceptorAssociation(ServiceUser):
             self._idle.cancel()
             self._idle = None
         self.server.connections.discard(self)
+        for task in self.handler_tasks:
+            self.server.leftover.add(task)
+            task.add_done_callback(self.server.leftover.discard)
         if self._counted:
             self._counted = False
             self.server.active -= 1
@@ -602,4 +607,12 @@ async def serve(
             if assoc.transport is not None:
                 assoc.transport.abort()
         await server.wait_closed()
+        # A handler of an association already gone that is still running (blocked, and
+        # not looking at request.cancelled) is cancelled, not left for the loop's close
+        # to destroy mid-await.
+        await asyncio.sleep(0)  # the aborted transports' connection_lost
+        if state.leftover:
+            for task in state.leftover:
+                task.cancel()
+            await asyncio.wait(set(state.leftover), timeout=5)
         log.info("stopped listening on %s", addresses)

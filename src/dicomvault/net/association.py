@@ -15,7 +15,7 @@ import functools
 import logging
 import struct
 import time
-from collections.abc import Iterator
+from collections.abc import Coroutine, Iterator
 from typing import Any, Final
 
 from dicomvault import metrics
@@ -44,6 +44,7 @@ from dicomvault.net.messages import (
     BufferSink,
     DiscardSink,
     Incoming,
+    ResponseQueue,
     StreamItem,
     truncate_comment,
 )
@@ -150,8 +151,11 @@ class Association(UpperLayer):
         self._incoming: Incoming | None = None  # the request whose data set streams in
         self._inflight: dict[int, Incoming] = {}
         self._tasks: set[asyncio.Task[None]] = set()
+        #: Query and N-service handlers running (a subset of the tasks): a server shutting
+        #: down cancels those still running after the association is gone.
+        self.handler_tasks: set[asyncio.Task[None]] = set()
         self._responses: dict[int, asyncio.Future[c.CommandSet]] = {}
-        self._streams: dict[int, asyncio.Queue[StreamItem]] = {}
+        self._streams: dict[int, ResponseQueue] = {}
         #: Seconds to wait for a response to a request we send.
         self.timeout = 30.0
         self._next_message_id = 0
@@ -368,9 +372,7 @@ class Association(UpperLayer):
             channel=self,
         )
         incoming.request = request
-        task = self._loop.create_task(self._run_query(incoming, handler, request))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._start_handler(self._run_query(incoming, handler, request))
 
     def _start_normalized(
         self, incoming: Incoming, handler: NormalizedHandler, data_set: bytes | None
@@ -392,9 +394,13 @@ class Association(UpperLayer):
             attribute_identifiers=identifiers if isinstance(identifiers, bytes) else None,
             channel=self,
         )
-        task = self._loop.create_task(self._run_normalized(incoming, handler, request))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._start_handler(self._run_normalized(incoming, handler, request))
+
+    def _start_handler(self, run: Coroutine[Any, Any, None]) -> None:
+        task = self._loop.create_task(run)
+        for tasks in (self._tasks, self.handler_tasks):
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
 
     async def _run_normalized(
         self, incoming: Incoming, handler: NormalizedHandler, request: NRequest
@@ -731,10 +737,10 @@ class Association(UpperLayer):
             flags = mch | (MCH_LAST if pos >= total else 0)
             yield [encode_pdata_header(ctx, flags, len(piece)), piece]
 
-    def expect_responses(self, message_id: int) -> asyncio.Queue[StreamItem]:
+    def expect_responses(self, message_id: int) -> ResponseQueue:
         """Register interest in the (several) responses to ``message_id``; call
         :meth:`end_responses` after the final one."""
-        queue: asyncio.Queue[StreamItem] = asyncio.Queue()
+        queue = ResponseQueue()
         self._streams[message_id] = queue
         return queue
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import deque
 
 from dicomvault.net import commands as c
 from dicomvault.net.handlers import (
@@ -19,6 +20,52 @@ from dicomvault.net.handlers import (
 #: What a response stream (C-FIND/C-MOVE/C-GET SCU) receives: a response command set
 #: with its data set, or the error that ended the association.
 StreamItem = tuple[c.CommandSet, bytes | None] | BaseException
+
+
+class ResponseQueue:
+    """The responses to one request we sent, in arrival order, for the one task that
+    waits for them.
+
+    A deque and a single waiter future with a timer on it, not ``asyncio.Queue`` under
+    ``wait_for``: that costs a task, a timer and two more event loop turns per response
+    awaited, and a C-GET's pending responses arrive one at a time, each between two
+    C-STOREs (measured: ~0.1 ms of the requester's CPU per sub-operation).
+    """
+
+    __slots__ = ("_items", "_loop", "_waiter")
+
+    def __init__(self) -> None:
+        self._items: deque[StreamItem] = deque()
+        self._loop = asyncio.get_running_loop()
+        self._waiter: asyncio.Future[None] | None = None
+
+    def put_nowait(self, item: StreamItem) -> None:
+        self._items.append(item)
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def get_nowait(self) -> StreamItem | None:
+        """The next response already received, or None."""
+        return self._items.popleft() if self._items else None
+
+    async def get(self, timeout: float) -> StreamItem:
+        """The next response; TimeoutError when none comes within ``timeout`` seconds."""
+        if not self._items:
+            waiter = self._waiter = self._loop.create_future()
+            timer = self._loop.call_later(timeout, _time_out, waiter)
+            try:
+                await waiter
+            finally:
+                timer.cancel()
+                self._waiter = None
+        return self._items.popleft()
+
+
+def _time_out(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_exception(TimeoutError("no response within the DIMSE timeout"))
+
 
 COMMAND_NAMES = {
     c.C_STORE_RQ: "C-STORE",
@@ -115,4 +162,4 @@ class Incoming:
         self.handler: QueryHandler | None = None
         self.nhandler: NormalizedHandler | None = None
         self.request: QueryRequest | None = None
-        self.queue: asyncio.Queue[StreamItem] | None = None
+        self.queue: ResponseQueue | None = None
