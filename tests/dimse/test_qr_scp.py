@@ -366,7 +366,9 @@ def test_get_cancel_answers_fe00_with_counts(tmp_path: Path) -> None:
     files = [CT, MR, PYDICOM_TEST_FILES / "rtplan.dcm", PYDICOM_TEST_FILES / "rtdose.dcm"]
     uids = _uids(*files)
     classes = sorted({str(dcmread(p).SOPClassUID) for p in files})
-    with archive_server(qr_settings(tmp_path, {}), files) as (_, port):
+    settings = qr_settings(tmp_path, {})
+    settings.dicom.retrieve_pending_interval = 0  # a pending response to cancel after
+    with archive_server(settings, files) as (_, port):
 
         async def run() -> list[Response]:
             async with associate(
@@ -390,6 +392,39 @@ def test_get_cancel_answers_fe00_with_counts(tmp_path: Path) -> None:
     assert final.status.status == 0xFE00
     assert final.completed is not None and final.completed < len(files)
     assert final.remaining is not None and final.remaining > 0
+
+
+@pytest.mark.parametrize("interval", [0, 3600])
+def test_get_pending_responses_every_interval(tmp_path: Path, interval: float) -> None:
+    """Pending C-GET responses are optional (PS3.4 C.4.3.3.1): one after every
+    sub-operation with an interval of 0, none in a retrieve shorter than the interval."""
+    from dicomvault.net import RoleSelection, associate
+
+    (tmp_path / "r").mkdir()
+    registry = ServiceRegistry()
+    registry.add_store(FileStoreHandler(tmp_path / "r"))
+    files = [CT, MR, PYDICOM_TEST_FILES / "rtplan.dcm", PYDICOM_TEST_FILES / "rtdose.dcm"]
+    classes = sorted({str(dcmread(p).SOPClassUID) for p in files})
+    settings = qr_settings(tmp_path, {})
+    settings.dicom.retrieve_pending_interval = interval
+    with archive_server(settings, files) as (_, port):
+
+        async def run() -> list[Response]:
+            async with associate(
+                "127.0.0.1",
+                port,
+                called_ae="DICOMVAULT",
+                contexts=[(STUDY_GET, ["1.2.840.10008.1.2"]), *classes],
+                roles=[RoleSelection(uid, False, True) for uid in classes],
+                registry=registry,
+            ) as assoc:
+                return [r async for r in assoc.get(STUDY_GET, _implicit(_study(_uids(*files))))]
+
+        responses = asyncio.run(run())
+    pending = [(r.remaining, (r.completed or 0) + (r.failed or 0)) for r in responses if r.pending]
+    assert pending == ([(3, 1), (2, 2), (1, 3)] if interval == 0 else [])
+    final = responses[-1]
+    assert not final.pending and (final.completed or 0) + (final.failed or 0) == 4
 
 
 def test_move_compresses_for_a_destination_taking_only_rle(tmp_path: Path) -> None:

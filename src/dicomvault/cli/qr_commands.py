@@ -40,7 +40,7 @@ from dicomvault.net import (
     ServiceRegistry,
     associate,
 )
-from dicomvault.net.handlers import Response
+from dicomvault.net.handlers import DataSink, Response, StoreHandler, StoreRequest
 from dicomvault.net.uids import (
     EXPLICIT_VR_BIG_ENDIAN,
     EXPLICIT_VR_LITTLE_ENDIAN,
@@ -317,8 +317,28 @@ def _report(operation: str, final: Response | None, elapsed: float) -> None:
         sys.exit(1)
 
 
+class _Received:
+    """A C-GET's store handler that counts the instances coming in: the progress between
+    pending responses, which a server may send seldom or never (PS3.4 C.4.3.3.1)."""
+
+    def __init__(self, handler: StoreHandler) -> None:
+        self.handler = handler
+        self.count = 0
+        self.on_count: Callable[[int], None] | None = None
+
+    def begin_store(self, request: StoreRequest) -> DataSink:
+        self.count += 1
+        if self.on_count is not None:
+            self.on_count(self.count)
+        return self.handler.begin_store(request)
+
+
 async def _retrieve(
-    stream_of: Callable[[Any, bytes], Any], assoc: Any, sop_class: str, query: Dataset
+    stream_of: Callable[[Any, bytes], Any],
+    assoc: Any,
+    sop_class: str,
+    query: Dataset,
+    received: _Received | None = None,
 ) -> Response | None:
     ctx = assoc.find_context(sop_class)
     if ctx is None:
@@ -326,6 +346,8 @@ async def _retrieve(
     final: Response | None = None
     progress = _progress()
     task = progress.add_task(stream_of.__name__, total=None)
+    if received is not None:
+        received.on_count = lambda count: progress.update(task, completed=count)
     with progress:
         async for response in stream_of(assoc, encode_identifier(query, ctx.transfer_syntax)):
             done = (response.completed or 0) + (response.failed or 0) + (response.warning or 0)
@@ -417,17 +439,20 @@ def get_command(
     storage = storage_contexts()
     registry = ServiceRegistry()
     archive = None
+    handler: StoreHandler
     if out_dir is not None:
         from dicomvault.dimse.folder import FolderStoreHandler
 
         out_dir.mkdir(parents=True, exist_ok=True)
-        registry.add_store(FolderStoreHandler(out_dir))
+        handler = FolderStoreHandler(out_dir)
     else:
         from dicomvault.archive import Archive
         from dicomvault.dimse.store import ArchiveStoreHandler
 
         archive = Archive.open(settings)
-        registry.add_store(ArchiveStoreHandler(archive))
+        handler = ArchiveStoreHandler(archive)
+    received = _Received(handler)
+    registry.add_store(received)
 
     def get(assoc: Any, identifier: bytes) -> Any:
         return assoc.get(sop_class, identifier)
@@ -444,7 +469,7 @@ def get_command(
             timeout=timeout,
             ssl=tls,
         ) as assoc:
-            return await _retrieve(get, assoc, sop_class, query)
+            return await _retrieve(get, assoc, sop_class, query, received)
 
     started = time.perf_counter()
     try:

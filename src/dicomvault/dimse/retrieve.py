@@ -5,8 +5,9 @@ Each instance is sent as stored, streamed from its blob in PDUs of the peer's ma
 length, when the receiver accepted its SOP class in its stored transfer syntax; else it
 is transcoded (:mod:`dicomvault.dicom.transcode`, in a worker thread) to a syntax the
 receiver accepted for the class. A pending response (0xFF00) with the Number of
-Remaining/Completed/Failed/Warning Sub-operations follows each sub-operation; the final
-response carries the Failed SOP Instance UID List (0008,0058) when any failed
+Remaining/Completed/Failed/Warning Sub-operations follows a sub-operation at most every
+``dicom.retrieve_pending_interval`` seconds (optional, PS3.4 C.4.2.3.1, C.4.3.3.1); the
+final response carries the Failed SOP Instance UID List (0008,0058) when any failed
 (PS3.4 C.4.2.1.4.1, C.4.3.1.3.1).
 """
 
@@ -281,8 +282,8 @@ async def run_sub_operations(
     deidentify: Deidentifier | None = None,
 ) -> AsyncIterator[Response]:
     """Send ``instances`` over ``sender`` (de-identified copies with ``deidentify``);
-    yield a pending response per sub-operation and the final response (PS3.4 C.4.2.2,
-    C.4.3.2). C-CANCEL ends with 0xFE00 (PS3.4 C.4.2.3.1); a lost association fails what
+    yield pending responses (see the module docstring) and the final response (PS3.4
+    C.4.2.2, C.4.3.2). C-CANCEL ends with 0xFE00 (PS3.4 C.4.2.3.1); a lost association fails what
     remains."""
     ops = SubOperations(len(instances))
     ahead = _Ahead(archive, instances)
@@ -341,6 +342,12 @@ async def _sub_operations(
     deidentify: Deidentifier | None,
 ) -> AsyncGenerator[Response, None]:
     syntax = request.transfer_syntax_uid
+    # Pending responses at most every `interval` seconds: each one costs the requester a
+    # message to decode between two C-STOREs, and a C-GET's requester counts the C-STOREs
+    # it receives anyway (dcm4chee sends none for C-GET by default).
+    interval = archive.settings.dicom.retrieve_pending_interval
+    clock = asyncio.get_running_loop().time
+    last_pending = clock()
     for index, instance in enumerate(instances):
         if request.cancelled.is_set():
             yield ops.response(DimseStatus(CANCEL), syntax, final=True)
@@ -387,6 +394,7 @@ async def _sub_operations(
                 status.status,
                 status.error_comment or "",
             )
-        if ops.remaining:
+        if ops.remaining and clock() - last_pending >= interval:
+            last_pending = clock()
             yield ops.response(DimseStatus(PENDING), syntax, final=False)
     yield ops.final(syntax)
