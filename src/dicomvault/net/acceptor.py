@@ -468,7 +468,9 @@ class AcceptorAssociation(ServiceUser):
     def _touch(self) -> None:
         self._last_activity = self._loop.time()
 
-    def _pdu_header(self, pdu_type: int, length: int, header: bytes | bytearray) -> None:
+    def _pdu_header(
+        self, pdu_type: int, length: int, header: bytes | bytearray | memoryview
+    ) -> None:
         self._last_activity = self._loop.time()
         super()._pdu_header(pdu_type, length, header)
 

@@ -1,10 +1,12 @@
 """The upper layer protocol machine on an asyncio transport (PS3.8 9).
 
-:class:`UpperLayer` is an :class:`asyncio.Protocol` that parses the byte stream
-incrementally and drives the :class:`~dicomvault.net.fsm.StateMachine`. P-DATA-TF PDVs
-are *streamed*: their values are handed up as memoryview slices of the received bytes
-objects (no copy, no reassembly) through :meth:`UpperLayer.pdv_fragment`. Only headers
-split across reads and the small negotiation PDUs are buffered.
+:class:`UpperLayer` is an :class:`asyncio.BufferedProtocol` that parses the byte stream
+incrementally and drives the :class:`~dicomvault.net.fsm.StateMachine`. The transport
+reads straight into a buffer of the thread's (:func:`_read_buffer`: one per event loop
+thread, not per connection, as uvloop's own); P-DATA-TF PDVs are *streamed*: their
+values are handed up as memoryview slices of it (no copy, no reassembly) through
+:meth:`UpperLayer.pdv_fragment`, valid only during that call. Only headers split across
+reads and the small negotiation PDUs are kept.
 
 Subclasses implement the indications (``associate_indication``, ``pdv_fragment`` ...);
 this module knows nothing of DIMSE.
@@ -17,6 +19,7 @@ import contextlib
 import logging
 import os
 import socket
+import threading
 from typing import Any, cast
 
 from dicomvault.net.errors import DecodeError
@@ -61,11 +64,27 @@ _EVENT_OF_TYPE = {
 
 _log = logging.getLogger("dicomvault.net")
 
+#: Bytes read from the socket at a time (uvloop reads 256 KiB too; 1 MiB measured no
+#: better: the copy into a buffer that large costs more kernel time).
+READ_SIZE = 1 << 18
+_local = threading.local()
+
+
+def _read_buffer() -> memoryview:
+    """This thread's read buffer. Shared by every connection of the thread's event loop:
+    a read is parsed, and its PDV values consumed (sinks copy what they keep), before
+    the transport reads again."""
+    view: memoryview | None = getattr(_local, "view", None)
+    if view is None:
+        view = _local.view = memoryview(bytearray(READ_SIZE))
+    return view
+
+
 _ABORT_SOURCE_USER = 0
 _ABORT_SOURCE_PROVIDER = 2
 
 
-class UpperLayer(asyncio.Protocol):
+class UpperLayer(asyncio.BufferedProtocol):
     """DICOM upper layer service provider for one transport connection (PS3.8 9.2).
 
     Parameters
@@ -148,7 +167,15 @@ class UpperLayer(asyncio.Protocol):
                 self._drain = self._loop.create_future()
             await self._drain
 
-    def data_received(self, data: bytes) -> None:
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return _read_buffer()
+
+    def buffer_updated(self, nbytes: int) -> None:
+        # Reading straight into the buffer instead of receiving bytes objects: the loop's
+        # copy of each read (a 256 KiB bytes object) is gone, ~0.1 ms per 0.5 MB.
+        self.data_received(_read_buffer()[:nbytes])
+
+    def data_received(self, data: bytes | memoryview) -> None:
         try:
             self._feed(data)
         except DecodeError as exc:
@@ -161,7 +188,7 @@ class UpperLayer(asyncio.Protocol):
 
     # -- incremental parser --------------------------------------------------------------
 
-    def _feed(self, data: bytes) -> None:
+    def _feed(self, data: bytes | memoryview) -> None:
         n = len(data)
         pos = 0
         view: memoryview | None = None
@@ -191,7 +218,7 @@ class UpperLayer(asyncio.Protocol):
                     pos += take
                     if len(hold) < 6:
                         return
-                    header: bytes | bytearray = bytes(hold)
+                    header: bytes | bytearray | memoryview = bytes(hold)
                     offset = 0
                     hold.clear()
                 elif n - pos >= 6:
@@ -226,7 +253,9 @@ class UpperLayer(asyncio.Protocol):
             else:
                 return
 
-    def _pdu_header(self, pdu_type: int, length: int, header: bytes | bytearray) -> None:
+    def _pdu_header(
+        self, pdu_type: int, length: int, header: bytes | bytearray | memoryview
+    ) -> None:
         check_pdu_header(pdu_type, length, self.max_pdu)
         if pdu_type == P_DATA_TF_TYPE:
             self._pdu_left = length

@@ -34,7 +34,7 @@ class TlsAcceptor:
         self,
         sock: socket.socket,
         context: ssl.SSLContext,
-        factory: Callable[[], asyncio.Protocol],
+        factory: Callable[[], asyncio.BaseProtocol],
         *,
         handshake_timeout: float,
         on_failure: Callable[[Peer, str], None],
