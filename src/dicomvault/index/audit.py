@@ -15,7 +15,7 @@ from typing import Any
 from sqlalchemy import delete, insert, select
 
 from dicomvault.index.db import Index
-from dicomvault.index.schema import audit_events, patients, studies
+from dicomvault.index.schema import audit_events
 
 #: Most rows one search returns.
 MAX_LIMIT = 1000
@@ -137,18 +137,25 @@ def _aware(value: datetime) -> datetime:
     return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
 
 
+def _studies(index: Index, columns: str, study_uids: Sequence[str]) -> list[tuple[Any, ...]]:
+    # SQL text: the audit writer looks studies up for every retrieve and query message,
+    # and a SQLAlchemy statement cost ~1 ms to build and compile each time.
+    marks = ", ".join("?" * len(study_uids))
+    return index.read_rows(
+        f"SELECT studies.study_instance_uid, {columns} FROM studies "
+        f"JOIN patients ON patients.pk = studies.patient_pk "
+        f"WHERE studies.study_instance_uid IN ({marks})",
+        study_uids,
+    )
+
+
 def study_subjects(index: Index, study_uids: Sequence[str]) -> dict[str, tuple[str, str]]:
     """Study Instance UID → (Patient ID, Accession Number) for the studies the index
     knows; unknown studies are left out."""
     if not study_uids:
         return {}
-    stmt = (
-        select(studies.c.study_instance_uid, patients.c.patient_id, studies.c.accession_number)
-        .join(patients, patients.c.pk == studies.c.patient_pk)
-        .where(studies.c.study_instance_uid.in_(list(study_uids)))
-    )
-    with index._read.connect() as conn:
-        return {uid: (pid or "", accession or "") for uid, pid, accession in conn.execute(stmt)}
+    found = _studies(index, "patients.patient_id, studies.accession_number", study_uids)
+    return {uid: (pid or "", accession or "") for uid, pid, accession in found}
 
 
 def study_names(index: Index, study_uids: Sequence[str]) -> dict[str, tuple[str, str, str]]:
@@ -156,21 +163,11 @@ def study_names(index: Index, study_uids: Sequence[str]) -> dict[str, tuple[str,
     studies the index knows (the ParticipantObjectName of their audit objects)."""
     if not study_uids:
         return {}
-    stmt = (
-        select(
-            studies.c.study_instance_uid,
-            patients.c.patient_id,
-            patients.c.patient_name,
-            studies.c.study_description,
-        )
-        .join(patients, patients.c.pk == studies.c.patient_pk)
-        .where(studies.c.study_instance_uid.in_(list(study_uids)))
-    )
-    with index._read.connect() as conn:
-        return {
-            uid: (pid or "", name or "", description or "")
-            for uid, pid, name, description in conn.execute(stmt)
-        }
+    columns = "patients.patient_id, patients.patient_name, studies.study_description"
+    return {
+        uid: (pid or "", name or "", description or "")
+        for uid, pid, name, description in _studies(index, columns, study_uids)
+    }
 
 
 def prune_events(index: Index, before: datetime) -> int:

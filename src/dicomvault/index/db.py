@@ -152,6 +152,23 @@ class Index:
             # the moment the lock is released.
             self._write_lock = os.open(f"{database}-writer.lock", os.O_RDWR | os.O_CREAT, 0o644)
 
+    def read_rows(self, text: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        """Every row of a short read, SQL text with ``?`` placeholders, as tuples.
+
+        For the look-ups on a hot path (a C-GET's selection, an audit message's
+        patients): straight on the driver's cursor, without the ~0.5 ms of building and
+        compiling a SQLAlchemy statement. ``text`` holds no ``%`` (psycopg's marker).
+        """
+        with self._read.connect() as conn:
+            if self.is_sqlite:
+                cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+                try:
+                    return list(cursor.execute(text, tuple(params)))
+                finally:
+                    cursor.close()
+            rows = conn.exec_driver_sql(text.replace("?", "%s"), tuple(params))
+            return [tuple(row) for row in rows]
+
     @contextmanager
     def _writing(self) -> Iterator[Connection]:
         """A write transaction, alone among every process writing this database."""

@@ -461,15 +461,7 @@ def retrieve(unique: Sequence[tuple[str, Sequence[str]]]) -> Sql:
 
 def rows(index: Index, statement: Sql) -> list[tuple[Any, ...]]:
     """Every row of *statement*, as tuples (a short result, read at once)."""
-    with index._read.connect() as conn:
-        if index.is_sqlite:
-            cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
-            try:
-                return list(cursor.execute(statement.text, statement.params))
-            finally:
-                cursor.close()
-        text = statement.text.replace("?", "%s")  # psycopg's placeholder, as in stream()
-        return [tuple(row) for row in conn.exec_driver_sql(text, statement.params)]
+    return index.read_rows(statement.text, statement.params)
 
 
 def stream(index: Index, statement: Sql) -> Generator[dict[str, Any], None, None]:
