@@ -64,10 +64,10 @@ class DicomSettings(_Section):
     idle_timeout: float = Field(default=60.0, gt=0)
     #: ARTIM timer (PS3.8 9.1.5), seconds.
     artim_timeout: float = Field(default=30.0, gt=0)
-    #: Seconds between the Pending responses of a C-MOVE / C-GET (their sub-operation
-    #: counts); the standard makes them optional (PS3.4 C.4.2.3.1, C.4.3.3.1). 0 sends
-    #: one after every sub-operation.
-    retrieve_pending_interval: float = Field(default=1.0, ge=0)
+    #: Seconds between the Pending responses of a C-GET (its sub-operation counts); the
+    #: standard makes them optional (PS3.4 C.4.3.3.1). 0 sends one after every
+    #: sub-operation, as a C-MOVE always does (its requester has no other progress).
+    get_pending_interval: float = Field(default=1.0, ge=0)
 
     @field_validator("ae_title")
     @classmethod

@@ -367,7 +367,7 @@ def test_get_cancel_answers_fe00_with_counts(tmp_path: Path) -> None:
     uids = _uids(*files)
     classes = sorted({str(dcmread(p).SOPClassUID) for p in files})
     settings = qr_settings(tmp_path, {})
-    settings.dicom.retrieve_pending_interval = 0  # a pending response to cancel after
+    settings.dicom.get_pending_interval = 0  # a pending response to cancel after
     with archive_server(settings, files) as (_, port):
 
         async def run() -> list[Response]:
@@ -406,7 +406,7 @@ def test_get_pending_responses_every_interval(tmp_path: Path, interval: float) -
     files = [CT, MR, PYDICOM_TEST_FILES / "rtplan.dcm", PYDICOM_TEST_FILES / "rtdose.dcm"]
     classes = sorted({str(dcmread(p).SOPClassUID) for p in files})
     settings = qr_settings(tmp_path, {})
-    settings.dicom.retrieve_pending_interval = interval
+    settings.dicom.get_pending_interval = interval
     with archive_server(settings, files) as (_, port):
 
         async def run() -> list[Response]:
@@ -425,6 +425,26 @@ def test_get_pending_responses_every_interval(tmp_path: Path, interval: float) -
     assert pending == ([(3, 1), (2, 2), (1, 3)] if interval == 0 else [])
     final = responses[-1]
     assert not final.pending and (final.completed or 0) + (final.failed or 0) == 4
+
+
+def test_move_sends_a_pending_response_per_sub_operation(tmp_path: Path) -> None:
+    """A C-MOVE's requester sees nothing else of the retrieve: its pending responses are
+    not thinned out like a C-GET's (dicom.get_pending_interval)."""
+    (tmp_path / "got").mkdir()
+    accepting = ServiceRegistry()
+    accepting.add_store(FileStoreHandler(tmp_path / "got"))
+    good = start_server(accepting, AcceptorPolicy(ae_title="GOOD", artim_timeout=2))
+    files = [CT, MR, PYDICOM_TEST_FILES / "rtplan.dcm"]
+    settings = qr_settings(tmp_path, {"GOOD": good.port})
+    settings.dicom.get_pending_interval = 3600
+    try:
+        with archive_server(settings, files) as (_, port):
+            results = _move(port, "GOOD", _uids(*files))
+    finally:
+        good.close()
+    statuses = [status for status, _ in results]
+    assert [s.Status for s in statuses] == [0xFF00, 0xFF00, 0]
+    assert [s.NumberOfRemainingSuboperations for s in statuses[:2]] == [2, 1]
 
 
 def test_move_compresses_for_a_destination_taking_only_rle(tmp_path: Path) -> None:

@@ -5,10 +5,10 @@ Each instance is sent as stored, streamed from its blob in PDUs of the peer's ma
 length, when the receiver accepted its SOP class in its stored transfer syntax; else it
 is transcoded (:mod:`dicomvault.dicom.transcode`, in a worker thread) to a syntax the
 receiver accepted for the class. A pending response (0xFF00) with the Number of
-Remaining/Completed/Failed/Warning Sub-operations follows a sub-operation at most every
-``dicom.retrieve_pending_interval`` seconds (optional, PS3.4 C.4.2.3.1, C.4.3.3.1); the
-final response carries the Failed SOP Instance UID List (0008,0058) when any failed
-(PS3.4 C.4.2.1.4.1, C.4.3.1.3.1).
+Remaining/Completed/Failed/Warning Sub-operations follows each C-MOVE sub-operation, and
+a C-GET sub-operation at most every ``dicom.get_pending_interval`` seconds (optional,
+PS3.4 C.4.3.3.1); the final response carries the Failed SOP Instance UID List
+(0008,0058) when any failed (PS3.4 C.4.2.1.4.1, C.4.3.1.3.1).
 """
 
 from __future__ import annotations
@@ -37,6 +37,7 @@ from dicomvault.dimse.status import (
 )
 from dicomvault.model.errors import DicomVaultError
 from dicomvault.model.records import StoredInstance
+from dicomvault.net.commands import C_GET_RQ
 from dicomvault.net.errors import NetError, NoPresentationContext
 from dicomvault.net.fileio import NotDicomFile, parse_file_meta
 from dicomvault.net.handlers import SUCCESS, DimseStatus, QueryRequest, Response
@@ -342,10 +343,12 @@ async def _sub_operations(
     deidentify: Deidentifier | None,
 ) -> AsyncGenerator[Response, None]:
     syntax = request.transfer_syntax_uid
-    # Pending responses at most every `interval` seconds: each one costs the requester a
-    # message to decode between two C-STOREs, and a C-GET's requester counts the C-STOREs
-    # it receives anyway (dcm4chee sends none for C-GET by default).
-    interval = archive.settings.dicom.retrieve_pending_interval
+    # A C-GET's pending responses at most every `interval` seconds: each one costs the
+    # requester a message to decode between two C-STOREs, and it counts the C-STOREs it
+    # receives anyway (dcm4chee sends none for C-GET by default). A C-MOVE's requester
+    # sees nothing else of the retrieve: one per sub-operation.
+    get = request.command_field == C_GET_RQ
+    interval = archive.settings.dicom.get_pending_interval if get else 0.0
     clock = asyncio.get_running_loop().time
     last_pending = clock()
     for index, instance in enumerate(instances):
