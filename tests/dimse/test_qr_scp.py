@@ -19,6 +19,7 @@ from dicomvault.net import (
     DimseStatus,
     Response,
     ServiceRegistry,
+    StoreHandler,
     StoreRequest,
 )
 
@@ -358,17 +359,22 @@ class SlowStore:
         return SlowSink()
 
 
-def test_get_cancel_answers_fe00_with_counts(tmp_path: Path) -> None:
+GET_FILES = [CT, MR, PYDICOM_TEST_FILES / "rtplan.dcm", PYDICOM_TEST_FILES / "rtdose.dcm"]
+
+
+def _get_all(
+    tmp_path: Path, store: StoreHandler, pending_interval: float, *, cancel_after: int = 0
+) -> list[Response]:
+    """C-GET of GET_FILES' studies with our SCU into ``store``; C-CANCEL after the
+    ``cancel_after``-th response (0: never)."""
     from dicomvault.net import RoleSelection, associate
 
     registry = ServiceRegistry()
-    registry.add_store(SlowStore())
-    files = [CT, MR, PYDICOM_TEST_FILES / "rtplan.dcm", PYDICOM_TEST_FILES / "rtdose.dcm"]
-    uids = _uids(*files)
-    classes = sorted({str(dcmread(p).SOPClassUID) for p in files})
+    registry.add_store(store)
+    classes = sorted({str(dcmread(p).SOPClassUID) for p in GET_FILES})
     settings = qr_settings(tmp_path, {})
-    settings.dicom.get_pending_interval = 0  # a pending response to cancel after
-    with archive_server(settings, files) as (_, port):
+    settings.dicom.get_pending_interval = pending_interval
+    with archive_server(settings, GET_FILES) as (_, port):
 
         async def run() -> list[Response]:
             async with associate(
@@ -380,17 +386,22 @@ def test_get_cancel_answers_fe00_with_counts(tmp_path: Path) -> None:
                 registry=registry,
             ) as assoc:
                 out: list[Response] = []
-                stream = assoc.get(STUDY_GET, _implicit(_study(uids)))
+                stream = assoc.get(STUDY_GET, _implicit(_study(_uids(*GET_FILES))))
                 async for response in stream:
                     out.append(response)
-                    if len(out) == 1:
+                    if len(out) == cancel_after:
                         stream.cancel()
                 return out
 
-        responses = asyncio.run(run())
+        return asyncio.run(run())
+
+
+def test_get_cancel_answers_fe00_with_counts(tmp_path: Path) -> None:
+    # A pending response after every sub-operation, to cancel after the first.
+    responses = _get_all(tmp_path, SlowStore(), 0, cancel_after=1)
     final = responses[-1]
     assert final.status.status == 0xFE00
-    assert final.completed is not None and final.completed < len(files)
+    assert final.completed is not None and final.completed < len(GET_FILES)
     assert final.remaining is not None and final.remaining > 0
 
 
@@ -398,29 +409,8 @@ def test_get_cancel_answers_fe00_with_counts(tmp_path: Path) -> None:
 def test_get_pending_responses_every_interval(tmp_path: Path, interval: float) -> None:
     """Pending C-GET responses are optional (PS3.4 C.4.3.3.1): one after every
     sub-operation with an interval of 0, none in a retrieve shorter than the interval."""
-    from dicomvault.net import RoleSelection, associate
-
     (tmp_path / "r").mkdir()
-    registry = ServiceRegistry()
-    registry.add_store(FileStoreHandler(tmp_path / "r"))
-    files = [CT, MR, PYDICOM_TEST_FILES / "rtplan.dcm", PYDICOM_TEST_FILES / "rtdose.dcm"]
-    classes = sorted({str(dcmread(p).SOPClassUID) for p in files})
-    settings = qr_settings(tmp_path, {})
-    settings.dicom.get_pending_interval = interval
-    with archive_server(settings, files) as (_, port):
-
-        async def run() -> list[Response]:
-            async with associate(
-                "127.0.0.1",
-                port,
-                called_ae="DICOMVAULT",
-                contexts=[(STUDY_GET, ["1.2.840.10008.1.2"]), *classes],
-                roles=[RoleSelection(uid, False, True) for uid in classes],
-                registry=registry,
-            ) as assoc:
-                return [r async for r in assoc.get(STUDY_GET, _implicit(_study(_uids(*files))))]
-
-        responses = asyncio.run(run())
+    responses = _get_all(tmp_path, FileStoreHandler(tmp_path / "r"), interval)
     pending = [(r.remaining, (r.completed or 0) + (r.failed or 0)) for r in responses if r.pending]
     assert pending == ([(3, 1), (2, 2), (1, 3)] if interval == 0 else [])
     final = responses[-1]

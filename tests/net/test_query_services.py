@@ -6,6 +6,7 @@ import asyncio
 from collections.abc import AsyncIterator
 from io import BytesIO
 from pathlib import Path
+from typing import Any
 
 import pytest
 from peers import PYDICOM_TEST_FILES, FileStoreHandler, ServerThread, dcmtk, start_server
@@ -186,6 +187,16 @@ def test_find_many_pending_responses_batched_in_order(batched: bool) -> None:
     assert uids == [f"1.2.3.{n}" for n in range(400)]
 
 
+def find_association(port: int) -> Any:
+    """Our requester on the test server, Study Root C-FIND in Implicit VR LE proposed."""
+    return associate(
+        "127.0.0.1",
+        port,
+        called_ae="QR",
+        contexts=[(STUDY_ROOT_FIND, [IMPLICIT_VR_LITTLE_ENDIAN])],
+    )
+
+
 class Stalling:
     """One match, then nothing: the requester's DIMSE timeout has to end the wait, and
     the server's shutdown the handler (it never looks at ``request.cancelled``)."""
@@ -209,16 +220,12 @@ def test_response_stream_times_out_and_aborts() -> None:
     try:
 
         async def run() -> tuple[list[int], float, str]:
-            async with associate(
-                "127.0.0.1",
-                srv.port,
-                called_ae="QR",
-                contexts=[(STUDY_ROOT_FIND, [IMPLICIT_VR_LITTLE_ENDIAN])],
-            ) as assoc:
+            async with find_association(srv.port) as assoc:
                 seen: list[int] = []
                 start = asyncio.get_running_loop().time()
+                stream = assoc.find(STUDY_ROOT_FIND, encode(_query()), timeout=0.5)
                 with pytest.raises(TimeoutError):
-                    async for response in assoc.find(STUDY_ROOT_FIND, encode(_query()), timeout=0.5):
+                    async for response in stream:
                         seen.append(response.status.status)
                 waited = asyncio.get_running_loop().time() - start
                 return seen, waited, assoc.fsm.state
@@ -238,12 +245,7 @@ def test_find_cancel_stops_the_handler() -> None:
     try:
 
         async def run() -> list[Response]:
-            async with associate(
-                "127.0.0.1",
-                srv.port,
-                called_ae="QR",
-                contexts=[(STUDY_ROOT_FIND, [IMPLICIT_VR_LITTLE_ENDIAN])],
-            ) as assoc:
+            async with find_association(srv.port) as assoc:
                 out = []
                 stream = assoc.find(STUDY_ROOT_FIND, encode(_query()))
                 async for response in stream:
@@ -265,12 +267,7 @@ def test_find_handler_failure_is_c311() -> None:
     try:
 
         async def run() -> list[Response]:
-            async with associate(
-                "127.0.0.1",
-                srv.port,
-                called_ae="QR",
-                contexts=[(STUDY_ROOT_FIND, [IMPLICIT_VR_LITTLE_ENDIAN])],
-            ) as assoc:
+            async with find_association(srv.port) as assoc:
                 return [r async for r in assoc.find(STUDY_ROOT_FIND, encode(_query()))]
 
         responses = asyncio.run(run())

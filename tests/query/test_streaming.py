@@ -81,6 +81,19 @@ def test_close_releases_the_connection(big: Archive) -> None:
     assert list(result) == []
 
 
+def record_statements(monkeypatch: pytest.MonkeyPatch) -> list[find_sql.Sql]:
+    """The statements C-FIND matching runs from now on, in order."""
+    seen: list[find_sql.Sql] = []
+    real = find_sql.stream
+
+    def recording(index: Any, statement: find_sql.Sql) -> Iterator[dict[str, Any]]:
+        seen.append(statement)
+        return real(index, statement)
+
+    monkeypatch.setattr(find_sql, "stream", recording)
+    return seen
+
+
 def test_one_text_per_query_shape_and_no_value_in_it(
     big: Archive, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -100,14 +113,7 @@ def test_one_text_per_query_shape_and_no_value_in_it(
         (study_query(StudyDate="20150101-20191231"), study_query(StudyDate="20160101-20161231")),
         (study_query(max_results=50), study_query(max_results=7)),
     ]
-    seen: list[find_sql.Sql] = []
-    real = find_sql.stream
-
-    def recording(index: Any, statement: find_sql.Sql) -> Iterator[dict[str, Any]]:
-        seen.append(statement)
-        return real(index, statement)
-
-    monkeypatch.setattr(find_sql, "stream", recording)
+    seen = record_statements(monkeypatch)
     for first, second in pairs:
         seen.clear()
         counts = [len(list(big.find(first))), len(list(big.find(second)))]
@@ -130,14 +136,7 @@ def test_non_ascii_name_prefix_narrows_by_the_name_index(
     names = {str(m.values[0x00100010]) for m in big.find(study_query())}
     wanted = sorted(n for n in names if fold(n).startswith("müso"))
     assert wanted, "the synthetic names hold the syllable 'mü'"
-    seen: list[find_sql.Sql] = []
-    real = find_sql.stream
-
-    def recording(index: Any, statement: find_sql.Sql) -> Iterator[dict[str, Any]]:
-        seen.append(statement)
-        return real(index, statement)
-
-    monkeypatch.setattr(find_sql, "stream", recording)
+    seen = record_statements(monkeypatch)
     found = {str(m.values[0x00100010]) for m in big.find(study_query(PatientName="müSO*"))}
     assert sorted(found) == wanted
     if big.index.is_sqlite:

@@ -409,13 +409,8 @@ def select(
     every clause of *where*, in storage order, *offset* skipped, at most *limit*."""
     table = LEVEL_TABLE[level]
     selected = ", ".join(f"{expr} AS {key}" for expr, key in columns)
-    text = f"SELECT {table}.pk AS pk, {selected} FROM {hierarchy(level)}"
-    params: tuple[Any, ...] = ()
-    if where:
-        clause = _all(where)
-        text += f" WHERE {clause.text}"
-        params = clause.params
-    text += f" ORDER BY {table}.pk"
+    statement = _where(f"SELECT {table}.pk AS pk, {selected} FROM {hierarchy(level)}", where)
+    text, params = statement.text + f" ORDER BY {table}.pk", statement.params
     if limit is not None:
         text += " LIMIT ?"
         params += (limit,)
@@ -450,13 +445,16 @@ def retrieve(unique: Sequence[tuple[str, Sequence[str]]]) -> Sql:
         test = f"= {marks}" if len(values) == 1 else f"IN ({marks})"
         where.append(Sql(f"{column(spec)} {test}", tuple(values)))
     selected = ", ".join(column(spec) for spec in _STORED)
-    text = f"SELECT {selected} FROM {hierarchy(Level.IMAGE)}"
-    params: tuple[Any, ...] = ()
-    if where:
-        clause = _all(where)
-        text += f" WHERE {clause.text}"
-        params = clause.params
-    return Sql(text + " ORDER BY studies.pk, series.pk, instances.pk", params)
+    statement = _where(f"SELECT {selected} FROM {hierarchy(Level.IMAGE)}", where)
+    return Sql(statement.text + " ORDER BY studies.pk, series.pk, instances.pk", statement.params)
+
+
+def _where(text: str, clauses: Sequence[Sql]) -> Sql:
+    """*text* with a ``WHERE`` of every clause (none: as it is)."""
+    if not clauses:
+        return Sql(text)
+    clause = _all(clauses)
+    return Sql(f"{text} WHERE {clause.text}", clause.params)
 
 
 def rows(index: Index, statement: Sql) -> list[tuple[Any, ...]]:
