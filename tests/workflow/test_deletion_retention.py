@@ -182,3 +182,27 @@ def test_runner_finishes_the_queue_and_stops(tmp_path: Path) -> None:
         asyncio.run(main())
         assert blob_files(archive) == {archive.get_instance(kept).blob_name}
         assert archive.deletion.pending()["queue"]["total"] == 0
+
+
+def test_runner_passes_sum_the_archive_only_for_a_quota(tmp_path: Path, monkeypatch: Any) -> None:
+    """The runner's passes (measure=False) skip the sum over every instance unless a
+    quota needs it: on an index of millions it took the first seconds of a server just
+    started. The CLI's report (measure) and a quota still get it."""
+    sums: list[int] = []
+    for quota in (0, 10**12):
+        sums.clear()
+        with Archive.open(_settings(tmp_path / str(quota), quota_bytes=quota)) as archive:
+            real = archive.index.deletions.total_bytes
+
+            def counted(real: Any = real) -> int:
+                total: int = real()
+                sums.append(total)
+                return total
+
+            monkeypatch.setattr(archive.index.deletions, "total_bytes", counted)
+            monkeypatch.setattr(archive.quota, "_total", counted)
+            run_once(archive, measure=False)
+            runner_sums = len(sums)
+            report = run_once(archive)
+        assert runner_sums == (0 if quota == 0 else 1)  # the quota gauge ("reject" policy)
+        assert report.used_bytes == 0 and len(sums) > runner_sums
