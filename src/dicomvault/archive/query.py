@@ -401,5 +401,6 @@ def retrieve_instances(archive: Archive, query: Query) -> list[StoredInstance]:
         unique.append((attribute.column, [t.value for t in condition.terms] or [key.value]))
     # SQL text, not SQLAlchemy constructs: building and compiling those took ~1 ms of
     # the C-GET's ~1.3 ms before its first sub-operation (find_sql's docstring).
-    found = find_sql.rows(archive.index, find_sql.retrieve(unique))
+    statement = find_sql.retrieve(unique)
+    found = archive.index.read_rows(statement.text, statement.params)
     return [StoredInstance(*row) for row in found]

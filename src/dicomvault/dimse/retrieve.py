@@ -397,7 +397,8 @@ async def _sub_operations(
                 status.status,
                 status.error_comment or "",
             )
-        if ops.remaining and clock() - last_pending >= interval:
-            last_pending = clock()
+        now = clock()
+        if ops.remaining and now - last_pending >= interval:
+            last_pending = now
             yield ops.response(DimseStatus(PENDING), syntax, final=False)
     yield ops.final(syntax)

@@ -457,11 +457,6 @@ def _where(text: str, clauses: Sequence[Sql]) -> Sql:
     return Sql(f"{text} WHERE {clause.text}", clause.params)
 
 
-def rows(index: Index, statement: Sql) -> list[tuple[Any, ...]]:
-    """Every row of *statement*, as tuples (a short result, read at once)."""
-    return index.read_rows(statement.text, statement.params)
-
-
 def stream(index: Index, statement: Sql) -> Generator[dict[str, Any], None, None]:
     """Run *statement* and yield its rows as dicts keyed by the column labels, a page at
     a time, holding the connection (and the server-side cursor) only while the caller

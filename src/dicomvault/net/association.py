@@ -151,8 +151,9 @@ class Association(UpperLayer):
         self._incoming: Incoming | None = None  # the request whose data set streams in
         self._inflight: dict[int, Incoming] = {}
         self._tasks: set[asyncio.Task[None]] = set()
-        #: Query and N-service handlers running (a subset of the tasks): a server shutting
-        #: down cancels those still running after the association is gone.
+        #: Query and N-service handlers running (``_tasks`` holds the C-STORE status
+        #: waits): a server shutting down cancels those still running after the
+        #: association is gone.
         self.handler_tasks: set[asyncio.Task[None]] = set()
         self._responses: dict[int, asyncio.Future[c.CommandSet]] = {}
         self._streams: dict[int, ResponseQueue] = {}
@@ -398,9 +399,8 @@ class Association(UpperLayer):
 
     def _start_handler(self, run: Coroutine[Any, Any, None]) -> None:
         task = self._loop.create_task(run)
-        for tasks in (self._tasks, self.handler_tasks):
-            tasks.add(task)
-            task.add_done_callback(tasks.discard)
+        self.handler_tasks.add(task)
+        task.add_done_callback(self.handler_tasks.discard)
 
     async def _run_normalized(
         self, incoming: Incoming, handler: NormalizedHandler, request: NRequest

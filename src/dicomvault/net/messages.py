@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
+from typing import Any
 
 from dicomvault.net import commands as c
 from dicomvault.net.handlers import (
@@ -45,15 +46,11 @@ class ResponseQueue:
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
 
-    def get_nowait(self) -> StreamItem | None:
-        """The next response already received, or None."""
-        return self._items.popleft() if self._items else None
-
     async def get(self, timeout: float) -> StreamItem:
         """The next response; TimeoutError when none comes within ``timeout`` seconds."""
         if not self._items:
             waiter = self._waiter = self._loop.create_future()
-            timer = self._loop.call_later(timeout, _time_out, waiter)
+            timer = self._loop.call_later(timeout, time_out, waiter)
             try:
                 await waiter
             finally:
@@ -62,7 +59,8 @@ class ResponseQueue:
         return self._items.popleft()
 
 
-def _time_out(waiter: asyncio.Future[None]) -> None:
+def time_out(waiter: asyncio.Future[Any]) -> None:
+    """Timer callback: the response ``waiter`` waited for did not come in time."""
     if not waiter.done():
         waiter.set_exception(TimeoutError("no response within the DIMSE timeout"))
 

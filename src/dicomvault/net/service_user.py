@@ -21,7 +21,7 @@ from dicomvault.net.association import MCH_LAST, Association
 from dicomvault.net.errors import AssociationAborted, NoPresentationContext
 from dicomvault.net.fileio import FileInfo, read_file_info
 from dicomvault.net.handlers import AcceptedContext, DimseStatus, Response
-from dicomvault.net.messages import ResponseQueue
+from dicomvault.net.messages import ResponseQueue, time_out
 from dicomvault.net.pdu import encode_pdata_header
 from dicomvault.net.sendfile import send_file_pdus
 from dicomvault.net.uids import (
@@ -56,11 +56,6 @@ def response_of(command: c.CommandSet, data_set: bytes | None) -> Response:
         count(c.NumberOfFailedSuboperations),
         count(c.NumberOfWarningSuboperations),
     )
-
-
-def _time_out(future: asyncio.Future[c.CommandSet]) -> None:
-    if not future.done():
-        future.set_exception(TimeoutError("no response within the DIMSE timeout"))
 
 
 class ResponseStream:
@@ -158,7 +153,7 @@ class ServiceUser(Association):
         # as soon as the response is set (wait_for relays it through a callback and a
         # second future: two event loop turns), and a C-GET sub-operation's round trip
         # is short enough for asyncio.timeout's own bookkeeping to show.
-        timer = self._loop.call_later(timeout or self.timeout, _time_out, future)
+        timer = self._loop.call_later(timeout or self.timeout, time_out, future)
         try:
             response = await future
         except TimeoutError:
