@@ -11,12 +11,10 @@ length (PS3.8 9.3.5, Annex E).
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
-import struct
 import time
 from collections.abc import Coroutine, Iterator
-from typing import Any, Final
+from typing import Any
 
 from dicomvault import metrics
 from dicomvault.net import commands as c
@@ -49,6 +47,7 @@ from dicomvault.net.messages import (
     truncate_comment,
 )
 from dicomvault.net.pdu import encode_pdata_header
+from dicomvault.net.responses import PendingCommands, response_command
 
 __all__ = ["MAX_IDENTIFIER_LENGTH", "Association", "StreamItem", "truncate_comment"]
 
@@ -84,37 +83,6 @@ def sop_class_of(command: c.CommandSet) -> str:
     if int(command[c.CommandField]) in REQUESTED_UID_FIELDS:
         return str(command.get(c.RequestedSOPClassUID, ""))
     return str(command.get(c.AffectedSOPClassUID, ""))
-
-
-#: The sub-operation counts of a C-MOVE/C-GET response (PS3.7 9.3.3.2, 9.3.4.2).
-_COUNT_ELEMENTS: Final = (
-    c.NumberOfRemainingSuboperations,
-    c.NumberOfCompletedSuboperations,
-    c.NumberOfFailedSuboperations,
-    c.NumberOfWarningSuboperations,
-)
-_U16: Final = struct.Struct("<H")
-
-
-_NO_COUNTS: Final = (None, None, None, None)
-
-
-def _pending_key(
-    status: DimseStatus, no_identifier: bool, counts: tuple[int | None, ...]
-) -> tuple[object, ...]:
-    """What a pending response's cached command set depends on (counts: only which)."""
-    return (
-        status.status,
-        status.error_comment,
-        no_identifier,
-        *[count is None for count in counts],
-    )
-
-
-@functools.cache
-def _us_header(element: int) -> bytes:
-    """The implicit VR little endian header of a US element of group 0000."""
-    return struct.pack("<HHI", 0, element, 2)
 
 
 class Association(UpperLayer):
@@ -444,7 +412,7 @@ class Association(UpperLayer):
         it themselves with their sub-operation counts."""
         field = request.command_field
         final: Response | None = None
-        commands: dict[tuple[object, ...], bytes] = {}
+        commands = PendingCommands()
         responses = handler.handle(request)
         try:
             async for response in responses:
@@ -478,69 +446,34 @@ class Association(UpperLayer):
         self,
         incoming: Incoming,
         response: Response,
-        commands: dict[tuple[object, ...], bytes] | None = None,
+        commands: PendingCommands | None = None,
     ) -> None:
         """Send a C-FIND/C-MOVE/C-GET response (PS3.7 9.3.2.2, 9.3.3.2, 9.3.4.2); a
         final one completes the request.
 
-        *commands* caches the encoded command sets of one request's pending responses:
-        they repeat but for the sub-operation counts, whose US values (2 bytes each)
-        are written into a copy of the cached encoding. Pending responses that fit in
-        one PDU each are batched into one transport write (:meth:`_queue_pending`).
+        *commands* caches the encoded command sets of one request's pending responses
+        (:mod:`dicomvault.net.responses`). Pending responses that fit in one PDU each are
+        batched into one transport write (:meth:`_queue_pending`).
         """
-        key: tuple[object, ...] = ()
-        counts = (response.remaining, response.completed, response.failed, response.warning)
         if commands is not None and response.pending:
-            key = _pending_key(response.status, response.identifier is None, counts)
-            template = commands.get(key)
-            if template is not None:
-                raw = template
-                if any(count is not None for count in counts):
-                    patched = bytearray(template)
-                    for element, count in zip(_COUNT_ELEMENTS, counts, strict=True):
-                        if count is not None:
-                            at = template.find(_us_header(element)) + 8
-                            _U16.pack_into(patched, at, min(count, 0xFFFF))
-                    raw = bytes(patched)
-                self._send_pending(incoming.context_id, raw, response.identifier)
-                return
-        command: c.CommandSet = {
-            c.CommandField: int(incoming.command[c.CommandField]) | c.RESPONSE_BIT,
-            c.MessageIDBeingRespondedTo: incoming.message_id,
-            c.CommandDataSetType: c.NO_DATA_SET if response.identifier is None else 0x0000,
-            c.Status: response.status.status,
-        }
-        sop_class = incoming.command.get(c.AffectedSOPClassUID)
-        if sop_class is not None:
-            command[c.AffectedSOPClassUID] = sop_class
-        for element, count in (
-            (c.NumberOfRemainingSuboperations, response.remaining),
-            (c.NumberOfCompletedSuboperations, response.completed),
-            (c.NumberOfFailedSuboperations, response.failed),
-            (c.NumberOfWarningSuboperations, response.warning),
-        ):
-            if count is not None:
-                command[element] = min(count, 0xFFFF)
-        if response.status.error_comment:
-            command[c.ErrorComment] = truncate_comment(response.status.error_comment)
+            raw = commands.encoded(incoming, response)
+            self._send_pending(incoming.context_id, raw, response.identifier)
+            return
+        command = response_command(incoming, response)
         if not response.pending:
             self._respond(incoming, response.status, command, response.identifier)
-        elif commands is not None:
-            raw = commands[key] = c.encode_command(command)
-            self._send_pending(incoming.context_id, raw, response.identifier)
         elif self.fsm.state in ("Sta6", "Sta8"):
             self.send_message(incoming.context_id, command, response.identifier)
 
     def _send_matches(
-        self, incoming: Incoming, matches: Matches, commands: dict[tuple[object, ...], bytes]
+        self, incoming: Incoming, matches: Matches, commands: PendingCommands
     ) -> None:
-        """Pending C-FIND responses, one per Identifier, their command set encoded once."""
-        identifiers = matches.identifiers
-        if not identifiers:
+        """Pending C-FIND responses, one per Identifier, their command set encoded once
+        (a match's response has no counts: the same bytes for every Identifier)."""
+        if not matches.identifiers:
             return
-        self.send_response(incoming, Response(matches.status, identifiers[0]), commands)
-        command = commands[_pending_key(matches.status, False, _NO_COUNTS)]
-        for identifier in identifiers[1:]:
+        command = commands.encoded(incoming, Response(matches.status, matches.identifiers[0]))
+        for identifier in matches.identifiers:
             self._send_pending(incoming.context_id, command, identifier)
 
     def _send_pending(self, ctx: int, command: bytes, data_set: bytes | None) -> None:
