@@ -15,6 +15,7 @@ import httpx
 import pytest
 
 from bench.datasets import ct_series
+from dicomvault.security.certs import make_dev_certs
 
 DV = str(Path(sys.executable).with_name("dicomvault"))
 DCMTK_ENV = {**os.environ, "TCP_NODELAY": "1"}  # Debian's DCMTK stalls ~40 ms without it
@@ -258,3 +259,37 @@ def test_workers_stop_cleanly_on_a_signal_during_start_up(tmp_path: Path, delay:
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+@pytest.mark.parametrize("tls", [False, True])
+def test_a_worker_stopped_before_its_loop_runs_exits_cleanly(tmp_path: Path, tls: bool) -> None:
+    """A stop that arrived while a worker was starting (``early_stop``) closes its
+    listening sockets as the servers come up; the worker still says where it listened
+    and exits 0 rather than failing on a closed socket (a CI failure: EBADF)."""
+    script = """
+import signal, socket, sys
+from pathlib import Path
+from dicomvault.cli import serve
+from dicomvault.config import load_settings
+
+data, tls = Path(sys.argv[1]), sys.argv[2] == "1"
+tls_files = {"certificate": sys.argv[3], "private_key": sys.argv[4]} if tls else {}
+settings = load_settings(
+    overrides={"storage": {"path": data}, "tls": {"enabled": tls, "https": tls, **tls_files}}
+)
+sock = serve._listening_socket("127.0.0.1", 0, reuse_port=True)
+http_sock = serve._listening_socket("127.0.0.1", 0, reuse_port=True)
+tls_sock = serve._listening_socket("127.0.0.1", 0, reuse_port=True) if tls else None
+serve._configure_logging("info")
+serve._run_one(settings, sock, http_sock, 1, tls_sock, [signal.SIGTERM])
+"""
+    args = [str(tmp_path / "data"), "1" if tls else "0"]
+    if tls:
+        certs = make_dev_certs(tmp_path / "certs")
+        args += [str(certs.server_certificate), str(certs.server_key)]
+    done = subprocess.run(
+        [sys.executable, "-c", script, *args], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    assert "Traceback" not in done.stderr and "ERROR" not in done.stderr, done.stderr
+    assert "worker 1: stopped" in done.stderr

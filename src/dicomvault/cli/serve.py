@@ -121,6 +121,11 @@ def _run_one(
         loop.add_signal_handler(signal.SIGHUP, on_sighup)
         if early_stop:
             stop.set()
+        # Named before the servers start: a stop arriving as they come up closes the
+        # sockets, and the log line below must not fail on a closed one.
+        host, port = sock.getsockname()[:2]
+        http_host, http_port = http_sock.getsockname()[:2]
+        tls_address = tls_sock.getsockname()[:2] if tls_sock is not None else None
         dimse_ready = asyncio.Event()
         http_ready = asyncio.Event()
         tls_ready = asyncio.Event()
@@ -164,8 +169,6 @@ def _run_one(
         both_ready = asyncio.ensure_future(both())
         await asyncio.wait([*servers, both_ready], return_when=asyncio.FIRST_COMPLETED)
         if both_ready.done():
-            host, port = sock.getsockname()[:2]
-            http_host, http_port = http_sock.getsockname()[:2]
             log.info(
                 "worker %d: DIMSE listening on %s:%d as %s, DICOMweb on http://%s:%d/dicom-web"
                 " (data %s)",
@@ -177,12 +180,8 @@ def _run_one(
                 http_port,
                 settings.storage.path,
             )
-            if tls_sock is not None:
-                log.info(
-                    "worker %d: DICOM over TLS listening on %s:%d",
-                    worker,
-                    *tls_sock.getsockname()[:2],
-                )
+            if tls_address is not None:
+                log.info("worker %d: DICOM over TLS listening on %s:%d", worker, *tls_address)
             if settings.tls.https:
                 log.info("worker %d: HTTPS (DICOMweb at https://…/dicom-web)", worker)
         else:
