@@ -46,6 +46,7 @@ import contextlib
 import json
 import os
 import platform
+import resource
 import shutil
 import signal
 import socket
@@ -503,6 +504,9 @@ class Result:
     round: int = 0
     seconds: float = 0.0
     cpu_seconds: float = 0.0
+    #: CPU of the storescu senders (user + sys): they share the machine's cores with the
+    #: receiver, so together they bound what any receiver can reach here.
+    sender_cpu_seconds: float = 0.0
     peak_rss_bytes: int = 0
     stored: int = 0
     errors: list[str] = field(default_factory=list)
@@ -527,6 +531,18 @@ class Result:
         """Server CPU milliseconds per instance."""
         return 1000 * self.cpu_seconds / self.instances if self.instances else 0.0
 
+    @property
+    def sender_cpu_ms_per_instance(self) -> float:
+        """The senders' CPU milliseconds per instance."""
+        return 1000 * self.sender_cpu_seconds / self.instances if self.instances else 0.0
+
+    @property
+    def cpu_ceiling(self) -> float:
+        """Instances/s the machine's cores could give at this server's and the senders'
+        CPU per instance, were nothing else in the way."""
+        per_instance = self.cpu_ms_per_instance + self.sender_cpu_ms_per_instance
+        return _cores() * 1000 / per_instance if per_instance else 0.0
+
     def to_dict(self) -> dict[str, object]:
         """JSON-ready dict including the derived figures."""
         return {
@@ -535,7 +551,18 @@ class Result:
             "instances_per_second": round(self.instances_per_second, 2),
             "mb_per_second": round(self.mb_per_second, 2),
             "cpu_ms_per_instance": round(self.cpu_ms_per_instance, 3),
+            "sender_cpu_ms_per_instance": round(self.sender_cpu_ms_per_instance, 3),
         }
+
+
+def _children_cpu_seconds() -> float:
+    """User + system CPU of this process's reaped children (the senders)."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _cores() -> int:
+    return len(os.sched_getaffinity(0))
 
 
 def _wait_for_count(receiver: Receiver, expected: int) -> int:
@@ -576,6 +603,7 @@ def measure(receiver: Receiver, dataset: DataSet, round_number: int = 0) -> Resu
     try:
         receiver.start()
         cpu_before = tree_cpu_seconds(receiver.pid)
+        senders_before = _children_cpu_seconds()
         with TreeSampler(receiver.pid) as sampler:
             result.seconds, result.errors = send(
                 dataset.paths,
@@ -584,6 +612,8 @@ def measure(receiver: Receiver, dataset: DataSet, round_number: int = 0) -> Resu
                 dataset.associations,
                 log_dir=receiver.workdir,
             )
+            # send() has reaped every storescu; the receiver is still running.
+            result.sender_cpu_seconds = _children_cpu_seconds() - senders_before
             result.stored = _wait_for_count(receiver, result.instances)
         result.cpu_seconds = tree_cpu_seconds(receiver.pid) - cpu_before
         result.peak_rss_bytes = sampler.peak_rss
@@ -684,7 +714,7 @@ def run(args: argparse.Namespace) -> Run:
 
 _HEADER = (
     f"{'receiver':<11} {'wall s':>7} {'inst/s':>8} {'MB/s':>7} {'CPU s':>7} {'CPU ms/inst':>11} "
-    f"{'peak RSS MiB':>12} {'stored':>11}"
+    f"{'sender ms':>9} {'peak RSS MiB':>12} {'stored':>11}"
 )
 
 
@@ -696,6 +726,7 @@ def format_row(result: Result) -> str:
         f"{result.receiver:<11} {result.seconds:>7.2f} {result.instances_per_second:>8.1f} "
         f"{result.mb_per_second:>7.1f} "
         f"{result.cpu_seconds:>7.2f} {result.cpu_ms_per_instance:>11.2f} "
+        f"{result.sender_cpu_ms_per_instance:>9.2f} "
         f"{result.peak_rss_bytes / 2**20:>12.1f} {stored:>11}{flag}"
     )
 
@@ -729,6 +760,12 @@ def format_report(outcome: Run) -> str:
             done = sum(1 for r in measured if r.receiver == row.receiver)
             note = f"  ({done} of {outcome.rounds} rounds)" if done < outcome.rounds else ""
             lines.append(format_row(row) + note)
+        for row in rows:
+            if row.ok and row.receiver != "storescp":
+                lines.append(
+                    f"  {row.receiver}: {_cores()} cores at its CPU per instance plus the "
+                    f"senders' allow at most {row.cpu_ceiling:.0f}/s"
+                )
         ours = next((r for r in rows if r.receiver == "dicomvault" and r.ok), None)
         for peer in rows:
             if ours is None or peer is ours or not peer.ok:

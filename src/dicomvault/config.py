@@ -37,8 +37,12 @@ class StorageSettings(_Section):
     path: Path = Path("./dicomvault-data")
     #: What to do with the same SOP Instance UID arriving with different bytes.
     duplicates: Literal["reject", "keep-first", "overwrite"] = "overwrite"
-    #: fsync blobs and their directory before answering success. Turn off only for tests.
+    #: Make blobs durable before answering success. Turn off only for tests.
     fsync: bool = True
+    #: How: ``batch`` — one syncfs of the storage filesystem per index batch (Linux;
+    #: elsewhere ``blob``); ``blob`` — an fsync of every blob and its directory, for a data
+    #: directory on a filesystem shared with heavy writers (syncfs waits for their data).
+    sync: Literal["batch", "blob"] = "batch"
 
 
 class IndexSettings(_Section):

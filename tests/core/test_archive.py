@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 from pathlib import Path
@@ -18,6 +19,7 @@ from dicomvault.model.errors import (
     InvalidUID,
     MissingAttribute,
     NotDicom,
+    OutOfResources,
     UIDMismatch,
 )
 from dicomvault.model.records import StoreStatus
@@ -224,6 +226,56 @@ def test_receive_mismatch_and_abort(archive: Archive) -> None:
     rx.write(data[:500])
     rx.abort()
     assert_nothing_left(archive)
+
+
+def test_blobs_are_durable_before_the_commit_that_indexes_them(
+    archive: Archive, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """storage.sync = "batch" (the default): the index writer's syncfs runs in front of
+    the commit that makes the instance findable (DESIGN.md steps 3-4)."""
+    from dicomvault.storage import filesystem
+
+    findable_at_sync: list[bool] = []
+    real = filesystem._syncfs
+
+    def syncfs(path: Path) -> None:
+        findable_at_sync.append(archive.index.ingest_probe("1.2.7.1")[0])
+        real(path)
+
+    monkeypatch.setattr(filesystem, "_syncfs", syncfs)
+    src = write_part10(make_dataset(sop_instance_uid="1.2.7.1"), tmp_path / "a")
+    assert archive.store_file(src).status is StoreStatus.STORED
+    assert findable_at_sync == [False]
+    assert archive.index.ingest_probe("1.2.7.1")[0]
+
+
+@pytest.mark.parametrize(
+    ("code", "error", "message"),
+    [
+        (errno.ENOSPC, OutOfResources, "storage full while committing"),
+        (errno.EIO, OSError, "Input/output error"),
+    ],
+)
+def test_a_failed_syncfs_fails_the_store_and_leaves_nothing(
+    archive: Archive,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    code: int,
+    error: type[Exception],
+    message: str,
+) -> None:
+    from dicomvault.storage import filesystem
+
+    def syncfs(path: Path) -> None:
+        raise OSError(code, os.strerror(code))
+
+    monkeypatch.setattr(filesystem, "_syncfs", syncfs)
+    src = write_part10(make_dataset(sop_instance_uid="1.2.7.2"), tmp_path / "a")
+    with pytest.raises(error, match=message):
+        archive.store_file(src)
+    assert_nothing_left(archive)
+    monkeypatch.undo()  # the disk is back: the same instance goes in
+    assert archive.store_file(src).status is StoreStatus.STORED
 
 
 def test_recovery_removes_orphans_and_temp(settings: Settings) -> None:

@@ -82,9 +82,7 @@ def test_deferred_hashing_matches_inline(tmp_path: Path) -> None:
     deferred.discard()
 
 
-def test_directory_fsync_is_shared_but_never_early(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_directory_fsync_is_shared_but_never_early(tmp_path: Path) -> None:
     """Threads needing the same directory durable share fsyncs (group commit), yet each
     returns only after an fsync that started after it asked; a failed fsync is the
     caller's error and the threads waiting on it run their own."""
@@ -104,8 +102,7 @@ def test_directory_fsync_is_shared_but_never_early(
             raise OSError(5, "I/O error")
         syncs.append((start, time.monotonic()))
 
-    monkeypatch.setattr(filesystem, "_fsync_dir", slow_fsync)
-    shared = filesystem._DirectorySyncs()
+    shared = filesystem._SharedSyncs()
     calls: list[tuple[float, float]] = []
     errors: list[OSError] = []
 
@@ -113,7 +110,7 @@ def test_directory_fsync_is_shared_but_never_early(
         time.sleep(delay)
         asked = time.monotonic()
         try:
-            shared.sync(tmp_path)
+            shared.sync(tmp_path, slow_fsync)
         except OSError as exc:
             errors.append(exc)
             return
@@ -129,3 +126,82 @@ def test_directory_fsync_is_shared_but_never_early(
         assert any(asked <= start and end <= returned for start, end in syncs)
     assert len(syncs) < len(calls)  # shared: fewer fsyncs than callers
     assert shared._dirs == {}  # nothing kept once nobody waits
+
+
+def _count_syncs(monkeypatch: pytest.MonkeyPatch) -> dict[str, int]:
+    """Count fsync(2) calls (files and directories) and syncfs(2) calls, still made."""
+    from dicomvault.storage import filesystem
+
+    counts = {"fsync": 0, "syncfs": 0}
+    real_fsync, real_syncfs = os.fsync, filesystem._syncfs
+
+    def fsync(fd: int) -> None:
+        counts["fsync"] += 1
+        real_fsync(fd)
+
+    def syncfs(path: Path) -> None:
+        counts["syncfs"] += 1
+        real_syncfs(path)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(filesystem, "_syncfs", syncfs)
+    return counts
+
+
+def _placed(store: FileSystemBlobStore, count: int) -> list[str]:
+    names = []
+    for i in range(count):
+        spool = store.spool()
+        spool.write(b"blob %d" % i)
+        names.append(spool.place())
+    return names
+
+
+def test_batch_sync_makes_placed_blobs_durable_with_one_syncfs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """storage.sync = "batch": placing writes and renames only; one syncfs then covers
+    every placed blob, data and directory entries (no fsync at all)."""
+    counts = _count_syncs(monkeypatch)
+    store = FileSystemBlobStore(tmp_path / "blobs")
+    assert store.batch_sync  # the default on Linux
+    names = _placed(store, 3)
+    assert counts == {"fsync": 0, "syncfs": 0}
+    assert [store.read_range(n, 0, 100) for n in names] == [b"blob 0", b"blob 1", b"blob 2"]
+    store.sync(names)
+    assert counts == {"fsync": 0, "syncfs": 1}
+    store.sync([])  # nothing placed: nothing to sync
+    assert counts == {"fsync": 0, "syncfs": 1}
+    spool = store.spool()
+    spool.write(b"alone")
+    spool.commit()  # commit = place + sync
+    assert counts == {"fsync": 0, "syncfs": 2}
+
+
+def test_blob_sync_fsyncs_every_file_and_each_directory_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    counts = _count_syncs(monkeypatch)
+    store = FileSystemBlobStore(tmp_path / "blobs", sync="blob")
+    assert not store.batch_sync
+    names = _placed(store, 3)
+    assert counts == {"fsync": 3, "syncfs": 0}  # each file before its rename
+    store.sync(names)
+    directories = {n.rsplit("/", 1)[0] for n in names}
+    assert counts == {"fsync": 3 + len(directories), "syncfs": 0}
+
+
+def test_no_sync_at_all_with_fsync_off(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    counts = _count_syncs(monkeypatch)
+    store = FileSystemBlobStore(tmp_path / "blobs", fsync=False)
+    assert not store.batch_sync
+    store.sync(_placed(store, 2))
+    assert counts == {"fsync": 0, "syncfs": 0}
+
+
+def test_syncfs_reports_errors(tmp_path: Path) -> None:
+    from dicomvault.storage import filesystem
+
+    filesystem._syncfs(tmp_path)  # the real call, on this test's filesystem
+    with pytest.raises(FileNotFoundError):
+        filesystem._syncfs(tmp_path / "absent")

@@ -197,7 +197,9 @@ class Archive:
         """
         data_dir = settings.storage.path
         data_dir.mkdir(parents=True, exist_ok=True)
-        store = FileSystemBlobStore(data_dir / "blobs", fsync=settings.storage.fsync)
+        store = FileSystemBlobStore(
+            data_dir / "blobs", fsync=settings.storage.fsync, sync=settings.storage.sync
+        )
         index = Index.open(settings.index_url)
         archive = cls(settings, index, store)
         if helper:
@@ -235,9 +237,10 @@ class Archive:
         return writer
 
     def _sync_blobs(self, items: list[PendingInsert]) -> None:
-        # Blob directory entries become durable before the index commit that makes
-        # them findable (DESIGN.md steps 3-4): here, once per batch and directory, for
-        # blobs whose receiver did not already (import workers commit in chunks).
+        # Blobs become durable before the index commit that makes them findable
+        # (DESIGN.md steps 3-4): here, once per batch, for those placed but not yet
+        # durable (every received one with storage.sync = "batch"; the directory
+        # entries of import workers' chunks otherwise).
         self.store.sync([item.blob.name for item in items])
 
     def close(self) -> None:
@@ -371,7 +374,7 @@ class Archive:
                 checked.append((len(out), check))
                 out.append(check.result)  # replaced below
         # Directory entries are made durable by the indexing process's writer, per batch.
-        names = self.store.commit_many([c.spool for _, c in checked], sync_directories=False)
+        names = self.store.commit_many([c.spool for _, c in checked], durable=False)
         for (position, check), name in zip(checked, names, strict=True):
             out[position] = name if isinstance(name, Exception) else check.prepared(name)
         return out
@@ -423,15 +426,17 @@ class Archive:
             done: Future[StoreResult] = Future()
             done.set_result(check)
             return done
+        # storage.sync = "batch": placed only; the index writer's one syncfs in front
+        # of its commit makes the whole batch durable. "blob": the file and its
+        # directory are fsynced here, in parallel with the other receptions, not in
+        # series with every commit on the writer.
+        durable = not self.store.batch_sync
         try:
-            # The directory entry is made durable here, in parallel with the other
-            # receptions, rather than by the index writer in front of its commit: on
-            # the writer it was a second device flush in series with every commit.
-            name = spool.commit(sync_directory=True)
+            name = spool.commit() if durable else spool.place()
         except BaseException:
             spool.discard()
             raise
-        return self.finalize_async(check.prepared(name), directory_durable=True)
+        return self.finalize_async(check.prepared(name), durable=durable)
 
     def _check(
         self, spool: FileSpool, parsed: ParsedInstance, source_ae: str | None
@@ -510,12 +515,10 @@ class Archive:
         """Steps 4–5: index the prepared instance (group commit), then answer."""
         return self.finalize_async(prepared).result()
 
-    def finalize_async(
-        self, prepared: Prepared, *, directory_durable: bool = False
-    ) -> Future[StoreResult]:
+    def finalize_async(self, prepared: Prepared, *, durable: bool = False) -> Future[StoreResult]:
         """:meth:`finalize` without blocking: the future completes after the commit.
-        ``directory_durable``: the blob's directory was fsynced after its rename, so the
-        index writer need not (it does, once per batch, for the others)."""
+        ``durable``: the blob is durable already (:meth:`FileSpool.commit`), so the
+        index writer need not sync it (it does, once per batch, for the others)."""
         done: Future[StoreResult] = Future()
         name = prepared.pending.blob.name
 
@@ -539,9 +542,7 @@ class Archive:
                 log.warning("could not remove unused blob: %s", exc)
             done.set_result(dataclasses.replace(prepared.result, status=outcome.status))
 
-        self._writer.submit(
-            prepared.pending, directory_durable=directory_durable
-        ).add_done_callback(indexed)
+        self._writer.submit(prepared.pending, durable=durable).add_done_callback(indexed)
         return done
 
     @staticmethod

@@ -37,15 +37,13 @@ class IndexWriter:
         self._closed = False
         self._thread.start()
 
-    def submit(
-        self, item: PendingInsert, *, directory_durable: bool = False
-    ) -> Future[InsertOutcome]:
-        """Queue ``item`` for the next batch. ``directory_durable``: its blob's directory
-        entry is durable already, so ``before_commit`` does not get it."""
+    def submit(self, item: PendingInsert, *, durable: bool = False) -> Future[InsertOutcome]:
+        """Queue ``item`` for the next batch. ``durable``: its blob is durable already,
+        so ``before_commit`` (which makes the others durable) does not get it."""
         if self._closed:
             raise DicomVaultError("the archive is closed")
         future: Future[InsertOutcome] = Future()
-        self._queue.put((item, future, directory_durable))
+        self._queue.put((item, future, durable))
         return future
 
     def close(self) -> None:

@@ -34,10 +34,14 @@ class Spool(Protocol):
         """Hex digest of what was written since :meth:`mark_dataset_start`."""
         ...
 
-    def commit(self, *, sync_directory: bool = True) -> str:
-        """Make the blob durable under a new archive-chosen name and return the name.
+    def commit(self) -> str:
+        """Make the blob durable under a new archive-chosen name and return the name."""
+        ...
 
-        ``sync_directory=False`` leaves the directory entry to :meth:`BlobStore.sync`."""
+    def place(self) -> str:
+        """Put the blob under a new archive-chosen name, not yet durable: the caller
+        makes it so with :meth:`BlobStore.sync`, for many blobs at once, before it
+        indexes them."""
         ...
 
     def discard(self) -> None:
@@ -59,7 +63,7 @@ class BlobStore(Protocol):
     def delete(self, name: str) -> None: ...
 
     def sync(self, names: list[str]) -> None:
-        """Make the directory entries of committed blobs durable."""
+        """Make placed blobs durable (their data and directory entries)."""
         ...
 
     def names(self) -> Iterator[str]:
