@@ -144,6 +144,47 @@ def test_same_uid_under_other_study_is_rejected(index: Index) -> None:
     assert index.stats().studies == 1
 
 
+def test_the_ingest_connection_is_replaced_after_it_breaks(index: Index) -> None:
+    """The ingest writer keeps one DBAPI connection; when it breaks under it (database
+    restarted, connection killed) the next batch reconnects instead of failing forever."""
+    insert(index, make_record(1), blob(1))
+    raw = index._ingest_raw.dbapi_connection
+    if index.is_sqlite:
+        raw.close()
+    else:
+        with index._write.connect() as conn:
+            conn.exec_driver_sql(f"SELECT pg_terminate_backend({raw.info.backend_pid})")
+    assert insert(index, make_record(2), blob(2)).status is StoreStatus.STORED
+    assert index._ingest_raw.dbapi_connection is not raw
+    assert index.stats().instances == 2
+
+
+def test_a_driver_integrity_error_is_retried_item_by_item(
+    index: Index, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another process inserting the same new patient/study/series between this batch's
+    read and its write (PostgreSQL, several workers) raises the driver's IntegrityError
+    from the ingest cursor: the batch is retried item by item, and nothing is lost."""
+    from dicomvault.index import db
+
+    real = db.Batch.record_all
+    raised: list[int] = []
+
+    def collide(self: db.Batch, items: list[PendingInsert]) -> list[object]:
+        if not raised:
+            raised.append(len(items))
+            raise index._write.dialect.loaded_dbapi.IntegrityError("duplicate key (simulated)")
+        return real(self, items)  # type: ignore[return-value]
+
+    monkeypatch.setattr(db.Batch, "record_all", collide)
+    results = index.insert_batch(
+        [PendingInsert(make_record(i), blob(i), "MOD", "overwrite") for i in range(3)]
+    )
+    assert raised == [3]
+    assert [r.status for r in results if isinstance(r, InsertOutcome)] == [StoreStatus.STORED] * 3
+    assert index.stats().instances == 3
+
+
 def test_rejected_item_does_not_spoil_the_batch(index: Index) -> None:
     insert(index, make_record(1), blob(1, "a"))
     results = index.insert_batch(

@@ -142,6 +142,9 @@ class Index:
         self._probe = threading.local()
         self._probe_connections: list[Any] = []
         self._write_lock: int | None = None
+        #: The ingest writer's own DBAPI connection (:meth:`_ingest_transaction`).
+        self._ingest_raw: Any = None
+        self._ingest_lock = threading.Lock()
         #: Deletion, rejection, protection and retention transactions.
         self.deletions = Deletions(self)
         database = self._write.url.database
@@ -181,6 +184,53 @@ class Index:
             if self._write_lock is not None:
                 fcntl.flock(self._write_lock, fcntl.LOCK_UN)
 
+    @contextmanager
+    def _ingest_transaction(self) -> Iterator[Sql]:
+        """A transaction of the ingest writer, on a DBAPI connection it keeps: plain
+        BEGIN and COMMIT, without SQLAlchemy's pool checkout, events and wrapping per
+        transaction (measured at ~12 % of the serving process's GIL time on 10 KB
+        C-STOREs, on the writer's critical path). Driver errors come out as SQLAlchemy's
+        (:class:`DBAPIError` subclasses), like those of the rest of the index; after one
+        the connection is dropped, so a lost PostgreSQL connection is replaced."""
+        with self._ingest_lock:
+            if self._write_lock is not None:
+                fcntl.flock(self._write_lock, fcntl.LOCK_EX)
+            try:
+                if self._ingest_raw is None:
+                    self._ingest_raw = self._write.raw_connection()
+                raw = self._ingest_raw
+                try:
+                    sql = Sql(raw, sqlite=self.is_sqlite)
+                    if self.is_sqlite:  # driver-level autocommit (_sqlite_pragmas)
+                        sql.run("BEGIN IMMEDIATE")
+                    yield sql
+                    if self.is_sqlite:
+                        sql.run("COMMIT")
+                    else:
+                        raw.commit()
+                except BaseException as exc:
+                    dbapi_error = self._write.dialect.loaded_dbapi.Error
+                    driver_error = isinstance(exc, dbapi_error)
+                    self._rollback_ingest(broken=driver_error)
+                    if driver_error:
+                        raise DBAPIError.instance(None, None, exc, dbapi_error) from exc
+                    raise
+            finally:
+                if self._write_lock is not None:
+                    fcntl.flock(self._write_lock, fcntl.LOCK_UN)
+
+    def _rollback_ingest(self, *, broken: bool) -> None:
+        """Roll the ingest transaction back; drop the connection after a driver error
+        (it may be the connection that broke) or a failed rollback."""
+        raw = self._ingest_raw
+        try:
+            raw.rollback()
+        except Exception:
+            broken = True
+        if broken:
+            self._ingest_raw = None
+            raw.invalidate()
+
     @classmethod
     def open(cls, url: str, *, create: bool = True) -> Index:
         """Open the index; create the schema in an empty database when ``create``.
@@ -210,6 +260,10 @@ class Index:
         return index
 
     def close(self) -> None:
+        with self._ingest_lock:
+            if self._ingest_raw is not None:
+                self._ingest_raw.close()
+                self._ingest_raw = None
         for raw in self._probe_connections:
             raw.close()
         self._probe_connections.clear()
@@ -237,8 +291,8 @@ class Index:
     def _insert_in_one_transaction(
         self, items: Sequence[PendingInsert]
     ) -> list[InsertOutcome | Exception]:
-        with self._writing() as conn:
-            return Batch(self._sql(conn), items).record_all(items)
+        with self._ingest_transaction() as sql:
+            return Batch(sql, items).record_all(items)
 
     def _sql(self, conn: Connection) -> Sql:
         """Plain DBAPI statements inside ``conn``'s transaction (see ``ingest.py``)."""
