@@ -761,7 +761,7 @@ def format_report(outcome: Run) -> str:
             note = f"  ({done} of {outcome.rounds} rounds)" if done < outcome.rounds else ""
             lines.append(format_row(row) + note)
         for row in rows:
-            if row.ok and row.receiver != "storescp":
+            if row.ok and row.receiver != "storescp" and row.instances > 1:
                 lines.append(
                     f"  {row.receiver}: {_cores()} cores at its CPU per instance plus the "
                     f"senders' allow at most {row.cpu_ceiling:.0f}/s"

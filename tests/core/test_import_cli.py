@@ -121,6 +121,10 @@ def test_usage_errors_exit_2(tmp_path: Path) -> None:
     bad.write_text("[storage]\nduplicates = 'maybe'\n")
     proc = dv("stats", "--config", bad)
     assert proc.returncode == 2 and "storage.duplicates" in proc.stderr
+    proc = dv("stats", "--data-dir", tmp_path / "absent")  # a message, not a traceback
+    assert proc.returncode == 2, proc.stderr
+    assert "cannot open the index database" in proc.stderr
+    assert "No such file or directory" in proc.stderr and "Traceback" not in proc.stderr
 
 
 def test_config_show_and_db_upgrade(tmp_path: Path) -> None:
