@@ -12,7 +12,7 @@ from dicomvault import __version__
 #: imported when that command runs (or ``--help`` lists them all): importing every
 #: command up front loaded the web stack, TLS, rendering and de-identification into
 #: ``dicomvault import`` and ``stats`` too — 185 MB before any work, more than the
-#: 150 MB a 1 GiB import may peak at (docs/benchmarks.md); ``stats`` now starts at 117.
+#: 150 MB a 1 GiB import may peak at (docs/benchmarks.md); ``stats`` now starts at ~120.
 COMMANDS: dict[str, tuple[str, str]] = {
     "serve": ("serve", "serve_command"),
     "import": ("archive_commands", "import_command"),

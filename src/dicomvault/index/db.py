@@ -179,16 +179,21 @@ class Index:
             return [tuple(row) for row in rows]
 
     @contextmanager
-    def _writing(self) -> Iterator[Connection]:
-        """A write transaction, alone among every process writing this database."""
+    def _alone(self) -> Iterator[None]:
+        """Alone among every process writing this SQLite file (the writer flock)."""
         if self._write_lock is not None:
             fcntl.flock(self._write_lock, fcntl.LOCK_EX)
         try:
-            with self._write.begin() as conn:
-                yield conn
+            yield
         finally:
             if self._write_lock is not None:
                 fcntl.flock(self._write_lock, fcntl.LOCK_UN)
+
+    @contextmanager
+    def _writing(self) -> Iterator[Connection]:
+        """A write transaction, alone among every process writing this database."""
+        with self._alone(), self._write.begin() as conn:
+            yield conn
 
     @contextmanager
     def _ingest_transaction(self) -> Iterator[Sql]:
@@ -198,32 +203,26 @@ class Index:
         C-STOREs, on the writer's critical path). Driver errors come out as SQLAlchemy's
         (:class:`DBAPIError` subclasses), like those of the rest of the index; after one
         the connection is dropped, so a lost PostgreSQL connection is replaced."""
-        with self._ingest_lock:
-            if self._write_lock is not None:
-                fcntl.flock(self._write_lock, fcntl.LOCK_EX)
+        with self._ingest_lock, self._alone():
+            if self._ingest_raw is None:
+                self._ingest_raw = self._write.raw_connection()
+            raw = self._ingest_raw
             try:
-                if self._ingest_raw is None:
-                    self._ingest_raw = self._write.raw_connection()
-                raw = self._ingest_raw
-                try:
-                    sql = Sql(raw, sqlite=self.is_sqlite)
-                    if self.is_sqlite:  # driver-level autocommit (_sqlite_pragmas)
-                        sql.run("BEGIN IMMEDIATE")
-                    yield sql
-                    if self.is_sqlite:
-                        sql.run("COMMIT")
-                    else:
-                        raw.commit()
-                except BaseException as exc:
-                    dbapi_error = self._write.dialect.loaded_dbapi.Error
-                    driver_error = isinstance(exc, dbapi_error)
-                    self._rollback_ingest(broken=driver_error)
-                    if driver_error:
-                        raise DBAPIError.instance(None, None, exc, dbapi_error) from exc
-                    raise
-            finally:
-                if self._write_lock is not None:
-                    fcntl.flock(self._write_lock, fcntl.LOCK_UN)
+                sql = Sql(raw, sqlite=self.is_sqlite)
+                if self.is_sqlite:  # driver-level autocommit (_sqlite_pragmas)
+                    sql.run("BEGIN IMMEDIATE")
+                yield sql
+                if self.is_sqlite:
+                    sql.run("COMMIT")
+                else:
+                    raw.commit()
+            except BaseException as exc:
+                dbapi_error = self._write.dialect.loaded_dbapi.Error
+                driver_error = isinstance(exc, dbapi_error)
+                self._rollback_ingest(broken=driver_error)
+                if driver_error:
+                    raise DBAPIError.instance(None, None, exc, dbapi_error) from exc
+                raise
 
     def _rollback_ingest(self, *, broken: bool) -> None:
         """Roll the ingest transaction back; drop the connection after a driver error

@@ -39,7 +39,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, Literal
 
 from dicomvault.model.errors import NotFound, OutOfResources
 
@@ -303,7 +303,9 @@ class FileSpool:
 class FileSystemBlobStore:
     """The default blob backend: a directory tree on a local or shared filesystem."""
 
-    def __init__(self, root: Path, *, fsync: bool = True, sync: str = "batch") -> None:
+    def __init__(
+        self, root: Path, *, fsync: bool = True, sync: Literal["batch", "blob"] = "batch"
+    ) -> None:
         self.root = root
         self._root = str(root)
         self.fsync = fsync
