@@ -65,6 +65,7 @@ from typing import IO, Any, ClassVar
 
 from bench import datasets
 from bench.bench_memory import TreeSampler, tree_cpu_seconds
+from bench.workdir import run_root
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 STORESCU = "/usr/bin/storescu"
@@ -682,12 +683,12 @@ def run(args: argparse.Namespace) -> Run:
     ensure_debian_package(STORESCU, "dcmtk")
     data = build_datasets(args)
     outcome = Run(labels={d.name: d.label for d in data}, rounds=args.repeat)
-    # Every receiver's directory is kept until the whole run is over. Deleting one
-    # just before the next receiver starts made that receiver slower: on a filesystem
-    # without a journal (this machine's ext4), creating a file skips every inode of its
-    # block group deleted in the last minute, and after removing the previous
-    # receiver's thousands of files a create cost 0.14 ms instead of 0.04 ms.
-    with contextlib.ExitStack() as directories:
+    # Every receiver's directory is kept until the whole run is over, and each is in
+    # an ext4 block group of its own (bench/workdir.py): on this machine's ext4
+    # without a journal, creating a file skips every inode of its group deleted in the
+    # last minute, so a receiver started after thousands of files were removed nearby
+    # (by the previous receiver or the previous run) paid up to 0.5 ms per file.
+    with run_root(args.work_dir, "bench-dimse-") as root, contextlib.ExitStack() as directories:
         for dataset in data:
             _warm_page_cache(dataset.paths)
             print(f"== {dataset.label}", file=sys.stderr)
@@ -696,7 +697,7 @@ def run(args: argparse.Namespace) -> Run:
                     if name in outcome.unavailable:
                         continue
                     tmp = directories.enter_context(
-                        tempfile.TemporaryDirectory(prefix=f"bench-{name}-", dir=args.work_dir)
+                        tempfile.TemporaryDirectory(prefix=f"bench-{name}-", dir=root)
                     )
                     receiver = make_receiver(name, Path(tmp), storescp_fork=args.storescp_fork)
                     try:
