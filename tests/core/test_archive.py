@@ -5,12 +5,13 @@ from __future__ import annotations
 import errno
 import json
 import os
+import threading
 from pathlib import Path
 
 import pytest
 from pydicom import dcmread
 
-from dicomvault.archive import Archive
+from dicomvault.archive import Archive, Prepared
 from dicomvault.config import Settings
 from dicomvault.model.errors import (
     CannotParse,
@@ -22,7 +23,7 @@ from dicomvault.model.errors import (
     OutOfResources,
     UIDMismatch,
 )
-from dicomvault.model.records import StoreStatus
+from dicomvault.model.records import StoreResult, StoreStatus
 from tests.core.dicomfiles import bundled, dataset_bytes, make_dataset, write_bare, write_part10
 
 
@@ -363,3 +364,78 @@ def test_specific_character_set_is_stored_as_unicode(
     pn = meta["00100010"]["Value"][0]  # PS3.18 F.2.2: PN as its component groups
     groups = [pn.get(k, "") for k in ("Alphabetic", "Ideographic", "Phonetic")]
     assert "=".join(groups).rstrip("=") == expected
+
+
+def _prepare(archive: Archive, path: Path) -> object:
+    ds = dcmread(path, stop_before_pixels=True)
+    return archive.prepare_buffered(
+        sop_class_uid=ds.SOPClassUID,
+        sop_instance_uid=ds.SOPInstanceUID,
+        transfer_syntax_uid=ds.file_meta.TransferSyntaxUID,
+        dataset=dataset_bytes(path),
+        source_ae="SCU",
+    )
+
+
+def _finalize_many(archive: Archive, prepared: list[Prepared]) -> list[object]:
+    got: list[list[StoreResult | BaseException]] = []
+    done = threading.Event()
+
+    def written(results: list[StoreResult | BaseException]) -> None:
+        got.append(results)
+        done.set()
+
+    archive.finalize_many(prepared, written)
+    assert done.wait(30)
+    return list(got[0])
+
+
+def test_a_batch_of_prepared_instances_is_indexed_together(
+    archive: Archive, tmp_path: Path
+) -> None:
+    first = write_part10(make_dataset(), tmp_path / "a.dcm")
+    second = write_part10(make_dataset(), tmp_path / "b.dcm")
+    # Same SOP Instance UID as `first`, in another study: refused by the index.
+    clash = write_part10(
+        make_dataset(
+            sop_instance_uid=dcmread(first).SOPInstanceUID,
+            study="1.2.826.0.1.3680043.8.498.2",
+            series="1.2.826.0.1.3680043.8.498.2.1",
+        ),
+        tmp_path / "c.dcm",
+    )
+    prepared = [_prepare(archive, p) for p in (first, second, clash)]
+    assert all(isinstance(p, Prepared) for p in prepared)
+    # Placed, not yet indexed: nothing is findable before the writer's commit.
+    assert archive.stats().instances == 0
+    results = _finalize_many(archive, prepared)  # type: ignore[arg-type]
+    assert [r.status for r in results[:2]] == [StoreStatus.STORED] * 2  # type: ignore[union-attr]
+    assert isinstance(results[2], HierarchyConflict)
+    assert archive.stats().instances == 2
+    # The refused one's blob is gone; the stored ones' are named by the index.
+    names = {archive.get_instance(dcmread(p).SOPInstanceUID).blob_name for p in (first, second)}
+    assert set(blobs(archive)) == names
+    assert temp_files(archive) == []
+    # Sent again, identical: answered before anything is written.
+    again = _prepare(archive, second)
+    assert isinstance(again, StoreResult) and again.status is StoreStatus.DUPLICATE
+    assert set(blobs(archive)) == names
+
+
+def test_a_failing_batch_callback_does_not_stop_the_writer(
+    archive: Archive, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    prepared = _prepare(archive, write_part10(make_dataset(), tmp_path / "a.dcm"))
+    failed = threading.Event()
+
+    def broken(results: list[StoreResult | BaseException]) -> None:
+        failed.set()
+        raise RuntimeError("a bug in the caller")
+
+    archive.finalize_many([prepared], broken)  # type: ignore[list-item]
+    assert failed.wait(30)
+    # The writer goes on: the next instance is indexed.
+    result = archive.store_file(write_part10(make_dataset(), tmp_path / "b.dcm"))
+    assert result.status is StoreStatus.STORED
+    assert archive.stats().instances == 2
+    assert "a batch's completion failed" in caplog.text

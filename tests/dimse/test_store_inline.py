@@ -1,5 +1,6 @@
 """Where a C-STORE's data set is finished: small ones on the event loop, the rest on a
-thread; and the index writer's results reach the loop with one wake-up per batch."""
+thread; the loop's instances go to the index writer in batches, and the writer's
+results reach the loop with one wake-up per batch."""
 
 from __future__ import annotations
 
@@ -14,10 +15,11 @@ from peers import PYDICOM_TEST_FILES, ServerThread
 from dicomvault.archive import Archive
 from dicomvault.archive.archive import INLINE_LIMIT
 from dicomvault.dicom.kos import KEY_OBJECT_SELECTION_DOCUMENT
-from dicomvault.dimse.store import _Completions
+from dicomvault.dimse.store import _Batches, _Completions
 from dicomvault.model.errors import CannotParse
 from dicomvault.model.records import StoreResult, StoreStatus
 from dicomvault.net import associate, contexts_for_files, read_file_info
+from tests.core.dicomfiles import dataset_bytes, make_dataset, write_part10
 
 MR = PYDICOM_TEST_FILES / "MR_small.dcm"  # 9.8 KB data set
 
@@ -50,13 +52,18 @@ def test_small_data_set_finished_on_the_loop_large_one_on_a_thread(
     vault: Archive, vault_server: ServerThread, monkeypatch: Any
 ) -> None:
     seen: dict[str, str] = {}
-    original = Archive.receive_buffered
 
-    def spy(self: Archive, **kwargs: Any) -> Future[StoreResult]:
-        seen[kwargs["sop_instance_uid"]] = threading.current_thread().name
-        return original(self, **kwargs)
+    def spy(name: str) -> None:
+        original = getattr(Archive, name)
 
-    monkeypatch.setattr(Archive, "receive_buffered", spy)
+        def record(self: Archive, **kwargs: Any) -> object:
+            seen[kwargs["sop_instance_uid"]] = threading.current_thread().name
+            return original(self, **kwargs)
+
+        monkeypatch.setattr(Archive, name, record)
+
+    spy("receive_buffered")  # on a thread, indexed alone
+    spy("prepare_buffered")  # on the loop, indexed with others (_Batches)
     big = _larger_than_inline_limit()
     small_info, big_info = read_file_info(MR), read_file_info(big)
 
@@ -144,3 +151,47 @@ def test_results_after_a_delivery_are_delivered_too() -> None:
         return got
 
     assert asyncio.run(run()) == ["1.3.0", "1.3.1", "1.3.2"]
+
+
+def test_instances_gather_while_a_batch_is_written(vault: Archive, monkeypatch: Any) -> None:
+    sizes: list[int] = []
+    held: list[Any] = []
+    real = vault.finalize_many
+
+    def finalize_many(prepared: list[Any], done: Any) -> None:
+        sizes.append(len(prepared))
+        if len(sizes) == 1:  # the first batch's results are held back until released
+            real(prepared, lambda results: held.append((done, results)))
+        else:
+            real(prepared, done)
+
+    monkeypatch.setattr(vault, "finalize_many", finalize_many)
+
+    def prepared(number: int) -> Any:
+        ds = make_dataset()
+        path = write_part10(ds, Path(vault.store.root).parent / f"{number}.dcm")
+        return vault.prepare_buffered(
+            sop_class_uid=ds.SOPClassUID,
+            sop_instance_uid=ds.SOPInstanceUID,
+            transfer_syntax_uid="1.2.840.10008.1.2.1",
+            dataset=dataset_bytes(path),
+        )
+
+    async def run() -> list[object]:
+        batches = _Batches(vault, asyncio.get_running_loop())
+        first = batches.submit(prepared(0))
+        while not held:  # the first batch is indexed; its results wait for us
+            await asyncio.sleep(0.01)
+        later = [batches.submit(prepared(n)) for n in (1, 2, 3)]
+        later[1].cancel()  # its association went away: it is still stored
+        assert sizes == [1]  # nothing more is handed over while a batch is written
+        done, results = held[0]
+        done(results)
+        return await asyncio.gather(first, *later, return_exceptions=True)
+
+    outcomes = asyncio.run(run())
+    assert sizes == [1, 3]
+    stored = [o for o in outcomes if isinstance(o, StoreResult)]
+    assert [o.status for o in stored] == [StoreStatus.STORED] * 3
+    assert isinstance(outcomes[2], asyncio.CancelledError)
+    assert vault.stats().instances == 4

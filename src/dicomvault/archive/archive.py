@@ -15,7 +15,7 @@ import os
 import shutil
 import tempfile
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -320,6 +320,46 @@ class Archive:
         the header is parsed and both digests are computed from the buffer, and the
         file is written once. The future completes when the instance is indexed.
         """
+        spool, parsed = self._spool_buffered(
+            sop_class_uid, sop_instance_uid, transfer_syntax_uid, dataset, source_ae
+        )
+        return self._complete_async(spool, parsed, source_ae)
+
+    def prepare_buffered(
+        self,
+        *,
+        sop_class_uid: str,
+        sop_instance_uid: str,
+        transfer_syntax_uid: str,
+        dataset: bytes | bytearray,
+        source_ae: str | None = None,
+    ) -> Prepared | StoreResult:
+        """:meth:`receive_buffered` up to a placed blob, not yet durable nor indexed: for
+        a caller that hands several to :meth:`finalize_many` at once. A
+        :class:`StoreResult` means there is nothing to index (an identical duplicate,
+        keep-first)."""
+        spool, parsed = self._spool_buffered(
+            sop_class_uid, sop_instance_uid, transfer_syntax_uid, dataset, source_ae
+        )
+        check = self._check(spool, parsed, source_ae)
+        if isinstance(check, StoreResult):
+            return check
+        try:
+            name = spool.place()
+        except BaseException:
+            spool.discard()
+            raise
+        return check.prepared(name)
+
+    def _spool_buffered(
+        self,
+        sop_class_uid: str,
+        sop_instance_uid: str,
+        transfer_syntax_uid: str,
+        dataset: bytes | bytearray,
+        source_ae: str | None,
+    ) -> tuple[FileSpool, ParsedInstance]:
+        """Steps 1-2 for a data set in memory: parse it, write it with its file meta."""
         meta = encode_file_meta(
             sop_class_uid, sop_instance_uid, transfer_syntax_uid, source_ae=source_ae
         )
@@ -338,7 +378,7 @@ class Archive:
         except BaseException:
             spool.discard()
             raise
-        return self._complete_async(spool, parsed, source_ae)
+        return spool, parsed
 
     def store_file(self, path: Path, *, source_ae: str | None = None) -> StoreResult:
         """Store a file from disk: Part 10, Part 10 without preamble, or a bare data set.
@@ -536,30 +576,59 @@ class Archive:
         ``durable``: the blob is durable already (:meth:`FileSpool.commit`), so the
         index writer need not sync it (it does, once per batch, for the others)."""
         done: Future[StoreResult] = Future()
-        name = prepared.pending.blob.name
 
         def indexed(fut: Future[InsertOutcome]) -> None:
             try:
-                outcome = fut.result()
+                outcome: InsertOutcome | BaseException = fut.result()
             except BaseException as exc:
-                # Not indexed: the blob must not stay (DESIGN.md step 5).
-                self.store.delete(name)
-                done.set_exception(exc)
-                return
-            if outcome.status is StoreStatus.STORED:
-                self.quota.add(prepared.result.size)
-            try:
-                if outcome.new_blob_unused:
-                    self.store.delete(name)
-                if outcome.replaced_blob is not None:
-                    # Only after the new one is indexed (a crash here leaves an orphan).
-                    self.store.delete(outcome.replaced_blob)
-            except OSError as exc:
-                log.warning("could not remove unused blob: %s", exc)
-            done.set_result(dataclasses.replace(prepared.result, status=outcome.status))
+                outcome = exc
+            result = self._settle(prepared, outcome)
+            if isinstance(result, BaseException):
+                done.set_exception(result)
+            else:
+                done.set_result(result)
 
         self._writer.submit(prepared.pending, durable=durable).add_done_callback(indexed)
         return done
+
+    def finalize_many(
+        self, prepared: list[Prepared], done: Callable[[list[StoreResult | BaseException]], None]
+    ) -> None:
+        """Steps 3-5 for several prepared instances (:meth:`prepare_buffered`) together:
+        the index writer makes their blobs durable and indexes them in its next batch,
+        then calls ``done`` on its thread with each one's result or error, in order."""
+
+        def indexed(outcomes: list[InsertOutcome | BaseException]) -> None:
+            done([self._settle(p, o) for p, o in zip(prepared, outcomes, strict=True)])
+
+        self._writer.submit_many([p.pending for p in prepared], indexed)
+
+    def _settle(
+        self, prepared: Prepared, outcome: InsertOutcome | BaseException
+    ) -> StoreResult | BaseException:
+        """After the index writer's commit: remove what is no longer referenced, count
+        the quota, and give the instance's result (or its error)."""
+        name = prepared.pending.blob.name
+        if isinstance(outcome, BaseException):
+            # Not indexed: the blob must not stay (DESIGN.md step 5).
+            try:
+                self.store.delete(name)
+            except OSError as exc:
+                log.warning("could not remove the blob of an instance not indexed: %s", exc)
+            return outcome
+        if outcome.status is StoreStatus.STORED:
+            self.quota.add(prepared.result.size)
+        try:
+            if outcome.new_blob_unused:
+                self.store.delete(name)
+            if outcome.replaced_blob is not None:
+                # Only after the new one is indexed (a crash here leaves an orphan).
+                self.store.delete(outcome.replaced_blob)
+        except OSError as exc:
+            log.warning("could not remove unused blob: %s", exc)
+        if outcome.status is prepared.result.status:
+            return prepared.result
+        return dataclasses.replace(prepared.result, status=outcome.status)
 
     @staticmethod
     def _check_duplicate(

@@ -3,6 +3,10 @@
 Every ingest hands its :class:`PendingInsert` to this thread and waits. The thread takes
 everything queued meanwhile and records it in one transaction — a group commit — so with
 many senders the per-instance commit cost shrinks instead of serialising on fsync.
+
+A caller that gathers instances itself (the DIMSE event loop) hands them over together
+with :meth:`IndexWriter.submit_many` and one callback for all: no future, lock and
+wake-up per instance.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ import queue
 import threading
 from collections.abc import Callable
 from concurrent.futures import Future
+from typing import NamedTuple
 
 from dicomvault.index import Index, InsertOutcome, PendingInsert
 from dicomvault.model.errors import DicomVaultError
@@ -19,6 +24,21 @@ from dicomvault.model.errors import DicomVaultError
 log = logging.getLogger("dicomvault.archive")
 
 _STOP = object()
+
+#: Called on the writer thread after the commit, with one result per item of a
+#: :meth:`IndexWriter.submit_many`, in order: its outcome, or the error that failed it.
+BatchDone = Callable[[list[InsertOutcome | BaseException]], None]
+
+
+class _One(NamedTuple):
+    item: PendingInsert
+    future: Future[InsertOutcome]
+    durable: bool
+
+
+class _Many(NamedTuple):
+    items: list[PendingInsert]
+    done: BatchDone
 
 
 class IndexWriter:
@@ -43,8 +63,15 @@ class IndexWriter:
         if self._closed:
             raise DicomVaultError("the archive is closed")
         future: Future[InsertOutcome] = Future()
-        self._queue.put((item, future, durable))
+        self._queue.put(_One(item, future, durable))
         return future
+
+    def submit_many(self, items: list[PendingInsert], done: BatchDone) -> None:
+        """Queue ``items`` for the next batch together; their blobs are not durable yet
+        (``before_commit`` makes them so). ``done`` gets their results."""
+        if self._closed:
+            raise DicomVaultError("the archive is closed")
+        self._queue.put(_Many(items, done))
 
     def close(self) -> None:
         if not self._closed:
@@ -58,8 +85,9 @@ class IndexWriter:
             first = self._queue.get()
             if first is _STOP:
                 return
-            batch = [first]
-            while len(batch) < self._max_batch:
+            entries: list[_One | _Many] = [first]  # type: ignore[list-item]
+            count = _count(first)  # type: ignore[arg-type]
+            while count < self._max_batch:
                 try:
                     nxt = self._queue.get_nowait()
                 except queue.Empty:
@@ -67,18 +95,46 @@ class IndexWriter:
                 if nxt is _STOP:
                     stop = True
                     break
-                batch.append(nxt)
-            entries: list[tuple[PendingInsert, Future[InsertOutcome], bool]] = batch  # type: ignore[assignment]
-            items = [item for item, _, _ in entries]
-            try:
-                if self._before_commit is not None:
-                    self._before_commit([item for item, _, durable in entries if not durable])
-                results = self._index.insert_batch(items)
-            except Exception as exc:  # never let the writer die: fail this batch only
-                log.exception("index writer: batch of %d failed", len(entries))
-                results = [exc] * len(entries)
-            for (_, future, _), result in zip(entries, results, strict=True):
-                if isinstance(result, BaseException):
-                    future.set_exception(result)
-                else:
-                    future.set_result(result)
+                entries.append(nxt)  # type: ignore[arg-type]
+                count += _count(nxt)  # type: ignore[arg-type]
+            self._write(entries)
+
+    def _write(self, entries: list[_One | _Many]) -> None:
+        items: list[PendingInsert] = []
+        unsynced: list[PendingInsert] = []
+        for entry in entries:
+            if isinstance(entry, _Many):
+                items += entry.items
+                unsynced += entry.items
+            else:
+                items.append(entry.item)
+                if not entry.durable:
+                    unsynced.append(entry.item)
+        results: list[InsertOutcome | BaseException]
+        try:
+            if self._before_commit is not None:
+                self._before_commit(unsynced)
+            results = list(self._index.insert_batch(items))
+        except Exception as exc:  # never let the writer die: fail this batch only
+            log.exception("index writer: batch of %d failed", len(items))
+            results = [exc] * len(items)
+        position = 0
+        for entry in entries:
+            if isinstance(entry, _Many):
+                part = results[position : position + len(entry.items)]
+                position += len(entry.items)
+                try:
+                    entry.done(part)
+                except Exception:  # the callback's bug must not stop the writer
+                    log.exception("index writer: a batch's completion failed")
+                continue
+            result = results[position]
+            position += 1
+            if isinstance(result, BaseException):
+                entry.future.set_exception(result)
+            else:
+                entry.future.set_result(result)
+
+
+def _count(entry: _One | _Many) -> int:
+    return len(entry.items) if isinstance(entry, _Many) else 1

@@ -30,6 +30,7 @@ import ctypes
 import ctypes.util
 import errno
 import hashlib
+import io
 import itertools
 import os
 import re
@@ -48,6 +49,8 @@ _DAY = re.compile(r"^[0-9]{8}$")
 _MINUTE = re.compile(r"^[0-9]{4}$")
 _TMP = ".tmp"
 _SPACE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
+#: Write buffer of a spool (Python's default size, given so that open() does not ask).
+_BUFFER = io.DEFAULT_BUFFER_SIZE
 
 
 class _Names:
@@ -180,9 +183,11 @@ class FileSpool:
         self._hash_inline = hash_inline
         self._dataset_offset: int | None = None
         self._digests: tuple[str, str] | None = None
-        self._path = store.root / _TMP / f"{_names.next()}.part"
+        # Strings, not Paths, and an explicit buffer size (no isatty() probe): a spool is
+        # made per received instance, on the network event loop for small ones.
+        self._name = f"{store._tmp}/{_names.next()}.part"
         try:
-            self._file: BinaryIO | None = open(self._path, "xb")  # noqa: SIM115
+            self._file: BinaryIO | None = open(self._name, "xb", buffering=_BUFFER)  # noqa: SIM115
         except OSError as exc:
             raise _storage_error(exc, "creating a spool file") from exc
         self._size = 0
@@ -191,7 +196,7 @@ class FileSpool:
 
     @property
     def path(self) -> Path:
-        return self._path
+        return Path(self._name)
 
     @property
     def size(self) -> int:
@@ -243,7 +248,7 @@ class FileSpool:
         # the page cache, on whichever thread asks — not on the network event loop.
         self.flush()
         offset = self._dataset_offset
-        with open(self._path, "rb") as f:
+        with open(self._name, "rb") as f:
             position = 0
             while chunk := f.read(1 << 20):
                 self._digest.update(chunk)
@@ -268,7 +273,7 @@ class FileSpool:
             raise ValueError("spool already committed or discarded")
         bucket = time.strftime("%Y%m%d/%H%M", time.gmtime())
         name = f"{bucket}/{_names.next()}"
-        target = self._store.root / name
+        target = f"{self._store._root}/{name}"
         try:
             self._file.flush()
             if self._store.fsync and not self._store.batch_sync:
@@ -276,10 +281,10 @@ class FileSpool:
             self._file.close()
             self._file = None
             try:
-                os.rename(self._path, target)
+                os.rename(self._name, target)
             except FileNotFoundError:  # a new minute: its directory does not exist yet
-                target.parent.mkdir(parents=True, exist_ok=True)
-                os.rename(self._path, target)
+                os.makedirs(os.path.dirname(target), exist_ok=True)
+                os.rename(self._name, target)
         except OSError as exc:
             self.discard()
             raise _storage_error(exc, "committing") from exc
@@ -291,7 +296,8 @@ class FileSpool:
             with contextlib.suppress(OSError):
                 self._file.close()
             self._file = None
-        self._path.unlink(missing_ok=True)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self._name)
 
     def __enter__(self) -> FileSpool:
         return self
@@ -308,6 +314,7 @@ class FileSystemBlobStore:
     ) -> None:
         self.root = root
         self._root = str(root)
+        self._tmp = os.path.join(self._root, _TMP)
         self.fsync = fsync
         #: One syncfs makes a batch durable (``storage.sync = "batch"`` where the system
         #: has syncfs); otherwise an fsync per blob and per directory.
