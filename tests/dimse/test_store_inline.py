@@ -62,8 +62,7 @@ def test_small_data_set_finished_on_the_loop_large_one_on_a_thread(
 
         monkeypatch.setattr(Archive, name, record)
 
-    spy("receive_buffered")  # on a thread, indexed alone
-    spy("prepare_buffered")  # on the loop, indexed with others (_Batches)
+    spy("prepare_buffered")
     big = _larger_than_inline_limit()
     small_info, big_info = read_file_info(MR), read_file_info(big)
 

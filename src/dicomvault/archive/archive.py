@@ -294,7 +294,7 @@ class Archive:
         )
 
     def receives_inline(self, sop_class_uid: str, size: int) -> bool:
-        """Whether :meth:`receive_buffered` of a data set of ``size`` bytes is cheap
+        """Whether :meth:`prepare_buffered` of a data set of ``size`` bytes is cheap
         enough to run on a network event loop rather than a thread: small, indexed in
         local SQLite (its duplicate probe is a lookup in the page cache, not a network
         round trip), and not a Key Object Selection, which may reject instances (IOCM)
@@ -305,26 +305,6 @@ class Archive:
             and sop_class_uid != KEY_OBJECT_SELECTION_DOCUMENT
         )
 
-    def receive_buffered(
-        self,
-        *,
-        sop_class_uid: str,
-        sop_instance_uid: str,
-        transfer_syntax_uid: str,
-        dataset: bytes | bytearray,
-        source_ae: str | None = None,
-    ) -> Future[StoreResult]:
-        """Store one C-STORE data set that arrived whole in memory (PS3.4 B.2).
-
-        What :meth:`begin_receive` does for a stream, without reading the spool back:
-        the header is parsed and both digests are computed from the buffer, and the
-        file is written once. The future completes when the instance is indexed.
-        """
-        spool, parsed = self._spool_buffered(
-            sop_class_uid, sop_instance_uid, transfer_syntax_uid, dataset, source_ae
-        )
-        return self._complete_async(spool, parsed, source_ae)
-
     def prepare_buffered(
         self,
         *,
@@ -334,32 +314,12 @@ class Archive:
         dataset: bytes | bytearray,
         source_ae: str | None = None,
     ) -> Prepared | StoreResult:
-        """:meth:`receive_buffered` up to a placed blob, not yet durable nor indexed: for
-        a caller that hands several to :meth:`finalize_many` at once. A
-        :class:`StoreResult` means there is nothing to index (an identical duplicate,
-        keep-first)."""
-        spool, parsed = self._spool_buffered(
-            sop_class_uid, sop_instance_uid, transfer_syntax_uid, dataset, source_ae
-        )
-        check = self._check(spool, parsed, source_ae)
-        if isinstance(check, StoreResult):
-            return check
-        try:
-            name = spool.place()
-        except BaseException:
-            spool.discard()
-            raise
-        return check.prepared(name)
-
-    def _spool_buffered(
-        self,
-        sop_class_uid: str,
-        sop_instance_uid: str,
-        transfer_syntax_uid: str,
-        dataset: bytes | bytearray,
-        source_ae: str | None,
-    ) -> tuple[FileSpool, ParsedInstance]:
-        """Steps 1-2 for a data set in memory: parse it, write it with its file meta."""
+        """Steps 1-3 for one C-STORE data set that arrived whole in memory (PS3.4 B.2):
+        what :meth:`begin_receive` does for a stream, without reading the spool back —
+        the header is parsed and both digests are computed from the buffer, and the file
+        is written once and placed, not yet durable nor indexed: the caller hands several
+        to :meth:`finalize_many` at once. A :class:`StoreResult` means there is nothing to
+        index (an identical duplicate, keep-first)."""
         meta = encode_file_meta(
             sop_class_uid, sop_instance_uid, transfer_syntax_uid, source_ae=source_ae
         )
@@ -378,7 +338,15 @@ class Archive:
         except BaseException:
             spool.discard()
             raise
-        return spool, parsed
+        check = self._check(spool, parsed, source_ae)
+        if isinstance(check, StoreResult):
+            return check
+        try:
+            name = spool.place()
+        except BaseException:
+            spool.discard()
+            raise
+        return check.prepared(name)
 
     def store_file(self, path: Path, *, source_ae: str | None = None) -> StoreResult:
         """Store a file from disk: Part 10, Part 10 without preamble, or a bare data set.

@@ -39,7 +39,7 @@ from dicomvault.storage.filesystem import FileSpool
 
 _COPY_CHUNK = 1 << 20
 #: A part up to this size is held in memory, parsed from there and written once, like a
-#: C-STORE data set (``Archive.receive_buffered``): no spool written in pieces and read
+#: C-STORE data set (``Archive.prepare_buffered``): no spool written in pieces and read
 #: back for the header. A larger one streams to the spool from this size on.
 IN_MEMORY = 1 << 20
 
