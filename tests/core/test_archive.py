@@ -15,6 +15,7 @@ from dicomvault.archive import Archive, Prepared
 from dicomvault.config import Settings
 from dicomvault.model.errors import (
     CannotParse,
+    DicomVaultError,
     DuplicateRejected,
     HierarchyConflict,
     InvalidUID,
@@ -439,3 +440,15 @@ def test_a_failing_batch_callback_does_not_stop_the_writer(
     assert result.status is StoreStatus.STORED
     assert archive.stats().instances == 2
     assert "a batch's completion failed" in caplog.text
+
+
+def test_a_batch_refused_by_a_closed_writer_leaves_no_blob(
+    archive: Archive, tmp_path: Path
+) -> None:
+    prepared = _prepare(archive, write_part10(make_dataset(), tmp_path / "a.dcm"))
+    assert isinstance(prepared, Prepared)
+    assert blobs(archive) == [prepared.pending.blob.name]  # placed, not yet indexed
+    archive._writer.close()
+    with pytest.raises(DicomVaultError, match="closed"):
+        archive.finalize_many([prepared], lambda results: None)
+    assert_nothing_left(archive)

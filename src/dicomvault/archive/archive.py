@@ -569,7 +569,12 @@ class Archive:
         def indexed(outcomes: list[InsertOutcome | BaseException]) -> None:
             done([self._settle(p, o) for p, o in zip(prepared, outcomes, strict=True)])
 
-        self._writer.submit_many([p.pending for p in prepared], indexed)
+        try:
+            self._writer.submit_many([p.pending for p in prepared], indexed)
+        except BaseException as exc:  # the archive is closing: none will be indexed
+            for p in prepared:
+                self._settle(p, exc)
+            raise
 
     def _settle(
         self, prepared: Prepared, outcome: InsertOutcome | BaseException
