@@ -205,3 +205,11 @@ def test_syncfs_reports_errors(tmp_path: Path) -> None:
     filesystem._syncfs(tmp_path)  # the real call, on this test's filesystem
     with pytest.raises(FileNotFoundError):
         filesystem._syncfs(tmp_path / "absent")
+
+
+def test_place_syncs_only_with_per_blob_fsyncs(tmp_path: Path) -> None:
+    # The DIMSE event loop places small blobs itself only when that cannot wait for the
+    # device (Archive.receives_inline).
+    assert FileSystemBlobStore(tmp_path / "a", fsync=True, sync="blob").place_syncs
+    assert not FileSystemBlobStore(tmp_path / "b", fsync=True, sync="batch").place_syncs
+    assert not FileSystemBlobStore(tmp_path / "c", fsync=False, sync="blob").place_syncs

@@ -43,6 +43,10 @@ def test_receives_inline_only_small_local_non_kos(vault: Archive, monkeypatch: A
     assert not vault.receives_inline(ct, INLINE_LIMIT + 1)
     # A rejection note may hide instances in a write transaction of its own.
     assert not vault.receives_inline(KEY_OBJECT_SELECTION_DOCUMENT, 1_000)
+    # storage.sync = "blob": placing a blob fsyncs it, never on the loop.
+    monkeypatch.setattr(vault.store, "place_syncs", True)
+    assert not vault.receives_inline(ct, 1_000)
+    monkeypatch.setattr(vault.store, "place_syncs", False)
     # PostgreSQL: the duplicate probe is a network round trip, never on the loop.
     monkeypatch.setattr(vault.index, "is_sqlite", False)
     assert not vault.receives_inline(ct, 1_000)

@@ -297,11 +297,13 @@ class Archive:
         """Whether :meth:`prepare_buffered` of a data set of ``size`` bytes is cheap
         enough to run on a network event loop rather than a thread: small, indexed in
         local SQLite (its duplicate probe is a lookup in the page cache, not a network
-        round trip), and not a Key Object Selection, which may reject instances (IOCM)
+        round trip), placed without an ``fsync`` (``storage.sync = "batch"``: the index
+        writer syncs), and not a Key Object Selection, which may reject instances (IOCM)
         in a write transaction of its own."""
         return (
             size <= INLINE_LIMIT
             and self.index.is_sqlite
+            and not self.store.place_syncs
             and sop_class_uid != KEY_OBJECT_SELECTION_DOCUMENT
         )
 

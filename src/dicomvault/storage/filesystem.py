@@ -276,7 +276,7 @@ class FileSpool:
         target = f"{self._store._root}/{name}"
         try:
             self._file.flush()
-            if self._store.fsync and not self._store.batch_sync:
+            if self._store.place_syncs:
                 os.fsync(self._file.fileno())
             self._file.close()
             self._file = None
@@ -319,6 +319,9 @@ class FileSystemBlobStore:
         #: One syncfs makes a batch durable (``storage.sync = "batch"`` where the system
         #: has syncfs); otherwise an fsync per blob and per directory.
         self.batch_sync = fsync and sync == "batch" and _SYNCFS is not None
+        #: :meth:`FileSpool.place` fsyncs the file (``storage.sync = "blob"``): a call
+        #: that waits for the device.
+        self.place_syncs = fsync and not self.batch_sync
         (root / _TMP).mkdir(parents=True, exist_ok=True)
 
     def _path(self, name: str) -> Path:
