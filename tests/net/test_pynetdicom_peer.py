@@ -18,6 +18,7 @@ from peers import (
     ServerThread,
     data_set_bytes,
     free_port,
+    pynetdicom_associate,
     start_server,
 )
 from pydicom import dcmread
@@ -145,7 +146,7 @@ def test_user_identity_refused(store_dir: Path) -> None:
         user = UserIdentityNegotiation()
         user.user_identity_type = 1
         user.primary_field = b"mallory"
-        assoc = ae.associate("127.0.0.1", srv.port, ae_title="DICOMVAULT", ext_neg=[user])
+        assoc = pynetdicom_associate(ae, srv.port, ae_title="DICOMVAULT", ext_neg=[user])
         assert assoc.is_rejected
     finally:
         srv.close()

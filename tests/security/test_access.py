@@ -22,7 +22,7 @@ for _folder in ("net", "dimse"):
     if str(_TESTS / _folder) not in sys.path:
         sys.path.insert(0, str(_TESTS / _folder))
 
-from peers import PYDICOM_TEST_FILES, dcmtk  # noqa: E402
+from peers import PYDICOM_TEST_FILES, dcmtk, pynetdicom_associate  # noqa: E402
 from pydicom import Dataset, dcmread  # noqa: E402
 from pynetdicom import AE, build_role, evt  # noqa: E402
 from pynetdicom.association import Association as PynetAssociation  # noqa: E402
@@ -78,7 +78,7 @@ def _associate(
         ae.add_requested_context(uid, [EXPLICIT_LE, IMPLICIT_LE])
     received: list[Any] = []
     handlers = [(evt.EVT_ACSE_RECV, lambda event: received.append(event.primitive))]
-    assoc = ae.associate("127.0.0.1", port, ae_title="DICOMVAULT", evt_handlers=handlers, **kwargs)
+    assoc = pynetdicom_associate(ae, port, ae_title="DICOMVAULT", evt_handlers=handlers, **kwargs)
     return assoc, received
 
 
