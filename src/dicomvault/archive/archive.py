@@ -340,15 +340,7 @@ class Archive:
         except BaseException:
             spool.discard()
             raise
-        check = self._check(spool, parsed, source_ae)
-        if isinstance(check, StoreResult):
-            return check
-        try:
-            name = spool.place()
-        except BaseException:
-            spool.discard()
-            raise
-        return check.prepared(name)
+        return self._place_checked(spool, parsed, source_ae, durable=False)
 
     def store_file(self, path: Path, *, source_ae: str | None = None) -> StoreResult:
         """Store a file from disk: Part 10, Part 10 without preamble, or a bare data set.
@@ -447,22 +439,32 @@ class Archive:
         self, spool: FileSpool, parsed: ParsedInstance, source_ae: str | None
     ) -> Future[StoreResult]:
         """Steps 3–4 here, step 5 on the index writer (the future completes there)."""
-        check = self._check(spool, parsed, source_ae)
-        if isinstance(check, StoreResult):
-            done: Future[StoreResult] = Future()
-            done.set_result(check)
-            return done
         # storage.sync = "batch": placed only; the index writer's one syncfs in front
         # of its commit makes the whole batch durable. "blob": the file and its
         # directory are fsynced here, in parallel with the other receptions, not in
         # series with every commit on the writer.
         durable = not self.store.batch_sync
+        prepared = self._place_checked(spool, parsed, source_ae, durable=durable)
+        if isinstance(prepared, StoreResult):
+            done: Future[StoreResult] = Future()
+            done.set_result(prepared)
+            return done
+        return self.finalize_async(prepared, durable=durable)
+
+    def _place_checked(
+        self, spool: FileSpool, parsed: ParsedInstance, source_ae: str | None, *, durable: bool
+    ) -> Prepared | StoreResult:
+        """Check a fully spooled instance and put its blob in place (``durable``: and
+        make it so here), or the :class:`StoreResult` when there is nothing to store."""
+        check = self._check(spool, parsed, source_ae)
+        if isinstance(check, StoreResult):
+            return check
         try:
             name = spool.commit() if durable else spool.place()
         except BaseException:
             spool.discard()
             raise
-        return self.finalize_async(check.prepared(name), durable=durable)
+        return check.prepared(name)
 
     def _check(
         self, spool: FileSpool, parsed: ParsedInstance, source_ae: str | None

@@ -195,13 +195,8 @@ class _Completions:
         with self._lock:
             ready, self._ready = self._ready, []
         for waiter, done in ready:
-            if waiter.done():
-                continue
             exc = done.exception()
-            if exc is not None:
-                waiter.set_exception(exc)
-            else:
-                waiter.set_result(done.result())
+            _answer(waiter, exc if exc is not None else done.result())
 
 
 class _Batches:
@@ -246,14 +241,19 @@ class _Batches:
     ) -> None:
         self._writing = False
         for (_, waiter), result in zip(batch, results, strict=True):
-            if waiter.done():  # the association went away meanwhile
-                continue
-            if isinstance(result, BaseException):
-                waiter.set_exception(result)
-            else:
-                waiter.set_result(result)
+            _answer(waiter, result)
         if self._gathering:
             self._send()
+
+
+def _answer(waiter: asyncio.Future[StoreResult], result: StoreResult | BaseException) -> None:
+    """Hand an instance's result (or error) to the C-STORE awaiting it on the loop."""
+    if waiter.done():  # the association went away meanwhile
+        return
+    if isinstance(result, BaseException):
+        waiter.set_exception(result)
+    else:
+        waiter.set_result(result)
 
 
 class _Delivery(NamedTuple):
@@ -264,7 +264,8 @@ class _Delivery(NamedTuple):
 
 
 class ArchiveStoreHandler:
-    """C-STORE SCP: each request becomes one ``archive.begin_receive`` (PS3.4 B.2.2)."""
+    """C-STORE SCP (PS3.4 B.2.2): each request becomes an :class:`ArchiveSink`, which
+    stores its data set with ``archive.prepare_buffered`` or ``archive.begin_receive``."""
 
     def __init__(self, archive: Archive) -> None:
         self.archive = archive
