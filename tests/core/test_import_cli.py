@@ -127,6 +127,25 @@ def test_usage_errors_exit_2(tmp_path: Path) -> None:
     assert "No such file or directory" in proc.stderr and "Traceback" not in proc.stderr
 
 
+def test_maintenance_on_a_mistyped_data_dir_creates_nothing(tmp_path: Path) -> None:
+    """verify, retention and protect look at an archive: a --data-dir that names none is
+    an error (exit 2), not a new empty archive that verify would call consistent."""
+    absent = tmp_path / "typo"
+    for args in (("verify",), ("retention", "run"), ("protect", "1.2.3")):
+        proc = dv(*args, "--data-dir", absent)
+        assert proc.returncode == 2, (args, proc.stderr)
+        assert f"no archive at {absent}" in proc.stderr, proc.stderr
+        assert "Traceback" not in proc.stderr
+        assert not absent.exists()
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    proc = dv("verify", "--data-dir", empty)
+    assert proc.returncode == 2 and "holds no index.sqlite3" in proc.stderr, proc.stderr
+    proc = dv("stats", "--data-dir", empty)
+    assert proc.returncode == 2 and "No such file or directory" in proc.stderr
+    assert list(empty.iterdir()) == []  # no empty index.sqlite3 left behind
+
+
 def test_config_show_and_db_upgrade(tmp_path: Path) -> None:
     proc = dv(
         "config",

@@ -211,6 +211,10 @@ def test_usage_errors(tmp_path: Path, data: Path) -> None:
     same_uids = dv("anonymize", ct, "--store", "--retain-uids", "--data-dir", data)
     assert same_uids.code == 2 and "--retain-uids cannot go with --store" in same_uids.stderr
     unknown = dv("anonymize", "--study", "1.2.3.999", "--out", tmp_path / "o", "--data-dir", data)
+    assert unknown.code == 2 and "no archive at" in unknown.stderr  # nothing stored yet
+    assert not (tmp_path / "o").exists()
+    Archive.open(_settings(data)).close()
+    unknown = dv("anonymize", "--study", "1.2.3.999", "--out", tmp_path / "o", "--data-dir", data)
     assert unknown.code == 2 and "no study with Study Instance UID 1.2.3.999" in unknown.stderr
     assert not (tmp_path / "o").exists()
 

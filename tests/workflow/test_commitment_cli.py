@@ -61,12 +61,20 @@ def test_commit_study_report_on_new_association(
     assert "2 committed, 0 failed" in proc.stdout
 
 
-def test_commit_refused_and_unreachable(wf_server: Any, tmp_path: Path) -> None:
+def test_commit_refused_and_unreachable(
+    wf_server: Any, wf_archive: Archive, tmp_path: Path
+) -> None:
     proc = commit("--to", f"DICOMVAULT@127.0.0.1:{free_port()}", str(tmp_path), "--timeout", "5")
     assert proc.returncode == 2
     proc = commit(
         "--to", f"DICOMVAULT@127.0.0.1:{wf_server.port}", "--study", "1.2.3",
         "--data-dir", str(tmp_path / "elsewhere"),
+    )  # fmt: skip
+    assert proc.returncode == 2 and "no archive at" in proc.stderr
+    assert not (tmp_path / "elsewhere").exists()  # a mistyped --data-dir creates nothing
+    proc = commit(
+        "--to", f"DICOMVAULT@127.0.0.1:{wf_server.port}", "--study", "1.2.3",
+        "--data-dir", str(wf_archive.settings.storage.path),
     )  # fmt: skip
     assert proc.returncode == 2 and "no study 1.2.3" in proc.stderr
 

@@ -34,6 +34,7 @@ from dicomvault.dicom.parse import ParsedInstance, parse_instance, parse_instanc
 from dicomvault.dicom.part10 import PREAMBLE, encode_file_meta, read_preamble_layout
 from dicomvault.index import Index, InsertOutcome, PendingInsert
 from dicomvault.model.errors import (
+    ConfigError,
     DuplicateRejected,
     HierarchyConflict,
     IndexError_,
@@ -172,6 +173,22 @@ class Prepared:
     result: StoreResult
 
 
+def _require_archive(settings: Settings) -> None:
+    """ConfigError unless ``settings`` name an archive that exists: its data directory,
+    and its embedded index when ``index.url`` is not set."""
+    data_dir = settings.storage.path
+    if not data_dir.is_dir():
+        problem = "the data directory does not exist"
+    elif not settings.index.url and not (data_dir / "index.sqlite3").is_file():
+        problem = "the directory holds no index.sqlite3"
+    else:
+        return
+    raise ConfigError(
+        f"no archive at {data_dir}: {problem} "
+        "('dicomvault serve' or 'dicomvault import' creates one)"
+    )
+
+
 class Archive:
     """An open archive: index + blob store + the writer thread."""
 
@@ -191,20 +208,31 @@ class Archive:
 
     @classmethod
     def open(
-        cls, settings: Settings, *, recover_on_start: bool = True, helper: bool = False
+        cls,
+        settings: Settings,
+        *,
+        recover_on_start: bool = True,
+        helper: bool = False,
+        create: bool = True,
     ) -> Archive:
-        """Open (creating when new) the archive of ``settings``.
+        """Open (creating when new, unless ``create`` is false) the archive of ``settings``.
 
         When no other process has the data directory open, start-up recovery removes
         temp files and orphan blobs that a crash left behind. ``helper`` is for worker
         processes of a process that already opened it: no lock, no recovery.
+
+        Commands that only look at or change what is stored (verify, delete, retention)
+        pass ``create=False``: a mistyped ``--data-dir`` is then an error
+        (:class:`ConfigError`), not a new empty archive that reports "consistent".
         """
         data_dir = settings.storage.path
+        if not create:
+            _require_archive(settings)
         data_dir.mkdir(parents=True, exist_ok=True)
         store = FileSystemBlobStore(
             data_dir / "blobs", fsync=settings.storage.fsync, sync=settings.storage.sync
         )
-        index = Index.open(settings.index_url)
+        index = Index.open(settings.index_url, create=create)
         archive = cls(settings, index, store)
         if helper:
             return archive

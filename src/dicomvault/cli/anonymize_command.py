@@ -172,7 +172,8 @@ def anonymize_command(
                 stack.callback(_remove_if_empty, out_dir)
             archive = None
             if studies or store:
-                archive = stack.enter_context(Archive.open(settings))
+                # Stored studies must exist; --store alone may start a new archive.
+                archive = stack.enter_context(Archive.open(settings, create=not studies))
                 stack.callback(audit.close_trail, archive)  # queued messages written first
             try:
                 sources = file_sources(paths)

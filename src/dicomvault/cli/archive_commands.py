@@ -161,7 +161,7 @@ def verify_command(config: Path | None, data_dir: Path | None, repair: bool, as_
 
     def body() -> int:
         settings = load_cli_settings(config, data_dir)
-        with Archive.open(settings, recover_on_start=False) as archive:
+        with Archive.open(settings, recover_on_start=False, create=False) as archive:
             total = archive.stats().instances
             with Progress(
                 TextColumn("verifying"),
@@ -218,7 +218,7 @@ def stats_command(config: Path | None, data_dir: Path | None, as_json: bool) -> 
 
     def body() -> int:
         settings = load_cli_settings(config, data_dir)
-        index = Index.open(settings.index_url)
+        index = Index.open(settings.index_url, create=False)
         try:
             stats = index.stats()
             per_modality = index.level_stats()

@@ -118,7 +118,7 @@ def commit_command(
     try:
         settings = load_cli_settings(config, data_dir)
         if study_uid:
-            with Archive.open(settings) as archive:
+            with Archive.open(settings, create=False) as archive:
                 refs = _from_study(archive, study_uid)
         else:
             refs = _from_files(paths)

@@ -126,7 +126,7 @@ def delete_command(
 
     def body() -> int:
         settings = load_cli_settings(config, data_dir)
-        with Archive.open(settings) as archive:
+        with Archive.open(settings, create=False) as archive:
             planned = archive.deletion.plan(selection)
             if dry_run:
                 _show(planned, as_json)
@@ -181,7 +181,7 @@ def protect_command(study_uid: str, note: str, config: Path | None, data_dir: Pa
 
     def body() -> int:
         settings = load_cli_settings(config, data_dir)
-        with Archive.open(settings) as archive:
+        with Archive.open(settings, create=False) as archive:
             changed = archive.deletion.protect(uid, note)
         console.print(f"study {uid} " + ("protected" if changed else "was already protected"))
         return 0
@@ -198,7 +198,7 @@ def unprotect_command(study_uid: str, config: Path | None, data_dir: Path | None
 
     def body() -> int:
         settings = load_cli_settings(config, data_dir)
-        with Archive.open(settings) as archive:
+        with Archive.open(settings, create=False) as archive:
             changed = archive.deletion.unprotect(uid)
         console.print(f"study {uid} " + ("unprotected" if changed else "was not protected"))
         return 0
@@ -240,7 +240,7 @@ def retention_run(dry_run: bool, as_json: bool, config: Path | None, data_dir: P
 
     def body() -> int:
         settings = load_cli_settings(config, data_dir)
-        with Archive.open(settings) as archive:
+        with Archive.open(settings, create=False) as archive:
             report = run_once(archive, dry_run=dry_run)
             audit.close_trail(archive)  # its Study Deleted messages written before closing
         if as_json:

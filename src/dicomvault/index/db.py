@@ -28,6 +28,7 @@ from sqlalchemy import (
     func,
     select,
 )
+from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.pool import NullPool
 
@@ -245,14 +246,27 @@ class Index:
         IndexOutdated
             The database exists at an older schema revision.
         IndexError_
-            The database cannot be reached.
+            The database cannot be reached; or, without ``create``, it does not exist
+            or holds no dicomvault index.
         """
+        if not create and url.startswith("sqlite"):
+            database = make_url(url).database
+            if database and database != ":memory:" and not os.path.exists(database):
+                # Connecting would create an empty file where a mistyped path points.
+                raise IndexError_(
+                    f"cannot open the index database {database}: No such file or directory"
+                )
         index = cls(url)
         try:
             current = migrate.current_revision(index._write)
             head = migrate.head_revision()
             if current is None and create:
                 migrate.upgrade(index._write)
+            elif current is None:
+                index.close()
+                raise IndexError_(
+                    "the database holds no dicomvault index ('dicomvault db upgrade' creates one)"
+                )
             elif current != head:
                 index.close()
                 raise IndexOutdated(
