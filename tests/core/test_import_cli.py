@@ -17,6 +17,7 @@ from pydicom.data import get_testdata_file
 
 from bench.datasets import ct_series
 from tests.core.dicomfiles import make_dataset, write_part10
+from tests.processes import descendants, kill_all, wait_until_gone
 
 DV = str(Path(sys.executable).with_name("dicomvault"))
 
@@ -182,8 +183,15 @@ def test_kill_9_half_way_then_restart_is_consistent(tmp_path: Path) -> None:
         if db.exists() and blobs.exists() and sum(1 for _ in blobs.rglob("*")) > 60:
             break
         time.sleep(0.02)
+    workers = descendants(proc.pid)
+    assert workers, "the import ran without worker processes: nothing tested below"
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=10)
+    # Its worker processes (and multiprocessing's resource tracker) end with it, not idle
+    # for ever holding their memory.
+    left = wait_until_gone(workers, timeout=20)
+    kill_all(left)
+    assert not left, f"processes of the killed import still running: {sorted(left)}"
     # Restart: the next import recovers (orphans, temp files) and completes the set.
     report = json.loads(dv("import", src, "--data-dir", data, "--json", check=True).stdout)
     assert report["stored"] + report["duplicate"] == 300

@@ -16,6 +16,7 @@ import pytest
 
 from bench.datasets import ct_series
 from dicomvault.security.certs import make_dev_certs
+from tests.processes import descendants, kill_all, wait_until_gone
 
 DV = str(Path(sys.executable).with_name("dicomvault"))
 DCMTK_ENV = {**os.environ, "TCP_NODELAY": "1"}  # Debian's DCMTK stalls ~40 ms without it
@@ -155,6 +156,25 @@ def test_workers_share_the_port(tmp_path: Path, files: list[Path]) -> None:
     }
     assert len(pids) == 2
     assert log_has_http_listeners(server.log, 2)
+
+
+def test_workers_stop_when_the_supervisor_is_killed(tmp_path: Path) -> None:
+    """kill -9 of the supervising process: its workers stop too (gracefully, as on
+    SIGTERM) instead of serving on alone beside whatever is started next."""
+    data = tmp_path / "data"
+    server = Server(data, "--workers", "2")
+    server.wait_for_log("DIMSE listening", count=2)
+    workers = descendants(server.proc.pid)
+    assert len(workers) >= 2
+    server.proc.send_signal(signal.SIGKILL)
+    server.proc.wait(timeout=10)
+    left = wait_until_gone(workers, timeout=30)
+    kill_all(left)
+    assert not left, f"workers still running after the supervisor died: {sorted(left)}"
+    text = server.log.read_text()
+    assert text.count("has exited: stopping") == 2, text
+    assert text.count("worker 0: stopped") + text.count("worker 1: stopped") == 2, text
+    assert not echo(server.port)  # nobody is left on the port
 
 
 def log_has_http_listeners(log: Path, count: int) -> bool:

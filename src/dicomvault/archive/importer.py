@@ -31,6 +31,7 @@ from dicomvault.config import Settings
 from dicomvault.dicom.dicomdir import dicomdir_references, is_dicomdir
 from dicomvault.model.errors import InvalidInstance, NotDicom, OutOfResources
 from dicomvault.model.records import StoreResult, StoreStatus
+from dicomvault.parent import stop_with_parent
 
 
 @dataclass(frozen=True)
@@ -131,6 +132,7 @@ def _worker_init(settings: Settings) -> None:
     global _worker_archive
     # The parent's Ctrl-C reaches the whole process group; the parent handles it.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    stop_with_parent()  # a killed import leaves no idle workers behind
     _worker_archive = Archive.open(settings, recover_on_start=False, helper=True)
 
 

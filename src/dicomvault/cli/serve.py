@@ -31,6 +31,7 @@ from dicomvault.index import Index
 from dicomvault.model.digits import ascii_digits
 from dicomvault.model.errors import ConfigError
 from dicomvault.net.tls_listener import TlsAcceptor
+from dicomvault.parent import stop_with_parent
 from dicomvault.security.tls import reload_server_contexts, server_context
 from dicomvault.web.auth import is_loopback
 from dicomvault.web.http import refuse_if_exposed, serve_http
@@ -230,6 +231,7 @@ def _worker_main(
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda signum, _frame: early_stop.append(signum))
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    stop_with_parent()  # a killed supervisor leaves no worker serving on alone
     if started is not None:
         started.set()  # the parent may forward SIGHUP from now on
     _configure_logging(level)
