@@ -129,10 +129,19 @@ def test_usage_errors_exit_2(tmp_path: Path) -> None:
 
 
 def test_maintenance_on_a_mistyped_data_dir_creates_nothing(tmp_path: Path) -> None:
-    """verify, retention and protect look at an archive: a --data-dir that names none is
-    an error (exit 2), not a new empty archive that verify would call consistent."""
+    """Commands that look at an archive (verify, retention, protect, the list commands):
+    a --data-dir that names none is an error (exit 2), not a new empty archive that
+    verify would call consistent or a list would show as empty."""
     absent = tmp_path / "typo"
-    for args in (("verify",), ("retention", "run"), ("protect", "1.2.3")):
+    for args in (
+        ("verify",),
+        ("retention", "run"),
+        ("protect", "1.2.3"),
+        ("user", "list"),
+        ("token", "list"),
+        ("remote", "list"),
+        ("worklist", "list"),
+    ):
         proc = dv(*args, "--data-dir", absent)
         assert proc.returncode == 2, (args, proc.stderr)
         assert f"no archive at {absent}" in proc.stderr, proc.stderr

@@ -173,7 +173,7 @@ class Prepared:
     result: StoreResult
 
 
-def _require_archive(settings: Settings) -> None:
+def require_archive(settings: Settings) -> None:
     """ConfigError unless ``settings`` name an archive that exists: its data directory,
     and its embedded index when ``index.url`` is not set."""
     data_dir = settings.storage.path
@@ -227,7 +227,7 @@ class Archive:
         """
         data_dir = settings.storage.path
         if not create:
-            _require_archive(settings)
+            require_archive(settings)
         data_dir.mkdir(parents=True, exist_ok=True)
         store = FileSystemBlobStore(
             data_dir / "blobs", fsync=settings.storage.fsync, sync=settings.storage.sync

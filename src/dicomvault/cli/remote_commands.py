@@ -17,17 +17,24 @@ from typing import Any
 import click
 from rich.table import Table
 
-from dicomvault.archive import remotes
+from dicomvault.archive import remotes, require_archive
 from dicomvault.cli.common import config_options, console, load_cli_settings, out, run_guarded
 from dicomvault.config import ALL_PERMISSIONS, Settings
 from dicomvault.index import Index
 
 
 @contextmanager
-def _place(config: Path | None, data_dir: Path | None) -> Iterator[tuple[Settings, Index]]:
+def _place(
+    config: Path | None, data_dir: Path | None, *, create: bool
+) -> Iterator[tuple[Settings, Index]]:
+    """Settings and index; ``create``: make the archive when new (``remote add``), else
+    a mistyped ``--data-dir`` is an error."""
     settings = load_cli_settings(config, data_dir)
-    settings.storage.path.mkdir(parents=True, exist_ok=True)
-    index = Index.open(settings.index_url)
+    if create:
+        settings.storage.path.mkdir(parents=True, exist_ok=True)
+    else:
+        require_archive(settings)
+    index = Index.open(settings.index_url, create=create)
     try:
         yield settings, index
     finally:
@@ -100,7 +107,7 @@ def remote_add(
         data["permissions"] = list(permissions)
 
     def body() -> int:
-        with _place(config, data_dir) as place:
+        with _place(config, data_dir, create=True) as place:
             entry = remotes.add_remote(place, name, data, actor=_who())
         r = entry.remote
         console.print(
@@ -121,7 +128,7 @@ def remote_list(as_json: bool, config: Path | None, data_dir: Path | None) -> No
     """List the remote AEs, from the configuration file and from the index."""
 
     def body() -> int:
-        with _place(config, data_dir) as place:
+        with _place(config, data_dir, create=False) as place:
             found = remotes.list_remotes(place)
         if as_json:
             out.print_json(json.dumps([r.as_dict() for r in found]))
@@ -155,7 +162,7 @@ def remote_remove(name: str, config: Path | None, data_dir: Path | None) -> None
     """Remove remote AE NAME from the index (entries of the file stay)."""
 
     def body() -> int:
-        with _place(config, data_dir) as place:
+        with _place(config, data_dir, create=False) as place:
             remotes.remove_remote(place, name, actor=_who())
         console.print(f"removed remote {name!r}", highlight=False)
         return 0

@@ -13,16 +13,21 @@ from pathlib import Path
 import click
 from rich.table import Table
 
-from dicomvault.archive import audit, users
+from dicomvault.archive import audit, require_archive, users
 from dicomvault.cli.common import config_options, console, fail, load_cli_settings, out, run_guarded
 from dicomvault.index import Index
 
 
 @contextmanager
-def _index(config: Path | None, data_dir: Path | None) -> Iterator[Index]:
+def _index(config: Path | None, data_dir: Path | None, *, create: bool) -> Iterator[Index]:
+    """The index; ``create``: make the archive when new (adding a user or token before
+    the first ``serve`` is fine), else a mistyped ``--data-dir`` is an error."""
     settings = load_cli_settings(config, data_dir)
-    settings.storage.path.mkdir(parents=True, exist_ok=True)
-    index = Index.open(settings.index_url)
+    if create:
+        settings.storage.path.mkdir(parents=True, exist_ok=True)
+    else:
+        require_archive(settings)
+    index = Index.open(settings.index_url, create=create)
     try:
         yield index
     finally:
@@ -88,7 +93,7 @@ def user_add(
         problem = users.password_problem(password)
         if problem is not None:
             fail(problem, 2)
-        with _index(config, data_dir) as index:
+        with _index(config, data_dir, create=True) as index:
             users.add_user(index, name, password, role)
             _audit(config, data_dir, index, name, f"user {name!r} added with role {role}")
         console.print(f"added user {name!r} with role {role}", highlight=False)
@@ -104,7 +109,7 @@ def user_list(as_json: bool, config: Path | None, data_dir: Path | None) -> None
     """List the HTTP users and their roles."""
 
     def body() -> int:
-        with _index(config, data_dir) as index:
+        with _index(config, data_dir, create=False) as index:
             found = users.list_users(index)
         if as_json:
             out.print_json(
@@ -147,7 +152,7 @@ def user_remove(name: str, force: bool, config: Path | None, data_dir: Path | No
     """Remove HTTP user NAME and every token of it."""
 
     def body() -> int:
-        with _index(config, data_dir) as index:
+        with _index(config, data_dir, create=False) as index:
             users.remove_user(index, name, force=force)
             _audit(config, data_dir, index, name, f"user {name!r} removed")
             left = len(users.list_users(index))
@@ -184,7 +189,7 @@ def token_create(
 
     def body() -> int:
         expires = None if expires_days is None else timedelta(days=expires_days)
-        with _index(config, data_dir) as index:
+        with _index(config, data_dir, create=False) as index:
             new = users.create_token(index, user, label, expires)
             _audit(config, data_dir, index, user, f"API token {new.id} created for {user!r}")
         out.print(new.token, highlight=False, soft_wrap=True)
@@ -208,7 +213,7 @@ def token_list(
     """List API tokens (never the tokens themselves): id, user, label, state, dates."""
 
     def body() -> int:
-        with _index(config, data_dir) as index:
+        with _index(config, data_dir, create=False) as index:
             found = users.list_tokens(index, user)
         if as_json:
             out.print_json(
@@ -255,7 +260,7 @@ def token_revoke(token_id: int, config: Path | None, data_dir: Path | None) -> N
     """Revoke API token ID at once (see 'token list')."""
 
     def body() -> int:
-        with _index(config, data_dir) as index:
+        with _index(config, data_dir, create=False) as index:
             users.revoke_token(index, token_id)
             _audit(config, data_dir, index, str(token_id), f"API token {token_id} revoked")
         console.print(f"revoked token {token_id}")

@@ -19,9 +19,12 @@ from dicomvault.security.audit import ActionCode
 
 
 @contextmanager
-def _archive(config: Path | None, data_dir: Path | None) -> Iterator[Archive]:
+def _archive(config: Path | None, data_dir: Path | None, *, create: bool) -> Iterator[Archive]:
     # No start-up recovery: a server may be running on the same data directory.
-    with Archive.open(load_cli_settings(config, data_dir), recover_on_start=False) as archive:
+    # ``create``: items may be added before the first ``serve``; listing, showing or
+    # cancelling in a directory that holds no archive is a mistyped --data-dir.
+    settings = load_cli_settings(config, data_dir)
+    with Archive.open(settings, recover_on_start=False, create=create) as archive:
         yield archive
 
 
@@ -165,7 +168,7 @@ def worklist_add(
                     2,
                 )
             item = _from_options(options)
-        with _archive(config, data_dir) as archive:
+        with _archive(config, data_dir, create=True) as archive:
             added = worklist.add_item(archive, item)
             _audit(archive, added, "C", "added")
         if as_json:
@@ -205,7 +208,7 @@ def worklist_list(
     """List worklist items, newest first."""
 
     def body() -> int:
-        with _archive(config, data_dir) as archive:
+        with _archive(config, data_dir, create=False) as archive:
             items = worklist.list_items(
                 archive,
                 status=status,
@@ -247,7 +250,7 @@ def worklist_show(item_id: str, as_json: bool, config: Path | None, data_dir: Pa
     """Show worklist item ITEM_ID (with its DICOM JSON data set under --json)."""
 
     def body() -> int:
-        with _archive(config, data_dir) as archive:
+        with _archive(config, data_dir, create=False) as archive:
             item = worklist.get_item(archive, item_id)
         if as_json:
             out.print_json(json.dumps(item.to_json()))
@@ -265,7 +268,7 @@ def worklist_cancel(item_id: str, config: Path | None, data_dir: Path | None) ->
     """Cancel worklist item ITEM_ID: it leaves the worklist (kept as CANCELLED)."""
 
     def body() -> int:
-        with _archive(config, data_dir) as archive:
+        with _archive(config, data_dir, create=False) as archive:
             item = worklist.cancel_item(archive, item_id)
             _audit(archive, item, "U", "cancelled")
         _print_item(item)
