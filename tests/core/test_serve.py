@@ -219,6 +219,40 @@ def test_sigterm_mid_transfer_keeps_every_acknowledged_instance(
     assert json.loads(verify.stdout)["consistent"]
 
 
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_a_busy_port_or_an_impossible_data_dir_is_one_clear_error(
+    tmp_path: Path, workers: str
+) -> None:
+    """The two commonest mistakes at start-up — a port another server holds, a data
+    directory that cannot be made — are one line naming the setting and exit 2, not a
+    traceback (with workers too: the supervisor checks the ports before starting them)."""
+    http_port = free_port()
+    with socket.socket() as busy:
+        busy.bind(("0.0.0.0", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        proc = subprocess.run(
+            [DV, "serve", "--data-dir", str(tmp_path / "data"), "--workers", workers,
+             "--dicom-port", str(port), "--http-port", str(http_port)],
+            capture_output=True, text=True, timeout=60,
+            env={**os.environ, "DICOMVAULT_HTTP__HOST": "127.0.0.1"},
+        )  # fmt: skip
+    assert proc.returncode == 2, proc.stderr
+    assert f"cannot listen on 0.0.0.0:{port} (dicom.port)" in proc.stderr, proc.stderr
+    assert "another server running" in proc.stderr and "Traceback" not in proc.stderr
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    proc = subprocess.run(
+        [DV, "serve", "--data-dir", str(blocker / "data"), "--workers", workers,
+         "--dicom-port", str(free_port()), "--http-port", str(free_port())],
+        capture_output=True, text=True, timeout=60,
+        env={**os.environ, "DICOMVAULT_HTTP__HOST": "127.0.0.1"},
+    )  # fmt: skip
+    assert proc.returncode == 2, proc.stderr
+    assert f"cannot create the data directory {blocker / 'data'}" in proc.stderr, proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
 def test_auto_workers_one_per_cpu_with_fixed_ports(tmp_path: Path) -> None:
     cpus = min(len(os.sched_getaffinity(0)), 8)
     server = Server(tmp_path / "data", "--workers", "auto")  # fixed ports
@@ -297,9 +331,10 @@ tls_files = {"certificate": sys.argv[3], "private_key": sys.argv[4]} if tls else
 settings = load_settings(
     overrides={"storage": {"path": data}, "tls": {"enabled": tls, "https": tls, **tls_files}}
 )
-sock = serve._listening_socket("127.0.0.1", 0, reuse_port=True)
-http_sock = serve._listening_socket("127.0.0.1", 0, reuse_port=True)
-tls_sock = serve._listening_socket("127.0.0.1", 0, reuse_port=True) if tls else None
+def listen(what):
+    return serve._listening_socket("127.0.0.1", 0, reuse_port=True, what=what)
+sock, http_sock = listen("dicom.port"), listen("http.port")
+tls_sock = listen("tls.dicom_port") if tls else None
 serve._configure_logging("info")
 serve._run_one(settings, sock, http_sock, 1, tls_sock, [signal.SIGTERM])
 """

@@ -173,6 +173,19 @@ class Prepared:
     result: StoreResult
 
 
+def make_data_dir(settings: Settings) -> None:
+    """Create the data directory (``storage.path``) when absent; ConfigError, naming the
+    directory and the reason, when it cannot be (a parent that is missing from a read-only
+    mount, a permission)."""
+    path = settings.storage.path
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot create the data directory {path} (storage.path): {exc.strerror or exc}"
+        ) from None
+
+
 def require_archive(settings: Settings) -> None:
     """ConfigError unless ``settings`` name an archive that exists: its data directory,
     and its embedded index when ``index.url`` is not set."""
@@ -228,7 +241,7 @@ class Archive:
         data_dir = settings.storage.path
         if not create:
             require_archive(settings)
-        data_dir.mkdir(parents=True, exist_ok=True)
+        make_data_dir(settings)
         store = FileSystemBlobStore(
             data_dir / "blobs", fsync=settings.storage.fsync, sync=settings.storage.sync
         )

@@ -17,7 +17,7 @@ from typing import Any
 import click
 from rich.table import Table
 
-from dicomvault.archive import remotes, require_archive
+from dicomvault.archive import make_data_dir, remotes, require_archive
 from dicomvault.cli.common import config_options, console, load_cli_settings, out, run_guarded
 from dicomvault.config import ALL_PERMISSIONS, Settings
 from dicomvault.index import Index
@@ -31,7 +31,7 @@ def _place(
     a mistyped ``--data-dir`` is an error."""
     settings = load_cli_settings(config, data_dir)
     if create:
-        settings.storage.path.mkdir(parents=True, exist_ok=True)
+        make_data_dir(settings)
     else:
         require_archive(settings)
     index = Index.open(settings.index_url, create=create)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import functools
 import logging
 import multiprocessing
@@ -19,10 +20,11 @@ import socket
 import sys
 from multiprocessing.synchronize import Event as EventLike
 from pathlib import Path
+from typing import NamedTuple
 
 import click
 
-from dicomvault.archive import Archive, audit, users
+from dicomvault.archive import Archive, audit, make_data_dir, users
 from dicomvault.cli.common import config_options, load_cli_settings, run_guarded
 from dicomvault.cli.services import background_services
 from dicomvault.config import Settings
@@ -39,23 +41,57 @@ from dicomvault.web.http import refuse_if_exposed, serve_http
 log = logging.getLogger("dicomvault.serve")
 
 
-def _listening_socket(host: str, port: int, *, reuse_port: bool) -> socket.socket:
+def _listening_socket(host: str, port: int, *, reuse_port: bool, what: str) -> socket.socket:
+    """A bound, listening, non-blocking socket; ConfigError naming ``what`` (the setting)
+    when the address cannot be had — most often a port another server holds."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    if reuse_port:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-    sock.bind((host, port))
-    sock.listen(512)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind((host, port))
+        sock.listen(512)
+    except OSError as exc:
+        sock.close()
+        hint = " (is another server running?)" if exc.errno == errno.EADDRINUSE else ""
+        raise ConfigError(
+            f"cannot listen on {host}:{port} ({what}): {exc.strerror or exc}{hint}"
+        ) from None
     sock.setblocking(False)
     return sock
+
+
+class _Listeners(NamedTuple):
+    dimse: socket.socket
+    http: socket.socket
+    tls: socket.socket | None
+
+
+def _listening_sockets(settings: Settings, *, reuse_port: bool) -> _Listeners:
+    """The DIMSE, HTTP and (``tls.enabled``) DICOM-over-TLS listeners of ``settings``;
+    when one cannot be had, those opened before it are closed again."""
+    host = settings.dicom.host
+    wanted = [(host, settings.dicom.port, "dicom.port")]
+    wanted.append((settings.http.host, settings.http.port, "http.port"))
+    if settings.tls.enabled:
+        wanted.append((host, settings.tls.dicom_port, "tls.dicom_port"))
+    opened: list[socket.socket] = []
+    try:
+        for address, port, what in wanted:
+            opened.append(_listening_socket(address, port, reuse_port=reuse_port, what=what))
+    except ConfigError:
+        for sock in opened:
+            sock.close()
+        raise
+    return _Listeners(opened[0], opened[1], opened[2] if settings.tls.enabled else None)
 
 
 def _refuse_if_exposed(settings: Settings) -> None:
     """ConfigError (exit 2) when HTTP would listen beyond loopback with no HTTP user."""
     if is_loopback(settings.http.host):
         return
-    settings.storage.path.mkdir(parents=True, exist_ok=True)
+    make_data_dir(settings)
     index = Index.open(settings.index_url)
     try:
         refuse_if_exposed(settings.http.host, users.users_exist(index) or settings.jwt.enabled)
@@ -217,8 +253,6 @@ def _launcher() -> str | None:
 
 def _worker_main(
     settings: Settings,
-    host: str,
-    port: int,
     worker: int,
     level: str,
     started: EventLike | None = None,
@@ -235,14 +269,12 @@ def _worker_main(
     if started is not None:
         started.set()  # the parent may forward SIGHUP from now on
     _configure_logging(level)
-    sock = _listening_socket(host, port, reuse_port=True)
-    http_sock = _listening_socket(settings.http.host, settings.http.port, reuse_port=True)
-    tls_sock = (
-        _listening_socket(host, settings.tls.dicom_port, reuse_port=True)
-        if settings.tls.enabled
-        else None
-    )
-    _run_one(settings, sock, http_sock, worker, tls_sock, early_stop)
+    try:
+        listeners = _listening_sockets(settings, reuse_port=True)
+    except ConfigError as exc:  # taken since the supervisor's check: no traceback
+        log.error("worker %d: %s", worker, exc)
+        sys.exit(2)
+    _run_one(settings, listeners.dimse, listeners.http, worker, listeners.tls, early_stop)
 
 
 def _configure_logging(level: str) -> None:
@@ -322,9 +354,11 @@ def serve_command(
             server_context(settings.tls)  # ConfigError naming the key or file: exit 2
         _refuse_if_exposed(settings)  # before anything listens
         n = settings.server.process_count()
-        host, port = settings.dicom.host, settings.dicom.port
-        ephemeral = port == 0 or settings.http.port == 0 or (
-            settings.tls.enabled and settings.tls.dicom_port == 0
+        port = settings.dicom.port
+        ephemeral = (
+            port == 0
+            or settings.http.port == 0
+            or (settings.tls.enabled and settings.tls.dicom_port == 0)
         )
         if n > 1 and ephemeral and settings.server.workers == "auto":
             # Processes can only share a port they all know: with a port chosen by the
@@ -332,21 +366,17 @@ def serve_command(
             log.info("one worker: server.workers = auto needs fixed ports, and a port is 0")
             n = 1
         if n == 1:
-            dimse_sock = _listening_socket(host, port, reuse_port=False)
-            http_sock = _listening_socket(
-                settings.http.host, settings.http.port, reuse_port=False
-            )
-            tls_sock = (
-                _listening_socket(host, settings.tls.dicom_port, reuse_port=False)
-                if settings.tls.enabled
-                else None
-            )
-            _run_one(settings, dimse_sock, http_sock, 0, tls_sock)
+            listeners = _listening_sockets(settings, reuse_port=False)
+            _run_one(settings, listeners.dimse, listeners.http, 0, listeners.tls)
             return 0
         if port == 0 or settings.http.port == 0:
             raise click.UsageError("--workers needs a fixed --dicom-port and --http-port (not 0)")
         if settings.tls.enabled and settings.tls.dicom_port == 0:
             raise click.UsageError("--workers needs a fixed tls.dicom_port (not 0)")
+        # A port another server holds is said here, once, not by every worker.
+        for sock in _listening_sockets(settings, reuse_port=True):
+            if sock is not None:
+                sock.close()  # open, the kernel would hand it connections too
         # Recovery once, alone, before any worker can spool.
         Archive.open(settings).close()
         ctx = multiprocessing.get_context("spawn")
@@ -354,7 +384,7 @@ def serve_command(
         procs = [
             ctx.Process(
                 target=_worker_main,
-                args=(settings, host, port, i, settings.server.log_level, started[i]),
+                args=(settings, i, settings.server.log_level, started[i]),
                 name=f"dicomvault-worker-{i}",
             )
             for i in range(n)

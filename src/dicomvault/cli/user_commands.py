@@ -13,7 +13,7 @@ from pathlib import Path
 import click
 from rich.table import Table
 
-from dicomvault.archive import audit, require_archive, users
+from dicomvault.archive import audit, make_data_dir, require_archive, users
 from dicomvault.cli.common import config_options, console, fail, load_cli_settings, out, run_guarded
 from dicomvault.index import Index
 
@@ -24,7 +24,7 @@ def _index(config: Path | None, data_dir: Path | None, *, create: bool) -> Itera
     the first ``serve`` is fine), else a mistyped ``--data-dir`` is an error."""
     settings = load_cli_settings(config, data_dir)
     if create:
-        settings.storage.path.mkdir(parents=True, exist_ok=True)
+        make_data_dir(settings)
     else:
         require_archive(settings)
     index = Index.open(settings.index_url, create=create)
