@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 from pathlib import Path
@@ -193,3 +194,18 @@ def test_echo_cli_and_store_cli(vault: Archive, vault_server: ServerThread, tmp_
     failed = runner.invoke(store_command, [str(folder), "--to", "vault", "--config", str(config)])
     assert failed.exit_code == 1
     assert "junk.dcm" in failed.output
+    report = runner.invoke(
+        store_command, [str(folder), "--to", "vault", "--config", str(config), "--json"]
+    )
+    assert report.exit_code == 1
+    parsed = json.loads(report.stdout)
+    assert parsed["target"] == f"DICOMVAULT@127.0.0.1:{vault_server.port}"
+    assert (parsed["sent"], parsed["warnings"], parsed["failed"]) == (2, 0, 1)
+    by_name = {Path(f["path"]).name: f for f in parsed["files"]}
+    assert by_name["ct.dcm"] == {
+        "path": str(folder / "ct.dcm"),
+        "outcome": "sent",
+        "status": "0x0000",
+        "reason": None,
+    }
+    assert by_name["junk.dcm"]["outcome"] == "failed" and by_name["junk.dcm"]["reason"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 import ssl
 import sys
@@ -173,6 +174,29 @@ def echo_command(
     )
 
 
+def _store_report(
+    target: str, results: list[SendResult], counts: dict[str, int], seconds: float
+) -> dict[str, object]:
+    """``store --json``: the totals and one entry per file, in the order sent."""
+    return {
+        "target": target,
+        "sent": counts["sent"],
+        "warnings": counts["warning"],
+        "failed": counts["failed"],
+        "bytes": sum(r.size for r in results if r.outcome != "failed"),
+        "seconds": round(seconds, 3),
+        "files": [
+            {
+                "path": str(r.path),
+                "outcome": r.outcome,
+                "status": None if r.status is None else f"0x{r.status.status:04X}",
+                "reason": r.reason if r.outcome != "sent" else None,
+            }
+            for r in results
+        ],
+    }
+
+
 @click.command("store")
 @click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
 @click.option("--to", "target", required=True, help="AET@HOST:PORT or a remote's name.")
@@ -185,6 +209,9 @@ def echo_command(
     help="Parallel associations.",
 )
 @click.option("--timeout", type=float, default=30.0, show_default=True, help="Seconds.")
+@click.option(
+    "--json", "as_json", is_flag=True, help="Print the report as JSON (every file) on stdout."
+)
 @_config_option
 @tls_option
 def store_command(
@@ -193,10 +220,13 @@ def store_command(
     calling_ae: str | None,
     associations: int,
     timeout: float,
+    as_json: bool,
     config: Path | None,
     use_tls: bool,
 ) -> None:
-    """C-STORE files and folders (recursively) to a Storage SCP, each file as stored."""
+    """C-STORE files and folders (recursively) to a Storage SCP, each file as stored.
+
+    Exit status 0 when every file was stored (with or without a warning), 1 otherwise."""
     settings = _settings(config)
     aet, host, port = resolve_target(target, settings)
     tls = target_tls(target, settings, use_tls)
@@ -239,6 +269,9 @@ def store_command(
     counts = {"sent": 0, "warning": 0, "failed": 0}
     for result in results:
         counts[result.outcome] += 1
+    if as_json:
+        click.echo(json.dumps(_store_report(f"{aet}@{host}:{port}", results, counts, elapsed)))
+        sys.exit(1 if counts["failed"] else 0)
     _out.print(f"C-STORE to {aet}@{host}:{port}", highlight=False)
     summary = Table(show_edge=False)
     summary.add_column("outcome")
