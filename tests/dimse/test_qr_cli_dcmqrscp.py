@@ -111,6 +111,16 @@ def test_get_into_folder(qrscp: tuple[Dcmqrscp, int], tmp_path: Path) -> None:
     files = sorted(out.glob("*.dcm"))
     assert len(files) == 1
     assert dcmread(files[0]).SOPInstanceUID == dcmread(FILES[0]).SOPInstanceUID
+    result = CliRunner().invoke(
+        cli,
+        ["get", f"COMMON@127.0.0.1:{server.port}", "-k", f"StudyInstanceUID={uid}",
+         "--out", str(out), "--json"],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["operation"] == "C-GET" and report["status"] == "0x0000"
+    assert (report["completed"], report["warning"], report["failed"]) == (1, 0, 0)
+    assert report["failed_sop_instance_uids"] == []
 
 
 def test_move_to_storescp(qrscp: tuple[Dcmqrscp, int], tmp_path: Path) -> None:
@@ -139,6 +149,15 @@ def test_move_to_storescp(qrscp: tuple[Dcmqrscp, int], tmp_path: Path) -> None:
              "PatientID", "--level", "PATIENT", "--model", "patient"],
         )  # fmt: skip
         assert result.exit_code == 1
+        result = CliRunner().invoke(
+            cli,
+            ["move", f"COMMON@127.0.0.1:{server.port}", "--dest", "NOWHERE", "-k",
+             "PatientID", "--level", "PATIENT", "--model", "patient", "--json"],
+        )  # fmt: skip
+        assert result.exit_code == 1
+        report = json.loads(result.stdout)  # the refusal, for a program to read
+        assert report["operation"] == "C-MOVE to NOWHERE" and report["status"] != "0x0000"
+        assert report["completed"] == 0
     finally:
         storescp.terminate()
         storescp.wait(10)

@@ -294,9 +294,32 @@ def _progress() -> Progress:
     )
 
 
-def _report(operation: str, final: Response | None, elapsed: float) -> None:
+def _report(operation: str, final: Response | None, elapsed: float, *, as_json: bool) -> None:
+    """The final C-MOVE / C-GET response: a table, or (``as_json``) one JSON object;
+    exit 1 unless it succeeded (with or without warnings) and no sub-operation failed."""
     if final is None:
         _fail(f"{operation}: no final response")
+        return
+    status = final.status
+    failed = final.identifier.decode("ascii", "replace").split("\\") if final.identifier else []
+    if as_json:
+        click.echo(
+            json.dumps(
+                {
+                    "operation": operation,
+                    "status": f"0x{status.status:04X}",
+                    "error_comment": status.error_comment,
+                    "completed": final.completed or 0,
+                    "warning": final.warning or 0,
+                    "failed": final.failed or 0,
+                    # Failed SOP Instance UID List (0008,0058), PS3.4 C.4.2.1.4
+                    "failed_sop_instance_uids": failed,
+                    "seconds": round(elapsed, 3),
+                }
+            )
+        )
+        if status.category not in ("success", "warning") or final.failed:
+            sys.exit(1)
         return
     table = Table(show_edge=False)
     table.add_column("sub-operations")
@@ -305,10 +328,8 @@ def _report(operation: str, final: Response | None, elapsed: float) -> None:
     table.add_row("warning", str(final.warning or 0))
     table.add_row("failed", str(final.failed or 0))
     out.print(table)
-    status = final.status
     comment = f" ({status.error_comment})" if status.error_comment else ""
     out.print(f"{operation}: status 0x{status.status:04X}{comment} in {elapsed:.1f} s")
-    failed = final.identifier.decode("ascii", "replace").split("\\") if final.identifier else []
     for uid in failed[:100]:
         out.print(f"failed: {uid}", highlight=False)
     if len(failed) > 100:
@@ -365,6 +386,7 @@ async def _retrieve(
 @click.command("move")
 @_qr_options
 @click.option("--dest", required=True, help="Move Destination AE title (0000,0600).")
+@click.option("--json", "as_json", is_flag=True, help="Print the final response as JSON.")
 def move_command(
     target: str,
     keys: tuple[str, ...],
@@ -376,6 +398,7 @@ def move_command(
     data_dir: Path | None,
     use_tls: bool,
     dest: str,
+    as_json: bool,
 ) -> None:
     """C-MOVE from TARGET to the AE titled --dest (known to TARGET)."""
     settings = _settings(config, data_dir)
@@ -405,7 +428,7 @@ def move_command(
     except (NetError, OSError, TimeoutError) as exc:
         _fail(f"move failed: {aet}@{host}:{port}: {exc or type(exc).__name__}")
         return
-    _report(f"C-MOVE to {dest}", final, time.perf_counter() - started)
+    _report(f"C-MOVE to {dest}", final, time.perf_counter() - started, as_json=as_json)
 
 
 @click.command("get")
@@ -418,6 +441,7 @@ def move_command(
     help="Write received instances here as Part 10 files; without it they go into the "
     "local archive (--data-dir).",
 )
+@click.option("--json", "as_json", is_flag=True, help="Print the final response as JSON.")
 def get_command(
     target: str,
     keys: tuple[str, ...],
@@ -429,6 +453,7 @@ def get_command(
     data_dir: Path | None,
     use_tls: bool,
     out_dir: Path | None,
+    as_json: bool,
 ) -> None:
     """C-GET from TARGET: the instances arrive on the same association."""
     settings = _settings(config, data_dir)
@@ -480,7 +505,7 @@ def get_command(
     finally:
         if archive is not None:
             archive.close()
-    _report("C-GET", final, time.perf_counter() - started)
+    _report("C-GET", final, time.perf_counter() - started, as_json=as_json)
 
 
 __all__ = ["find_command", "get_command", "move_command"]
