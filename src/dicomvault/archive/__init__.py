@@ -4,9 +4,8 @@ from dicomvault.archive.archive import (
     Archive,
     Prepared,
     Reception,
-    make_data_dir,
-    require_archive,
+    ready_data_dir,
 )
 from dicomvault.archive.recovery import VerifyReport
 
-__all__ = ["Archive", "Prepared", "Reception", "VerifyReport", "make_data_dir", "require_archive"]
+__all__ = ["Archive", "Prepared", "Reception", "VerifyReport", "ready_data_dir"]

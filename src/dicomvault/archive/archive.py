@@ -173,31 +173,31 @@ class Prepared:
     result: StoreResult
 
 
-def make_data_dir(settings: Settings) -> None:
-    """Create the data directory (``storage.path``) when absent; ConfigError, naming the
-    directory and the reason, when it cannot be (a parent that is missing from a read-only
-    mount, a permission)."""
+def ready_data_dir(settings: Settings, *, create: bool) -> None:
+    """The data directory (``storage.path``) of ``settings``, ready to open.
+
+    ``create``: made when absent; ConfigError naming the directory and the reason when it
+    cannot be (a missing parent on a read-only mount, a permission). Otherwise it must
+    hold an archive already — the directory, and its embedded index when ``index.url``
+    is not set — or ConfigError: a mistyped ``--data-dir`` is not a new empty archive.
+    """
     path = settings.storage.path
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise ConfigError(
-            f"cannot create the data directory {path} (storage.path): {exc.strerror or exc}"
-        ) from None
-
-
-def require_archive(settings: Settings) -> None:
-    """ConfigError unless ``settings`` name an archive that exists: its data directory,
-    and its embedded index when ``index.url`` is not set."""
-    data_dir = settings.storage.path
-    if not data_dir.is_dir():
+    if create:
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ConfigError(
+                f"cannot create the data directory {path} (storage.path): {exc.strerror or exc}"
+            ) from None
+        return
+    if not path.is_dir():
         problem = "the data directory does not exist"
-    elif not settings.index.url and not (data_dir / "index.sqlite3").is_file():
+    elif not settings.index.url and not (path / "index.sqlite3").is_file():
         problem = "the directory holds no index.sqlite3"
     else:
         return
     raise ConfigError(
-        f"no archive at {data_dir}: {problem} "
+        f"no archive at {path}: {problem} "
         "('dicomvault serve' or 'dicomvault import' creates one)"
     )
 
@@ -239,9 +239,7 @@ class Archive:
         (:class:`ConfigError`), not a new empty archive that reports "consistent".
         """
         data_dir = settings.storage.path
-        if not create:
-            require_archive(settings)
-        make_data_dir(settings)
+        ready_data_dir(settings, create=create)
         store = FileSystemBlobStore(
             data_dir / "blobs", fsync=settings.storage.fsync, sync=settings.storage.sync
         )

@@ -16,7 +16,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from dicomvault.archive import Archive, audit, make_data_dir
+from dicomvault.archive import Archive, audit, ready_data_dir
 from dicomvault.archive.importer import ImportReport, import_paths
 from dicomvault.cli.common import (
     config_options,
@@ -273,7 +273,7 @@ def db_upgrade(config: Path | None, data_dir: Path | None) -> None:
     def body() -> int:
         settings = load_cli_settings(config, data_dir)
         if settings.index_url.startswith("sqlite"):
-            make_data_dir(settings)
+            ready_data_dir(settings, create=True)
         index = Index(settings.index_url)
         try:
             before = migrate.current_revision(index._write)

@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, NoReturn, TypeVar
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 import click
 from rich.console import Console
 
 from dicomvault.config import Settings, load_settings
 from dicomvault.model.errors import DicomVaultError
+
+if TYPE_CHECKING:
+    from dicomvault.index import Index
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -69,3 +73,19 @@ def human_bytes(n: float) -> str:
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1024
     raise AssertionError("unreachable")
+
+
+@contextmanager
+def open_index(settings: Settings, *, create: bool) -> Iterator[Index]:
+    """The index of ``settings``, closed afterwards. ``create``: the archive is made when
+    new (``user add``, ``remote add``); otherwise a directory that holds none is an
+    error (:func:`dicomvault.archive.ready_data_dir`)."""
+    from dicomvault.archive import ready_data_dir  # not every command needs the archive
+    from dicomvault.index import Index
+
+    ready_data_dir(settings, create=create)
+    index = Index.open(settings.index_url, create=create)
+    try:
+        yield index
+    finally:
+        index.close()

@@ -17,8 +17,15 @@ from typing import Any
 import click
 from rich.table import Table
 
-from dicomvault.archive import make_data_dir, remotes, require_archive
-from dicomvault.cli.common import config_options, console, load_cli_settings, out, run_guarded
+from dicomvault.archive import remotes
+from dicomvault.cli.common import (
+    config_options,
+    console,
+    load_cli_settings,
+    open_index,
+    out,
+    run_guarded,
+)
 from dicomvault.config import ALL_PERMISSIONS, Settings
 from dicomvault.index import Index
 
@@ -30,15 +37,8 @@ def _place(
     """Settings and index; ``create``: make the archive when new (``remote add``), else
     a mistyped ``--data-dir`` is an error."""
     settings = load_cli_settings(config, data_dir)
-    if create:
-        make_data_dir(settings)
-    else:
-        require_archive(settings)
-    index = Index.open(settings.index_url, create=create)
-    try:
+    with open_index(settings, create=create) as index:
         yield settings, index
-    finally:
-        index.close()
 
 
 def _who() -> str:

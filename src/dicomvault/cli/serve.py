@@ -24,7 +24,7 @@ from typing import NamedTuple
 
 import click
 
-from dicomvault.archive import Archive, audit, make_data_dir, users
+from dicomvault.archive import Archive, audit, ready_data_dir, users
 from dicomvault.cli.common import config_options, load_cli_settings, run_guarded
 from dicomvault.cli.services import background_services
 from dicomvault.config import Settings
@@ -91,7 +91,7 @@ def _refuse_if_exposed(settings: Settings) -> None:
     """ConfigError (exit 2) when HTTP would listen beyond loopback with no HTTP user."""
     if is_loopback(settings.http.host):
         return
-    make_data_dir(settings)
+    ready_data_dir(settings, create=True)
     index = Index.open(settings.index_url)
     try:
         refuse_if_exposed(settings.http.host, users.users_exist(index) or settings.jwt.enabled)

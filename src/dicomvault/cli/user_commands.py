@@ -5,33 +5,32 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from datetime import datetime, timedelta
 from pathlib import Path
 
 import click
 from rich.table import Table
 
-from dicomvault.archive import audit, make_data_dir, require_archive, users
-from dicomvault.cli.common import config_options, console, fail, load_cli_settings, out, run_guarded
+from dicomvault.archive import audit, users
+from dicomvault.cli.common import (
+    config_options,
+    console,
+    fail,
+    load_cli_settings,
+    open_index,
+    out,
+    run_guarded,
+)
 from dicomvault.index import Index
 
 
-@contextmanager
-def _index(config: Path | None, data_dir: Path | None, *, create: bool) -> Iterator[Index]:
-    """The index; ``create``: make the archive when new (adding a user or token before
-    the first ``serve`` is fine), else a mistyped ``--data-dir`` is an error."""
-    settings = load_cli_settings(config, data_dir)
-    if create:
-        make_data_dir(settings)
-    else:
-        require_archive(settings)
-    index = Index.open(settings.index_url, create=create)
-    try:
-        yield index
-    finally:
-        index.close()
+def _index(
+    config: Path | None, data_dir: Path | None, *, create: bool
+) -> AbstractContextManager[Index]:
+    """The index; ``create``: make the archive when new (adding a user before the first
+    ``serve`` is fine), else a mistyped ``--data-dir`` is an error."""
+    return open_index(load_cli_settings(config, data_dir), create=create)
 
 
 def _audit(
@@ -136,8 +135,9 @@ def user_list(as_json: bool, config: Path | None, data_dir: Path | None) -> None
         for col in ("name", "role", "created"):
             table.add_column(col)
         for u in found:
-            table.add_row(u.name, u.role + (" (disabled)" if u.disabled else ""),
-                          _when(u.created_at))
+            table.add_row(
+                u.name, u.role + (" (disabled)" if u.disabled else ""), _when(u.created_at)
+            )
         out.print(table)
         return 0
 
@@ -207,9 +207,7 @@ def token_create(
 @click.option("--user", "user", default=None, help="Only this user's tokens.")
 @click.option("--json", "as_json", is_flag=True, help="JSON for programs.")
 @config_options
-def token_list(
-    user: str | None, as_json: bool, config: Path | None, data_dir: Path | None
-) -> None:
+def token_list(user: str | None, as_json: bool, config: Path | None, data_dir: Path | None) -> None:
     """List API tokens (never the tokens themselves): id, user, label, state, dates."""
 
     def body() -> int:
