@@ -1,5 +1,11 @@
 # dicomvault — the two commands: `make serve` and `make test` (from a fresh clone).
-PYTHON ?= python3
+# The interpreter of .venv: the distribution's CPython when it is new enough and can make
+# a venv (Debian builds it with profile-guided and link-time optimisation; a default
+# pyenv build has neither and ran the C-STORE ingest 10-30 % slower here, see
+# docs/benchmarks.md), else the python3 on PATH. `make PYTHON=...` picks another.
+PYTHON ?= $(shell for p in /usr/bin/python3 python3; do \
+  $$p -c 'import sys, venv, ensurepip; sys.exit(sys.version_info < (3, 11))' 2>/dev/null \
+  && { echo $$p; exit; }; done; echo python3)
 VENV   := .venv
 PY     := $(VENV)/bin/python
 RUN_STAMP := $(VENV)/.installed-run

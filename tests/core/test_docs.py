@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -66,3 +67,33 @@ def test_a_command_imports_only_what_it_needs(tmp_path: Path) -> None:
     )
     assert done.returncode == 0, done.stderr
     assert "LOADED []" in done.stderr, done.stderr
+
+
+def _venv_command(tmp_path: Path, *args: str) -> str:
+    """The command `make` would run to create .venv in a fresh clone (dry run)."""
+    for name in ("Makefile", "pyproject.toml"):
+        (tmp_path / name).write_bytes((ROOT / name).read_bytes())
+    # Not what an enclosing `make test PYTHON=...` passes down to sub-makes.
+    dropped = ("MAKEFLAGS", "MFLAGS", "MAKELEVEL", "PYTHON")
+    clean = {key: value for key, value in os.environ.items() if key not in dropped}
+    done = subprocess.run(
+        ["make", "-n", "--no-print-directory", "-C", str(tmp_path), ".venv/bin/python", *args],
+        capture_output=True,
+        text=True,
+        check=True,
+        env=clean,
+    )
+    return done.stdout.splitlines()[0]
+
+
+def test_the_venv_is_made_with_the_distributions_python_when_it_can(tmp_path: Path) -> None:
+    """README, "The two commands": /usr/bin/python3 (optimised by the distribution) when
+    it is 3.11 or newer and can make a venv, else python3; PYTHON=... overrides."""
+    probe = "import sys, venv, ensurepip; sys.exit(sys.version_info < (3, 11))"
+    system = Path("/usr/bin/python3")
+    usable = system.exists() and subprocess.run([str(system), "-c", probe]).returncode == 0
+    expected = "/usr/bin/python3" if usable else "python3"
+    assert _venv_command(tmp_path) == f"{expected} -m venv .venv"
+    assert _venv_command(tmp_path, f"PYTHON={sys.executable}") == (
+        f"{sys.executable} -m venv .venv"
+    )
