@@ -82,6 +82,31 @@ def test_deferred_hashing_matches_inline(tmp_path: Path) -> None:
     deferred.discard()
 
 
+def test_large_writes_hashed_on_threads_keep_their_order(tmp_path: Path) -> None:
+    """Writes of PARALLEL_HASH_MIN bytes or more are hashed on hashing threads while the
+    file is written; the digests must still be those of the bytes in order, inline and
+    read back (where the data set starts inside a large chunk)."""
+    from dicomvault.storage.filesystem import PARALLEL_HASH_MIN
+
+    store = FileSystemBlobStore(tmp_path / "blobs")
+    big = PARALLEL_HASH_MIN
+    parts = [os.urandom(300), os.urandom(big), os.urandom(5), os.urandom(big * 2 + 7)]
+    inline, deferred = store.spool(), store.spool(hash_inline=False)
+    for spool in (inline, deferred):
+        spool.write(parts[0])
+        spool.mark_dataset_start()
+        for part in parts[1:]:
+            spool.write(bytearray(part))
+    everything, dataset = b"".join(parts), b"".join(parts[1:])
+    assert inline.sha256() == deferred.sha256() == hashlib.sha256(everything).hexdigest()
+    assert inline.dataset_sha256() == hashlib.sha256(dataset).hexdigest()
+    assert deferred.dataset_sha256() == hashlib.sha256(dataset).hexdigest()
+    name = inline.commit()
+    with store.open(name) as f:
+        assert f.read() == everything
+    deferred.discard()
+
+
 def test_directory_fsync_is_shared_but_never_early(tmp_path: Path) -> None:
     """Threads needing the same directory durable share fsyncs (group commit), yet each
     returns only after an fsync that started after it asked; a failed fsync is the
