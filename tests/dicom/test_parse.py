@@ -6,6 +6,7 @@ import json
 import shutil
 import struct
 import zlib
+from collections.abc import Callable
 from pathlib import Path
 
 import pydicom
@@ -480,3 +481,64 @@ def test_deflated_cut_at_an_element_boundary_is_still_truncated(tmp_path: Path) 
     complete = open_stream + deflater.flush()
     parsed = parse_instance(write_bytes(tmp_path / "done.dcm", meta + complete))
     assert parsed.record.instance.sop_instance_uid == INSTANCE
+
+
+def _received(path: Path) -> tuple[str, str, str, bytes] | None:
+    """A file as a C-STORE would bring it: the command's UIDs, the transfer syntax, the
+    data set bytes after the file meta; None for what is not a stored instance."""
+    try:
+        ds = pydicom.dcmread(path, stop_before_pixels=True)
+        meta = ds.file_meta
+        uids = (meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID)
+        syntax = meta.TransferSyntaxUID
+    except Exception:
+        return None
+    data = path.read_bytes()
+    if data[128:140] != b"DICM\x02\x00\x00\x00UL\x04\x00":  # with (0002,0000)
+        return None
+    (length,) = struct.unpack_from("<I", data, 140)
+    return str(uids[0]), str(uids[1]), str(syntax), data[144 + length :]
+
+
+def _outcome(parse: Callable[[], object]) -> object:
+    try:
+        return parse()
+    except Exception as exc:
+        return type(exc), str(exc)
+
+
+def test_a_received_data_set_parses_as_its_joined_file() -> None:
+    """parse_received (a C-STORE: the meta made for the data set, known, not read back,
+    and never joined to it) gives what parse_instance_bytes gives for the joined bytes —
+    the record, the metadata JSON, the warnings, or the same error — for every pydicom
+    test file that is a Part 10 instance, whole and cut short."""
+    from dicomvault.dicom.parse import parse_instance_bytes, parse_received
+    from dicomvault.dicom.part10 import encode_file_meta_for, read_file_meta
+
+    compared = 0
+    for path in sorted(Path(pydicom.data.get_testdata_file("CT_small.dcm")).parent.iterdir()):
+        received = path.suffix == ".dcm" and _received(path)
+        if not received:
+            continue
+        sop_class, sop_instance, syntax, dataset = received
+        try:
+            meta, known = encode_file_meta_for(sop_class, sop_instance, syntax, source_ae="PEER")
+        except Exception:
+            continue  # UIDs no C-STORE could carry
+        assert read_file_meta(meta) == known
+        for data in (dataset, bytearray(dataset[: len(dataset) // 2])):
+            joined = _outcome(lambda: parse_instance_bytes(meta + data, name="x"))  # noqa: B023
+            apart = _outcome(lambda: parse_received(meta, known, data, name="x"))  # noqa: B023
+            assert joined == apart, path.name
+            compared += 1
+    assert compared > 100
+
+
+def test_a_received_data_set_whose_uids_differ_from_the_command_is_refused() -> None:
+    from dicomvault.dicom.parse import parse_received
+    from dicomvault.dicom.part10 import encode_file_meta_for
+
+    dataset = encode_dataset(minimal_dataset())
+    meta, known = encode_file_meta_for(CT_IMAGE_STORAGE, INSTANCE + ".9", ExplicitVRLittleEndian)
+    with pytest.raises(UIDMismatch, match=r"\(0002,0003\) '.*\.9' differs from SOP Instance UID"):
+        parse_received(meta, known, dataset, name="the data set")

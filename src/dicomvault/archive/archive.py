@@ -30,8 +30,13 @@ from dicomvault.archive.retention import QuotaGauge
 from dicomvault.archive.writer import IndexWriter
 from dicomvault.config import Settings
 from dicomvault.dicom.kos import KEY_OBJECT_SELECTION_DOCUMENT, rejection_note
-from dicomvault.dicom.parse import ParsedInstance, parse_instance, parse_instance_bytes
-from dicomvault.dicom.part10 import PREAMBLE, encode_file_meta, read_preamble_layout
+from dicomvault.dicom.parse import ParsedInstance, parse_instance, parse_received
+from dicomvault.dicom.part10 import (
+    PREAMBLE,
+    encode_file_meta,
+    encode_file_meta_for,
+    read_preamble_layout,
+)
 from dicomvault.index import Index, InsertOutcome, PendingInsert
 from dicomvault.model.errors import (
     ConfigError,
@@ -361,11 +366,13 @@ class Archive:
         is written once and placed, not yet durable nor indexed: the caller hands several
         to :meth:`finalize_many` at once. A :class:`StoreResult` means there is nothing to
         index (an identical duplicate, keep-first)."""
-        meta = encode_file_meta(
+        meta, read_back = encode_file_meta_for(
             sop_class_uid, sop_instance_uid, transfer_syntax_uid, source_ae=source_ae
         )
-        parsed = parse_instance_bytes(
-            meta + dataset,
+        parsed = parse_received(
+            meta,
+            read_back,
+            dataset,
             name="the data set",
             bulk_data_threshold=self.settings.index.bulk_data_threshold,
             meta_mismatch="error",

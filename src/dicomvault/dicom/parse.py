@@ -14,7 +14,7 @@ import struct
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Literal
+from typing import Literal
 
 from dicomvault.dicom.charset import DEFAULT_CHARSET
 from dicomvault.dicom.dicomjson import dataset_json, item_charset
@@ -36,7 +36,7 @@ from dicomvault.dicom.part10 import (
     read_file_meta,
     transfer_syntax_encoding,
 )
-from dicomvault.dicom.reader import DataSet, Reader
+from dicomvault.dicom.reader import DataSet, Reader, Source
 from dicomvault.model.errors import (
     CannotParse,
     InvalidInstance,
@@ -128,11 +128,18 @@ def _read(
 
 
 def _read_from(
-    fp: BinaryIO, size: int, name: str, bulk_data_threshold: int, warnings: list[str]
+    fp: Source,
+    size: int,
+    name: str,
+    bulk_data_threshold: int,
+    warnings: list[str],
+    meta: FileMeta | None = None,
 ) -> tuple[FileMeta, str, bool, DataSet]:
-    """Read the file meta and the header data set from ``fp`` (``size`` bytes long)."""
+    """Read the file meta (unless ``meta`` says what it is) and the header data set from
+    ``fp`` (``size`` bytes long)."""
     head = fp.read(HEAD_SIZE)
-    meta = read_file_meta(head)
+    if meta is None:
+        meta = read_file_meta(head)
     if meta.media_storage_sop_class_uid == MEDIA_STORAGE_DIRECTORY:
         raise InvalidInstance(f"{name} is a DICOMDIR (media index), not an instance")
     ts, implicit, little, deflated = _encoding(meta, head, warnings)
@@ -262,6 +269,59 @@ def parse_instance_bytes(
         io.BytesIO(data), len(data), name, bulk_data_threshold, warnings
     )
     return _parsed(name, meta, ts, little, ds, meta_mismatch, warnings)
+
+
+def parse_received(
+    encoded_meta: bytes,
+    meta: FileMeta,
+    dataset: bytes | bytearray,
+    *,
+    name: str,
+    bulk_data_threshold: int = 1024,
+    meta_mismatch: MetaMismatch = "error",
+) -> ParsedInstance:
+    """:func:`parse_instance_bytes` of ``encoded_meta + dataset`` — a received data set
+    behind the file meta made for it (:func:`~dicomvault.dicom.part10.encode_file_meta_for`,
+    which also gives ``meta``) — without joining the two (a copy of a whole CT data set)
+    or reading back the meta."""
+    warnings: list[str] = []
+    meta, ts, little, ds = _read_from(
+        _Joined(encoded_meta, dataset),
+        len(encoded_meta) + len(dataset),
+        name,
+        bulk_data_threshold,
+        warnings,
+        meta,
+    )
+    return _parsed(name, meta, ts, little, ds, meta_mismatch, warnings)
+
+
+class _Joined:
+    """``head + tail`` as a read-only file for :class:`Reader`, without joining them:
+    only what is read is copied (a header, not the pixel data)."""
+
+    __slots__ = ("_head", "_pos", "_tail")
+
+    def __init__(self, head: bytes, tail: bytes | bytearray) -> None:
+        self._head = head
+        self._tail = memoryview(tail)
+        self._pos = 0
+
+    def read(self, n: int = -1) -> bytes:
+        pos, split = self._pos, len(self._head)
+        end = split + len(self._tail) if n < 0 else pos + n
+        if pos >= split:
+            out = bytes(self._tail[pos - split : end - split])
+        else:
+            out = self._head[pos:end] + bytes(self._tail[: max(end - split, 0)])
+        self._pos = pos + len(out)
+        return out
+
+    def seek(self, pos: int, whence: int = 0) -> int:
+        if whence != 0:
+            raise ValueError("only absolute positions")
+        self._pos = pos
+        return pos
 
 
 def _parsed(

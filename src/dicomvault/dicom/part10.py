@@ -8,6 +8,7 @@ some writers drop the preamble; both are recognised here.
 
 from __future__ import annotations
 
+import functools
 import struct
 from dataclasses import dataclass
 from typing import Literal
@@ -146,28 +147,65 @@ def encode_file_meta(
         ``source_ae`` is not a valid AE title (PS3.5 Table 6.2-1: at most 16 characters,
         no backslash or control characters, not all spaces).
     """
-    body = [
-        # (0002,0001) File Meta Information Version: OB, 2-byte value 00 01.
-        b"\x02\x00\x01\x00OB\x00\x00\x02\x00\x00\x00\x00\x01",
-        _short(2, 0x0002, b"UI", _uid_bytes("Media Storage SOP Class UID", sop_class_uid)),
-        _short(2, 0x0003, b"UI", _uid_bytes("Media Storage SOP Instance UID", sop_instance_uid)),
-        _short(2, 0x0010, b"UI", _uid_bytes("Transfer Syntax UID", transfer_syntax_uid)),
-        _short(
-            2,
-            0x0012,
-            b"UI",
-            _uid_bytes("Implementation Class UID", dicomvault.IMPLEMENTATION_CLASS_UID),
-        ),
-        _short(2, 0x0013, b"SH", _text_bytes(dicomvault.IMPLEMENTATION_VERSION_NAME)),
-    ]
-    if source_ae is not None:
-        ae = source_ae.strip(" ")
-        if not ae or len(ae) > 16 or not ae.isascii() or "\\" in ae or not ae.isprintable():
-            raise ValueError(f"invalid Source AE Title {source_ae!r}")
-        body.append(_short(2, 0x0016, b"AE", _text_bytes(ae)))
-    elements = b"".join(body)
+    # A C-STORE makes one per instance; all but the instance UID repeat, so the encoded
+    # elements are cached (an invalid value raises every time: errors are not cached).
+    elements = b"".join(
+        (
+            _FILE_META_VERSION,
+            _uid_element(0x0002, "Media Storage SOP Class UID", sop_class_uid),
+            _short(
+                2, 0x0003, b"UI", _uid_bytes("Media Storage SOP Instance UID", sop_instance_uid)
+            ),
+            _uid_element(0x0010, "Transfer Syntax UID", transfer_syntax_uid),
+            _implementation_elements(),
+            b"" if source_ae is None else _source_ae_element(source_ae),
+        )
+    )
     group_length = _short(2, 0x0000, b"UL", _UINT32.pack(len(elements)))
-    return bytes(128) + b"DICM" + group_length + elements
+    return _PREAMBLE_AND_PREFIX + group_length + elements
+
+
+def encode_file_meta_for(
+    sop_class_uid: str,
+    sop_instance_uid: str,
+    transfer_syntax_uid: str,
+    *,
+    source_ae: str | None = None,
+) -> tuple[bytes, FileMeta]:
+    """:func:`encode_file_meta`, and the :class:`FileMeta` that :func:`read_file_meta`
+    reads back from those bytes — known here, so a received data set is parsed without
+    reading back the meta just written for it."""
+    encoded = encode_file_meta(
+        sop_class_uid, sop_instance_uid, transfer_syntax_uid, source_ae=source_ae
+    )
+    return encoded, FileMeta(
+        "part10", len(encoded), transfer_syntax_uid, sop_class_uid, sop_instance_uid
+    )
+
+
+#: (0002,0001) File Meta Information Version: OB, 2-byte value 00 01.
+_FILE_META_VERSION = b"\x02\x00\x01\x00OB\x00\x00\x02\x00\x00\x00\x00\x01"
+_PREAMBLE_AND_PREFIX = bytes(PREAMBLE) + b"DICM"
+
+
+@functools.lru_cache(maxsize=256)
+def _uid_element(element: int, name: str, value: str) -> bytes:
+    return _short(2, element, b"UI", _uid_bytes(name, value))
+
+
+@functools.cache
+def _implementation_elements() -> bytes:
+    uid = _uid_bytes("Implementation Class UID", dicomvault.IMPLEMENTATION_CLASS_UID)
+    version = _text_bytes(dicomvault.IMPLEMENTATION_VERSION_NAME)
+    return _short(2, 0x0012, b"UI", uid) + _short(2, 0x0013, b"SH", version)
+
+
+@functools.lru_cache(maxsize=256)
+def _source_ae_element(source_ae: str) -> bytes:
+    ae = source_ae.strip(" ")
+    if not ae or len(ae) > 16 or not ae.isascii() or "\\" in ae or not ae.isprintable():
+        raise ValueError(f"invalid Source AE Title {source_ae!r}")
+    return _short(2, 0x0016, b"AE", _text_bytes(ae))
 
 
 def _plausible_dataset_start(head: bytes) -> bool:

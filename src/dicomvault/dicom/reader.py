@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import struct
 import zlib
-from typing import BinaryIO
+from typing import Protocol
 
 from pydicom.datadict import dictionary_description, dictionary_VR
 
@@ -89,6 +89,16 @@ class Element:
 
 DataSet = dict[int, Element]
 
+
+class Source(Protocol):
+    """What :class:`Reader` reads from: a binary file, or anything that reads and seeks
+    like one."""
+
+    def read(self, n: int = -1, /) -> bytes: ...
+
+    def seek(self, pos: int, whence: int = 0, /) -> int: ...
+
+
 _VR_CACHE: dict[int, str] = {}
 
 
@@ -138,7 +148,7 @@ class Reader:
 
     def __init__(
         self,
-        fp: BinaryIO,
+        fp: Source,
         start: int,
         size: int,
         *,
