@@ -6,6 +6,7 @@ import errno
 import json
 import os
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -243,11 +244,13 @@ def test_blobs_are_durable_before_the_commit_that_indexes_them(
     def syncfs(path: Path) -> None:
         findable_at_sync.append(archive.index.ingest_probe("1.2.7.1")[0])
         real(path)
+        time.sleep(0.2)  # the writer's INSERTs run meanwhile, and must wait to commit
+        findable_at_sync.append(archive.index.ingest_probe("1.2.7.1")[0])
 
     monkeypatch.setattr(filesystem, "_syncfs", syncfs)
     src = write_part10(make_dataset(sop_instance_uid="1.2.7.1"), tmp_path / "a")
     assert archive.store_file(src).status is StoreStatus.STORED
-    assert findable_at_sync == [False]
+    assert findable_at_sync == [False, False]
     assert archive.index.ingest_probe("1.2.7.1")[0]
 
 

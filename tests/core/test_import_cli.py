@@ -171,7 +171,7 @@ def test_config_show_and_db_upgrade(tmp_path: Path) -> None:
     assert shown["storage"]["path"] == str(tmp_path / "d")
     assert "[dicom]" in dv("config", "show", check=True).stdout
     up = dv("db", "upgrade", "--data-dir", tmp_path / "d", check=True)
-    assert "revision 0009" in up.stderr
+    assert "revision 0010" in up.stderr
     assert "already up to date" in dv("db", "upgrade", "--data-dir", tmp_path / "d").stderr
 
 

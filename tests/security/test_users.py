@@ -118,7 +118,7 @@ def test_0001_then_head_equals_a_fresh_database(
     assert migrate.current_revision(engine) == "0001"
     assert "users" not in inspect(engine).get_table_names()
     migrate.upgrade(engine)
-    assert migrate.current_revision(engine) == migrate.head_revision() == "0009"
+    assert migrate.current_revision(engine) == migrate.head_revision() == "0010"
     engine.dispose()
     stepwise = _schema(url)
 

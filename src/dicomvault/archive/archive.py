@@ -25,7 +25,7 @@ from typing import IO, BinaryIO
 from dicomvault.archive.deletion import DeletionService, Selection
 from dicomvault.archive.query import find as _find
 from dicomvault.archive.query import retrieve_instances as _retrieve_instances
-from dicomvault.archive.recovery import VerifyReport, recover, verify
+from dicomvault.archive.recovery import VerifyReport, recover, restore_journal, verify
 from dicomvault.archive.retention import QuotaGauge
 from dicomvault.archive.writer import IndexWriter
 from dicomvault.config import Settings
@@ -67,6 +67,13 @@ _CHUNK = 1 << 20
 #: :meth:`Archive.receives_inline`). Measured here, a 10 KB one costs ~0.2 ms of CPU
 #: there; on a thread pool it cost ~2 ms of waiting for the GIL and the hand-offs.
 INLINE_LIMIT = 64 * 1024
+#: A received blob up to this size is also written into the index, in the transaction
+#: that indexes it (``blob_journal``): that commit's one device flush makes the instance
+#: durable, where a syncfs of its file before the commit took a second. The files are
+#: flushed later, many with one syncfs, and their journal rows dropped; start-up recovery
+#: rewrites a file that a power cut lost from its row. Measured here (10 KB over one
+#: association), leaving the per-batch syncfs out raised throughput ~40 %.
+JOURNAL_LIMIT = INLINE_LIMIT
 
 
 class Reception:
@@ -164,9 +171,11 @@ class _Checked:
     sha256: str
     dataset_sha256: str
 
-    def prepared(self, name: str) -> Prepared:
+    def prepared(self, name: str, journal: bytes | None = None) -> Prepared:
         blob = BlobInfo(name, self.result.size, self.sha256, self.dataset_sha256)
-        pending = PendingInsert(self.parsed.record, blob, self.source_ae, self.policy)
+        pending = PendingInsert(
+            self.parsed.record, blob, self.source_ae, self.policy, journal=journal
+        )
         return Prepared(pending, self.result)
 
 
@@ -259,6 +268,13 @@ class Archive:
         except BlockingIOError:
             alone = False
         if alone and recover_on_start:
+            restored = restore_journal(index, store)
+            if restored:
+                log.warning(
+                    "recovery: rewrote %d received blob file(s) lost before they reached "
+                    "the disk, from the index's blob journal",
+                    restored,
+                )
             finished = archive.deletion.finish_queue()
             temp, orphans = recover(index, store)
             if temp or orphans or finished:
@@ -280,7 +296,11 @@ class Archive:
         if writer is None:
             with self._writer_lock:
                 if self._writer_instance is None:
-                    self._writer_instance = IndexWriter(self.index, before_commit=self._sync_blobs)
+                    self._writer_instance = IndexWriter(
+                        self.index,
+                        before_commit=self._sync_blobs,
+                        flush_journal=self._flush_journal,
+                    )
                 writer = self._writer_instance
         return writer
 
@@ -289,7 +309,16 @@ class Archive:
         # (DESIGN.md steps 3-4): here, once per batch, for those placed but not yet
         # durable (every received one with storage.sync = "batch"; the directory
         # entries of import workers' chunks otherwise).
-        self.store.sync([item.blob.name for item in items])
+        # A journaled blob is durable through the commit itself (its bytes are in it).
+        self.store.sync([item.blob.name for item in items if item.journal is None])
+
+    def _flush_journal(self) -> None:
+        """Make the files of journaled blobs durable, for many at once, and drop their
+        journal rows (on the index writer: idle, or every JOURNAL_FLUSH_COUNT)."""
+        mark = self.index.journal_mark()
+        if mark:
+            self.store.sync_all()
+            self.index.journal_forget(mark)
 
     def close(self) -> None:
         # The audit trail writes into this archive's index and data directory: what it
@@ -386,7 +415,14 @@ class Archive:
         except BaseException:
             spool.discard()
             raise
-        return self._place_checked(spool, parsed, source_ae, durable=False)
+        journal = meta + dataset if self._journals(len(meta) + len(dataset)) else None
+        return self._place_checked(spool, parsed, source_ae, durable=False, journal=journal)
+
+    def _journals(self, size: int) -> bool:
+        """Whether a received blob of ``size`` bytes goes into the blob journal: small,
+        indexed in SQLite (a local file: its commit is one device flush), and made
+        durable per batch (``storage.sync = "batch"``, fsync on)."""
+        return size <= JOURNAL_LIMIT and self.store.batch_sync and self.index.is_sqlite
 
     def store_file(self, path: Path, *, source_ae: str | None = None) -> StoreResult:
         """Store a file from disk: Part 10, Part 10 without preamble, or a bare data set.
@@ -498,10 +534,17 @@ class Archive:
         return self.finalize_async(prepared, durable=durable)
 
     def _place_checked(
-        self, spool: FileSpool, parsed: ParsedInstance, source_ae: str | None, *, durable: bool
+        self,
+        spool: FileSpool,
+        parsed: ParsedInstance,
+        source_ae: str | None,
+        *,
+        durable: bool,
+        journal: bytes | None = None,
     ) -> Prepared | StoreResult:
         """Check a fully spooled instance and put its blob in place (``durable``: and
-        make it so here), or the :class:`StoreResult` when there is nothing to store."""
+        make it so here), or the :class:`StoreResult` when there is nothing to store.
+        ``journal``: the blob's bytes, indexed with it (see :data:`JOURNAL_LIMIT`)."""
         check = self._check(spool, parsed, source_ae)
         if isinstance(check, StoreResult):
             return check
@@ -510,7 +553,7 @@ class Archive:
         except BaseException:
             spool.discard()
             raise
-        return check.prepared(name)
+        return check.prepared(name, journal)
 
     def _check(
         self, spool: FileSpool, parsed: ParsedInstance, source_ae: str | None

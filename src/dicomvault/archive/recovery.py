@@ -2,10 +2,12 @@
 
 A crash between "blob durable" and "index committed" (DESIGN.md, life of an instance,
 steps 3–4) leaves a blob no row names; a crash while spooling leaves a temp file. Neither
-was ever acknowledged to a sender, so both are removed. A crash in the middle of a
-deletion leaves rows in the deletion queue: :meth:`Archive.open` finishes them first
-(``DeletionService.finish_queue``), and blobs the queue still names (rejected instances
-in their grace period) are not orphans.
+was ever acknowledged to a sender, so both are removed. A small received blob is durable
+through the index commit that holds its bytes (``blob_journal``) before its file is: a
+power cut before that file reached the disk is mended from the journal first. A crash
+in the middle of a deletion leaves rows in the deletion queue: :meth:`Archive.open`
+finishes them first (``DeletionService.finish_queue``), and blobs the queue still names
+(rejected instances in their grace period) are not orphans.
 """
 
 from __future__ import annotations
@@ -32,6 +34,23 @@ class VerifyReport:
     @property
     def consistent(self) -> bool:
         return not (self.missing or self.corrupt or (self.orphans and not self.removed_orphans))
+
+
+def restore_journal(index: Index, store: BlobStore) -> int:
+    """Rewrite, from the blob journal, every indexed small blob whose file a power cut
+    lost or cut short (its bytes were durable in the index's commit before the sender got
+    Success; the file was to be flushed later), make them durable and empty the journal.
+    Returns how many files were rewritten. Rows of blobs no instance names (deleted since,
+    or replaced) are dropped: nothing comes back that was removed."""
+    mark = restored = 0
+    for pk, name, data in index.journal_entries():
+        mark = pk
+        if index.blob_indexed(name) and store.restore(name, data):
+            restored += 1
+    if mark:
+        store.sync_all()
+        index.journal_forget(mark)
+    return restored
 
 
 def find_orphans(index: Index, store: BlobStore) -> list[str]:

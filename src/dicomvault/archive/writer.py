@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import Future
 from typing import NamedTuple
@@ -24,6 +25,12 @@ from dicomvault.model.errors import DicomVaultError
 log = logging.getLogger("dicomvault.archive")
 
 _STOP = object()
+#: The journaled blobs' files are flushed (one syncfs) and their rows dropped when the
+#: writer has been idle this long (s), or this many are pending, or the oldest is this
+#: old (s): the journal stays small, and a burst pays one flush per this many.
+JOURNAL_IDLE = 0.1
+JOURNAL_FLUSH_COUNT = 512
+JOURNAL_MAX_AGE = 2.0
 
 #: Called on the writer thread after the commit, with one result per item of a
 #: :meth:`IndexWriter.submit_many`, in order: its outcome, or the error that failed it.
@@ -48,10 +55,17 @@ class IndexWriter:
         *,
         max_batch: int = 128,
         before_commit: Callable[[list[PendingInsert]], None] | None = None,
+        flush_journal: Callable[[], None] | None = None,
     ) -> None:
         self._index = index
         self._before_commit = before_commit
+        self._flush_journal = flush_journal
         self._max_batch = max_batch
+        #: Journaled blobs (``PendingInsert.journal``) committed since the last flush,
+        #: and when the first of them was.
+        self._journaled = 0
+        self._journaled_since = 0.0
+        self._flush_wait = JOURNAL_IDLE  # longer after a failed flush
         self._queue: queue.SimpleQueue[object] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name="index-writer", daemon=True)
         self._closed = False
@@ -82,9 +96,13 @@ class IndexWriter:
     def _run(self) -> None:
         stop = False
         while not stop:
-            first = self._queue.get()
+            try:
+                first = self._queue.get(timeout=self._flush_wait if self._journaled else None)
+            except queue.Empty:  # idle: the journaled blobs' files go to the disk now
+                self._flush()
+                continue
             if first is _STOP:
-                return
+                break
             entries: list[_One | _Many] = [first]  # type: ignore[list-item]
             count = _count(first)  # type: ignore[arg-type]
             while count < self._max_batch:
@@ -98,6 +116,25 @@ class IndexWriter:
                 entries.append(nxt)  # type: ignore[arg-type]
                 count += _count(nxt)  # type: ignore[arg-type]
             self._write(entries)
+            if self._journaled >= JOURNAL_FLUSH_COUNT or (
+                self._journaled and time.monotonic() - self._journaled_since > JOURNAL_MAX_AGE
+            ):
+                self._flush()
+        self._flush()
+
+    def _flush(self) -> None:
+        """Flush the journaled blobs' files and forget their journal rows."""
+        if not self._journaled or self._flush_journal is None:
+            return
+        try:
+            self._flush_journal()
+        except Exception:  # kept in the journal: tried again at the next flush
+            log.exception("index writer: could not flush the journaled blobs")
+            self._journaled_since = time.monotonic()
+            self._flush_wait = JOURNAL_MAX_AGE
+            return
+        self._journaled = 0
+        self._flush_wait = JOURNAL_IDLE
 
     def _write(self, entries: list[_One | _Many]) -> None:
         items: list[PendingInsert] = []
@@ -110,6 +147,10 @@ class IndexWriter:
                 items.append(entry.item)
                 if not entry.durable:
                     unsynced.append(entry.item)
+        journaled = sum(item.journal is not None for item in items)
+        if journaled and not self._journaled:
+            self._journaled_since = time.monotonic()
+        self._journaled += journaled
         results: list[InsertOutcome | BaseException]
         try:
             if self._before_commit is not None:

@@ -40,7 +40,7 @@ from dicomvault.index.ingest import (
     PendingInsert,
     Sql,
 )
-from dicomvault.index.schema import instances, patients, series, studies
+from dicomvault.index.schema import blob_journal, instances, patients, series, studies
 from dicomvault.model.errors import (
     DicomVaultError,
     IndexError_,
@@ -437,6 +437,45 @@ class Index:
             for row in rows:
                 last = row.pk
                 yield stored_instance(row._asdict())
+
+    # -- the blob journal (schema.blob_journal) ---------------------------------------
+
+    def journal_mark(self) -> int:
+        """The newest ``blob_journal`` row committed so far (0: none). Every file it or
+        an older row names was written before that commit: one syncfs started after
+        this call makes them all durable, and :meth:`journal_forget` may then drop them.
+        """
+        with self._read.connect() as conn:
+            return int(conn.execute(select(func.max(blob_journal.c.pk))).scalar() or 0)
+
+    def journal_forget(self, up_to: int) -> None:
+        """Drop the journal rows up to ``up_to`` (:meth:`journal_mark`): their files are
+        durable."""
+        with self._ingest_transaction() as sql:
+            sql.run("DELETE FROM blob_journal WHERE pk <= ?", (up_to,))
+
+    def journal_entries(self, *, chunk: int = 64) -> Iterator[tuple[int, str, bytes]]:
+        """Every journal row, oldest first: (pk, blob name, the blob's bytes), read a few
+        at a time (each holds up to 64 KiB)."""
+        after = 0
+        while True:
+            with self._read.connect() as conn:
+                rows = conn.execute(
+                    select(blob_journal.c.pk, blob_journal.c.blob_name, blob_journal.c.data)
+                    .where(blob_journal.c.pk > after)
+                    .order_by(blob_journal.c.pk)
+                    .limit(chunk)
+                ).all()
+            for pk, name, data in rows:
+                yield pk, name, bytes(data)
+            if len(rows) < chunk:
+                return
+            after = rows[-1][0]
+
+    def blob_indexed(self, name: str) -> bool:
+        """Whether an instance row names the blob ``name``."""
+        rows = self.read_rows("SELECT 1 FROM instances WHERE blob_name = ?", (name,))
+        return bool(rows)
 
     def blob_names(self) -> set[str]:
         with self._read.connect() as conn:

@@ -45,6 +45,8 @@ class PendingInsert:
     source_ae: str | None
     policy: str  # "reject" | "keep-first" | "overwrite" (validated by config)
     received_at: datetime = dataclasses.field(default_factory=lambda: datetime.now(UTC))
+    #: The blob's bytes, for ``blob_journal`` (the file is not durable yet), or None.
+    journal: bytes | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -225,6 +227,7 @@ class Batch:
             )
         }
         self.new_instances: dict[str, list[Any]] = {}
+        self.journal: list[tuple[str, bytes]] = []
         self.series_added: Counter[int] = Counter()
         self.refresh_sets: set[int] = set()
 
@@ -232,9 +235,13 @@ class Batch:
         results: list[InsertOutcome | Exception] = []
         for item in items:
             try:
-                results.append(self._record(item))
+                outcome = self._record(item)
             except (DuplicateRejected, HierarchyConflict) as exc:
                 results.append(exc)
+                continue
+            results.append(outcome)
+            if item.journal is not None and not outcome.new_blob_unused:
+                self.journal.append((item.blob.name, item.journal))
         self._flush()
         return results
 
@@ -361,6 +368,8 @@ class Batch:
         sql = self.sql
         if self.new_instances:
             sql.many(_INSERT_INSTANCE, self.new_instances.values())
+        if self.journal:
+            sql.many("INSERT INTO blob_journal (blob_name, data) VALUES (?, ?)", self.journal)
         for series_pk, added in self.series_added.items():
             sql.run(
                 "UPDATE series SET number_of_instances = number_of_instances + ? WHERE pk = ?",

@@ -20,6 +20,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     String,
     Table,
@@ -245,6 +246,18 @@ deletion_queue = Table(
     Column("queued_at", DateTime(timezone=True), nullable=False),
     Column("not_before", DateTime(timezone=True), nullable=False),
     Index("ix_deletion_queue_not_before", "not_before"),
+)
+
+# The bytes of small received blobs whose files may not be on the disk yet: written in
+# the transaction that indexes them, so that one flush (the index's own commit) makes
+# instance and row durable together; the files are flushed later, for many at once, and
+# these rows deleted. Start-up recovery rewrites a file that a power cut lost from here.
+blob_journal = Table(
+    "blob_journal",
+    metadata,
+    Column("pk", Integer, primary_key=True, autoincrement=True),
+    Column("blob_name", String(80), nullable=False),
+    Column("data", LargeBinary, nullable=False),
 )
 
 # Instances named by an IOCM rejection note (IHE RAD TF-2 IOCM; PS3.16 CID 7011), kept

@@ -66,6 +66,14 @@ class BlobStore(Protocol):
         """Make placed blobs durable (their data and directory entries)."""
         ...
 
+    def sync_all(self) -> None:
+        """Make every placed blob durable (the blob journal's flush)."""
+        ...
+
+    def restore(self, name: str, data: bytes) -> bool:
+        """Make blob ``name`` hold exactly ``data``; whether it had to be written."""
+        ...
+
     def names(self) -> Iterator[str]:
         """Every committed blob (for verify and orphan recovery)."""
         ...

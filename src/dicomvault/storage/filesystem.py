@@ -414,6 +414,45 @@ class FileSystemBlobStore:
         except OSError as exc:
             raise _storage_error(exc, "committing") from exc
 
+    def sync_all(self) -> None:
+        """Make every blob placed so far durable: one syncfs (``storage.sync = "batch"``;
+        the blob journal is kept only then)."""
+        if not self.batch_sync:
+            return
+        try:
+            _shared_syncs.sync(self.root, _syncfs)
+        except OSError as exc:
+            raise _storage_error(exc, "committing") from exc
+
+    def restore(self, name: str, data: bytes) -> bool:
+        """Make the blob ``name`` hold exactly ``data`` — start-up recovery, from the
+        blob journal, for a file a power cut lost or cut short. Returns whether it had to
+        be written (whole, then renamed into place: never half a file). Durable after
+        :meth:`sync_all` (``storage.sync = "batch"``), or here (``"blob"``)."""
+        path = self._file(name)
+        try:
+            with open(path, "rb") as f:
+                if f.read(len(data) + 1) == data:
+                    return False
+        except FileNotFoundError:
+            pass
+        each = self.fsync and not self.batch_sync
+        temp = f"{self._tmp}/{_names.next()}.part"
+        try:
+            with open(temp, "xb") as f:
+                f.write(data)
+                if each:
+                    os.fsync(f.fileno())
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            os.replace(temp, path)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(temp)
+            raise
+        if each:
+            _fsync_dir(Path(path).parent)
+        return True
+
     def commit_many(
         self, spools: list[FileSpool], *, durable: bool = True
     ) -> list[str | OSError | Exception]:
