@@ -27,6 +27,7 @@ from dicomvault.model.errors import (
 )
 from dicomvault.model.records import StoreResult, StoreStatus
 from tests.core.dicomfiles import bundled, dataset_bytes, make_dataset, write_bare, write_part10
+from tests.core.receiving import finalize_together, prepare
 
 
 def blobs(archive: Archive) -> list[str]:
@@ -370,30 +371,6 @@ def test_specific_character_set_is_stored_as_unicode(
     assert "=".join(groups).rstrip("=") == expected
 
 
-def _prepare(archive: Archive, path: Path) -> object:
-    ds = dcmread(path, stop_before_pixels=True)
-    return archive.prepare_buffered(
-        sop_class_uid=ds.SOPClassUID,
-        sop_instance_uid=ds.SOPInstanceUID,
-        transfer_syntax_uid=ds.file_meta.TransferSyntaxUID,
-        dataset=dataset_bytes(path),
-        source_ae="SCU",
-    )
-
-
-def _finalize_many(archive: Archive, prepared: list[Prepared]) -> list[object]:
-    got: list[list[StoreResult | BaseException]] = []
-    done = threading.Event()
-
-    def written(results: list[StoreResult | BaseException]) -> None:
-        got.append(results)
-        done.set()
-
-    archive.finalize_many(prepared, written)
-    assert done.wait(30)
-    return list(got[0])
-
-
 def test_a_batch_of_prepared_instances_is_indexed_together(
     archive: Archive, tmp_path: Path
 ) -> None:
@@ -408,11 +385,11 @@ def test_a_batch_of_prepared_instances_is_indexed_together(
         ),
         tmp_path / "c.dcm",
     )
-    prepared = [_prepare(archive, p) for p in (first, second, clash)]
+    prepared = [prepare(archive, p) for p in (first, second, clash)]
     assert all(isinstance(p, Prepared) for p in prepared)
     # Placed, not yet indexed: nothing is findable before the writer's commit.
     assert archive.stats().instances == 0
-    results = _finalize_many(archive, prepared)  # type: ignore[arg-type]
+    results = finalize_together(archive, prepared)  # type: ignore[arg-type]
     assert [r.status for r in results[:2]] == [StoreStatus.STORED] * 2  # type: ignore[union-attr]
     assert isinstance(results[2], HierarchyConflict)
     assert archive.stats().instances == 2
@@ -421,7 +398,7 @@ def test_a_batch_of_prepared_instances_is_indexed_together(
     assert set(blobs(archive)) == names
     assert temp_files(archive) == []
     # Sent again, identical: answered before anything is written.
-    again = _prepare(archive, second)
+    again = prepare(archive, second)
     assert isinstance(again, StoreResult) and again.status is StoreStatus.DUPLICATE
     assert set(blobs(archive)) == names
 
@@ -429,7 +406,7 @@ def test_a_batch_of_prepared_instances_is_indexed_together(
 def test_a_failing_batch_callback_does_not_stop_the_writer(
     archive: Archive, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    prepared = _prepare(archive, write_part10(make_dataset(), tmp_path / "a.dcm"))
+    prepared = prepare(archive, write_part10(make_dataset(), tmp_path / "a.dcm"))
     failed = threading.Event()
 
     def broken(results: list[StoreResult | BaseException]) -> None:
@@ -448,7 +425,7 @@ def test_a_failing_batch_callback_does_not_stop_the_writer(
 def test_a_batch_refused_by_a_closed_writer_leaves_no_blob(
     archive: Archive, tmp_path: Path
 ) -> None:
-    prepared = _prepare(archive, write_part10(make_dataset(), tmp_path / "a.dcm"))
+    prepared = prepare(archive, write_part10(make_dataset(), tmp_path / "a.dcm"))
     assert isinstance(prepared, Prepared)
     assert blobs(archive) == [prepared.pending.blob.name]  # placed, not yet indexed
     archive._writer.close()

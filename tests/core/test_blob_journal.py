@@ -7,7 +7,6 @@ from __future__ import annotations
 import sqlite3
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -18,32 +17,13 @@ from dicomvault.archive import Archive, Prepared
 from dicomvault.config import Settings
 from dicomvault.model.records import StoreResult, StoreStatus
 from tests.core.dicomfiles import dataset_bytes, make_dataset, write_part10
+from tests.core.receiving import finalize_together, prepare
 
 
 def _receive(archive: Archive, paths: list[Path]) -> list[StoreResult | BaseException]:
-    """What the C-STORE SCP does: prepare each data set from memory, index them together."""
-    prepared = []
-    for path in paths:
-        ds = dcmread(path, stop_before_pixels=True)
-        one = archive.prepare_buffered(
-            sop_class_uid=ds.SOPClassUID,
-            sop_instance_uid=ds.SOPInstanceUID,
-            transfer_syntax_uid=ds.file_meta.TransferSyntaxUID,
-            dataset=dataset_bytes(path),
-            source_ae="SCU",
-        )
-        assert isinstance(one, Prepared), one
-        prepared.append(one)
-    got: list[list[StoreResult | BaseException]] = []
-    done = threading.Event()
-
-    def written(results: list[StoreResult | BaseException]) -> None:
-        got.append(results)
-        done.set()
-
-    archive.finalize_many(prepared, written)
-    assert done.wait(30)
-    return got[0]
+    prepared = [prepare(archive, path) for path in paths]
+    assert all(isinstance(p, Prepared) for p in prepared), prepared
+    return finalize_together(archive, prepared)  # type: ignore[arg-type]
 
 
 def _journal(settings: Settings) -> list[tuple[str, bytes]]:
