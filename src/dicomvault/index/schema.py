@@ -258,6 +258,9 @@ blob_journal = Table(
     Column("pk", Integer, primary_key=True, autoincrement=True),
     Column("blob_name", String(80), nullable=False),
     Column("data", LargeBinary, nullable=False),
+    # Never reused (SQLite's AUTOINCREMENT): a flush drops the rows up to the key it read
+    # before its syncfs, so a later row must never get a key at or below one read.
+    sqlite_autoincrement=True,
 )
 
 # Instances named by an IOCM rejection note (IHE RAD TF-2 IOCM; PS3.16 CID 7011), kept

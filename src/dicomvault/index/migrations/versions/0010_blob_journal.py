@@ -22,6 +22,7 @@ def upgrade() -> None:
         sa.Column("pk", sa.Integer, primary_key=True, autoincrement=True),
         sa.Column("blob_name", sa.String(80), nullable=False),
         sa.Column("data", sa.LargeBinary, nullable=False),
+        sqlite_autoincrement=True,  # keys never reused (see schema.blob_journal)
     )
 
 
