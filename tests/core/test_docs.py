@@ -69,6 +69,21 @@ def test_a_command_imports_only_what_it_needs(tmp_path: Path) -> None:
     assert "LOADED []" in done.stderr, done.stderr
 
 
+def test_a_server_without_jwt_does_not_load_pyjwt_and_cryptography() -> None:
+    """PyJWT pulls in ``cryptography`` (10 MiB of a server's memory at rest): it is
+    imported where a token is first checked, not when the server and its web app load."""
+    script = (
+        "import sys\n"
+        "import dicomvault.cli.serve, dicomvault.web.app, dicomvault.dimse.access\n"
+        "print('LOADED', [m for m in ('jwt', 'cryptography') if m in sys.modules])\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    assert "LOADED []" in done.stdout, done.stdout
+
+
 def _venv_command(tmp_path: Path, *args: str) -> str:
     """The command `make` would run to create .venv in a fresh clone (dry run)."""
     for name in ("Makefile", "pyproject.toml"):

@@ -48,10 +48,12 @@ import urllib.request
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
-import jwt
-from jwt.exceptions import PyJWKError
+# PyJWT is imported where a token is checked, not with this module: it loads
+# ``cryptography`` (10 MiB of every server's memory), and most archives set no ``[jwt]``.
+if TYPE_CHECKING:
+    import jwt
 
 log = logging.getLogger("dicomvault.security")
 
@@ -243,9 +245,11 @@ class JwksCache:
                 found = self._find(kid, alg)
             if found is None:
                 raise JwtError(f"no {alg} signing key with {_describe(kid)} in the JWKS")
+            import jwt  # not at the top: see the imports
+
             try:
                 prepared = jwt.PyJWK(found, algorithm=alg)
-            except (PyJWKError, ValueError, TypeError) as exc:
+            except (jwt.PyJWKError, ValueError, TypeError) as exc:
                 raise JwtError(f"the JWKS key with {_describe(kid)} is unusable: {exc}") from None
             self._prepared[(kid, alg)] = prepared
             return prepared
@@ -379,6 +383,8 @@ class JwtValidator:
             raise JwtError(f"JWT longer than {MAX_TOKEN_CHARS} characters")
         if not looks_like_jwt(token):
             raise JwtError("not a JWT (RFC 7515 compact serialisation: three base64url parts)")
+        import jwt  # not at the top: see the imports
+
         try:
             header = jwt.get_unverified_header(token)
         except jwt.InvalidTokenError as exc:
