@@ -25,7 +25,13 @@ from typing import IO, BinaryIO
 from dicomvault.archive.deletion import DeletionService, Selection
 from dicomvault.archive.query import find as _find
 from dicomvault.archive.query import retrieve_instances as _retrieve_instances
-from dicomvault.archive.recovery import VerifyReport, recover, restore_journal, verify
+from dicomvault.archive.recovery import (
+    VerifyReport,
+    flush_journal,
+    recover,
+    restore_journal,
+    verify,
+)
 from dicomvault.archive.retention import QuotaGauge
 from dicomvault.archive.writer import IndexWriter
 from dicomvault.config import Settings
@@ -315,10 +321,7 @@ class Archive:
     def _flush_journal(self) -> None:
         """Make the files of journaled blobs durable, for many at once, and drop their
         journal rows (on the index writer: idle, or every JOURNAL_FLUSH_COUNT)."""
-        mark = self.index.journal_mark()
-        if mark:
-            self.store.sync_all()
-            self.index.journal_forget(mark)
+        flush_journal(self.index, self.store)
 
     def close(self) -> None:
         # The audit trail writes into this archive's index and data directory: what it

@@ -42,15 +42,21 @@ def restore_journal(index: Index, store: BlobStore) -> int:
     Success; the file was to be flushed later), make them durable and empty the journal.
     Returns how many files were rewritten. Rows of blobs no instance names (deleted since,
     or replaced) are dropped: nothing comes back that was removed."""
-    mark = restored = 0
-    for pk, name, data in index.journal_entries():
-        mark = pk
+    restored = 0
+    for name, data in index.journal_entries():
         if index.blob_indexed(name) and store.restore(name, data):
             restored += 1
+    flush_journal(index, store)
+    return restored
+
+
+def flush_journal(index: Index, store: BlobStore) -> None:
+    """Make the files of every journaled blob committed so far durable (one syncfs), then
+    drop their journal rows — those committed later stay (:meth:`Index.journal_mark`)."""
+    mark = index.journal_mark()
     if mark:
         store.sync_all()
         index.journal_forget(mark)
-    return restored
 
 
 def find_orphans(index: Index, store: BlobStore) -> list[str]:

@@ -454,9 +454,9 @@ class Index:
         with self._ingest_transaction() as sql:
             sql.run("DELETE FROM blob_journal WHERE pk <= ?", (up_to,))
 
-    def journal_entries(self, *, chunk: int = 64) -> Iterator[tuple[int, str, bytes]]:
-        """Every journal row, oldest first: (pk, blob name, the blob's bytes), read a few
-        at a time (each holds up to 64 KiB)."""
+    def journal_entries(self, *, chunk: int = 64) -> Iterator[tuple[str, bytes]]:
+        """Every journal row, oldest first: (blob name, the blob's bytes), read a few at
+        a time (each holds up to 64 KiB)."""
         after = 0
         while True:
             with self._read.connect() as conn:
@@ -466,8 +466,8 @@ class Index:
                     .order_by(blob_journal.c.pk)
                     .limit(chunk)
                 ).all()
-            for pk, name, data in rows:
-                yield pk, name, bytes(data)
+            for _, name, data in rows:
+                yield name, bytes(data)
             if len(rows) < chunk:
                 return
             after = rows[-1][0]

@@ -405,10 +405,10 @@ class FileSystemBlobStore:
         a directory, so usually one fsync for all)."""
         if not self.fsync or not names:
             return
+        if self.batch_sync:
+            self.sync_all()
+            return
         try:
-            if self.batch_sync:
-                _shared_syncs.sync(self.root, _syncfs)
-                return
             for parent in sorted({self._path(name).parent for name in names}):
                 _shared_syncs.sync(parent)
         except OSError as exc:
