@@ -40,6 +40,7 @@ from dicomvault.index.ingest import (
     PendingInsert,
     Sql,
 )
+from dicomvault.index.ingest_now import NowWriter
 from dicomvault.index.schema import blob_journal, instances, patients, series, studies
 from dicomvault.model.errors import (
     DicomVaultError,
@@ -143,6 +144,8 @@ class Index:
         self._probe = threading.local()
         self._probe_connections: list[Any] = []
         self._write_lock: int | None = None
+        #: Batches recorded on the caller's thread when that needs no waiting (SQLite).
+        self.now: NowWriter | None = None
         #: The ingest writer's own DBAPI connection (:meth:`_ingest_transaction`).
         self._ingest_raw: Any = None
         self._ingest_lock = threading.Lock()
@@ -161,6 +164,7 @@ class Index:
                 raise IndexError_(
                     f"cannot open the index database {database}: {exc.strerror}"
                 ) from None
+            self.now = NowWriter(self._write, f"{database}-writer.lock")
 
     def read_rows(self, text: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         """Every row of a short read, SQL text with ``?`` placeholders, as tuples.
@@ -279,6 +283,8 @@ class Index:
         return index
 
     def close(self) -> None:
+        if self.now is not None:
+            self.now.close()
         with self._ingest_lock:
             if self._ingest_raw is not None:
                 self._ingest_raw.close()
