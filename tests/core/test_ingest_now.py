@@ -192,3 +192,28 @@ def test_closing_the_archive_lets_the_commits_in_flight_finish(
         assert done.calls == 1
         assert [r.status for r in done.results] == [StoreStatus.STORED] * 2  # type: ignore[union-attr]
     assert _indexed(sqlite_settings) == 2 * len(dones)
+
+
+def test_a_connection_that_cannot_be_had_makes_it_decline_and_frees_the_locks(
+    sqlite_settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with Archive.open(sqlite_settings) as archive:
+        prepared = _prepared(archive, tmp_path, 1)
+        now = archive.index.now
+        assert now is not None
+
+        def no_connection() -> Sql:
+            raise RuntimeError("unable to open database file")
+
+        monkeypatch.setattr(now, "_connection", no_connection)
+        assert not archive.finalize_now(prepared, _Done())
+        # The writer flock is free again: another process's writer could take it.
+        fd = os.open(sqlite_settings.storage.path / "index.sqlite3-writer.lock", os.O_RDWR)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        finally:
+            os.close(fd)
+        monkeypatch.undo()
+        done = _Done()
+        assert archive.finalize_now(prepared, done)
+        assert done.wait().results[0].status is StoreStatus.STORED  # type: ignore[union-attr]

@@ -113,7 +113,12 @@ class NowWriter:
         try:
             sql = self._connection()
             sql.run("BEGIN IMMEDIATE")
-        except sqlite3.Error:  # SQLITE_BUSY: another connection is writing
+        except sqlite3.OperationalError:  # SQLITE_BUSY: another connection is writing
+            return False
+        except Exception:  # no connection, or a broken one: the writer thread reports it
+            if self._raw is not None:
+                self._raw.invalidate()
+            self._raw = self._sql = None
             return False
         return True
 
