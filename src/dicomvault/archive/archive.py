@@ -661,12 +661,8 @@ class Archive:
         """Steps 3-5 for several prepared instances (:meth:`prepare_buffered`) together:
         the index writer makes their blobs durable and indexes them in its next batch,
         then calls ``done`` on its thread with each one's result or error, in order."""
-
-        def indexed(outcomes: list[InsertOutcome | BaseException]) -> None:
-            done([self._settle(p, o) for p, o in zip(prepared, outcomes, strict=True)])
-
         try:
-            self._writer.submit_many([p.pending for p in prepared], indexed)
+            self._writer.submit_many([p.pending for p in prepared], self._settling(prepared, done))
         except BaseException as exc:  # the archive is closing: none will be indexed
             for p in prepared:
                 self._settle(p, exc)
@@ -682,11 +678,17 @@ class Archive:
         hand them to :meth:`finalize_many`."""
         if any(p.pending.journal is None for p in prepared):
             return False
+        return self._writer.write_now([p.pending for p in prepared], self._settling(prepared, done))
+
+    def _settling(
+        self, prepared: list[Prepared], done: Callable[[list[StoreResult | BaseException]], None]
+    ) -> Callable[[list[InsertOutcome | BaseException]], None]:
+        """The index writer's callback for ``prepared``: settle each, then ``done``."""
 
         def indexed(outcomes: list[InsertOutcome | BaseException]) -> None:
             done([self._settle(p, o) for p, o in zip(prepared, outcomes, strict=True)])
 
-        return self._writer.write_now([p.pending for p in prepared], indexed)
+        return indexed
 
     def _settle(
         self, prepared: Prepared, outcome: InsertOutcome | BaseException

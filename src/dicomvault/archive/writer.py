@@ -213,24 +213,18 @@ class IndexWriter:
         return entries, False
 
     def _flush_timeout(self) -> float | None:
-        """Seconds until the journal's flush is due: after ``_flush_wait`` without a
-        batch, or when the oldest journaled blob is ``JOURNAL_MAX_AGE`` old."""
+        """Seconds until the journal's flush is due (0: now); ``None``: nothing to flush."""
         with self._journal_lock:
             if not self._journaled:
                 return None
+            if self._journaled >= JOURNAL_FLUSH_COUNT:
+                return 0.0
+            # After _flush_wait without a batch, or when the oldest is JOURNAL_MAX_AGE old.
             due = min(self._last_write + self._flush_wait, self._journaled_since + JOURNAL_MAX_AGE)
         return max(due - time.monotonic(), 0.0)
 
     def _flush_due(self) -> bool:
-        with self._journal_lock:
-            if not self._journaled:
-                return False
-            now = time.monotonic()
-            return (
-                self._journaled >= JOURNAL_FLUSH_COUNT
-                or now - self._journaled_since >= JOURNAL_MAX_AGE
-                or now - self._last_write >= self._flush_wait
-            )
+        return self._flush_timeout() == 0.0
 
     def _flush(self) -> None:
         """Flush the journaled blobs' files and forget their journal rows. Batches

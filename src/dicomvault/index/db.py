@@ -157,14 +157,15 @@ class Index:
             # file. SQLite's own busy handler sleeps 1, 2, 5 … 100 ms between tries and
             # was measured to halve throughput; a blocking flock wakes the next writer
             # the moment the lock is released.
+            lock_path = f"{database}-writer.lock"
             try:
-                self._write_lock = os.open(f"{database}-writer.lock", os.O_RDWR | os.O_CREAT, 0o644)
+                self._write_lock = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
             except OSError as exc:  # no data directory there, or not ours to write
                 self.close()
                 raise IndexError_(
                     f"cannot open the index database {database}: {exc.strerror}"
                 ) from None
-            self.now = NowWriter(self._write, f"{database}-writer.lock")
+            self.now = NowWriter(self._write, lock_path)
 
     def read_rows(self, text: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         """Every row of a short read, SQL text with ``?`` placeholders, as tuples.

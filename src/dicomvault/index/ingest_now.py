@@ -148,8 +148,8 @@ class NowWriter:
             self._raw = self._sql = None
 
     def _release(self) -> None:
-        if self._lock_fd is not None:
-            fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+        assert self._lock_fd is not None  # _flock() took it
+        fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
         self._open.release()
 
     def close(self) -> None:
