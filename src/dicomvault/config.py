@@ -117,8 +117,9 @@ class ServerSettings(_Section):
     #: one per CPU available to the server (at most :data:`AUTO_WORKERS_MAX`). Python
     #: runs one thread at a time per process; a second process puts a second core to
     #: work, at the price of its memory and of sharing the index writer lock. Measured
-    #: on 2 cores (docs/benchmarks.md): two workers took 10 KB C-STOREs 20 % faster and
-    #: 0.5 MB ones 7 % slower, with three times the memory, so the default stays 1.
+    #: on 2 cores that also ran the senders (docs/benchmarks.md, eighth session): two
+    #: workers took 0.5 MB C-STOREs 0-13 % faster and 10 KB ones no faster, with three
+    #: times the memory, so the default stays 1.
     workers: Annotated[int, Field(ge=1, le=64)] | Literal["auto"] = 1
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 

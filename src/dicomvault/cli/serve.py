@@ -88,6 +88,33 @@ def _listening_sockets(settings: Settings, *, reuse_port: bool) -> _Listeners:
     return _Listeners(opened[0], opened[1], opened[2] if settings.tls.enabled else None)
 
 
+def _worker_listeners(settings: Settings, n: int) -> list[_Listeners]:
+    """Every worker's listeners, opened by the supervisor before any worker starts.
+
+    A worker opening its own once it had started (a spawned interpreter takes about a
+    second to import) left the first one up alone in the SO_REUSEPORT group for that
+    long, and the kernel gave it every connection made meanwhile: all four associations
+    of a benchmark that began at the first C-ECHO answer, in 3 runs of 4. Opened
+    together, the group is whole from the first connection, the kernel spreads
+    connections over the workers by a hash of their addresses, and a connection for a
+    worker still starting waits in that worker's backlog."""
+    opened: list[_Listeners] = []
+    try:
+        for _ in range(n):
+            opened.append(_listening_sockets(settings, reuse_port=True))
+    except ConfigError:
+        for listeners in opened:
+            _close(listeners)
+        raise
+    return opened
+
+
+def _close(listeners: _Listeners) -> None:
+    for sock in listeners:
+        if sock is not None:
+            sock.close()  # closing twice is harmless
+
+
 def _refuse_if_exposed(settings: Settings) -> None:
     """ConfigError (exit 2) when HTTP would listen beyond loopback with no HTTP user."""
     if is_loopback(settings.http.host):
@@ -256,6 +283,7 @@ def _worker_main(
     settings: Settings,
     worker: int,
     level: str,
+    listeners: _Listeners,
     started: EventLike | None = None,
 ) -> None:
     # Signals before the event loop installs its handlers: a stop is remembered and done
@@ -270,11 +298,6 @@ def _worker_main(
     if started is not None:
         started.set()  # the parent may forward SIGHUP from now on
     _configure_logging(level)
-    try:
-        listeners = _listening_sockets(settings, reuse_port=True)
-    except ConfigError as exc:  # taken since the supervisor's check: no traceback
-        log.error("worker %d: %s", worker, exc)
-        sys.exit(2)
     _run_one(settings, listeners.dimse, listeners.http, worker, listeners.tls, early_stop)
 
 
@@ -396,17 +419,21 @@ def serve_command(
         if settings.tls.enabled and settings.tls.dicom_port == 0:
             raise click.UsageError("--workers needs a fixed tls.dicom_port (not 0)")
         # A port another server holds is said here, once, not by every worker.
-        for sock in _listening_sockets(settings, reuse_port=True):
-            if sock is not None:
-                sock.close()  # open, the kernel would hand it connections too
-        # Recovery once, alone, before any worker can spool.
-        Archive.open(settings).close()
+        sockets = _worker_listeners(settings, n)
+        try:
+            # Recovery once, alone, before any worker can spool (a connection made
+            # meanwhile waits in a backlog).
+            Archive.open(settings).close()
+        except BaseException:
+            for own in sockets:
+                _close(own)
+            raise
         ctx = multiprocessing.get_context("spawn")
         started = [ctx.Event() for _ in range(n)]  # set once a worker handles signals
         procs = [
             ctx.Process(
                 target=_worker_main,
-                args=(settings, i, settings.server.log_level, started[i]),
+                args=(settings, i, settings.server.log_level, sockets[i], started[i]),
                 name=f"dicomvault-worker-{i}",
             )
             for i in range(n)
@@ -427,10 +454,16 @@ def serve_command(
         signal.signal(signal.SIGINT, forward)
         signal.signal(signal.SIGHUP, forward)  # audit log reopened, TLS reloaded: every worker
         log.info("starting %d worker processes on DICOM port %d", n, port)
-        for proc in procs:
-            if stopping:
-                break
-            proc.start()
+        try:
+            for proc in procs:
+                if stopping:
+                    break
+                proc.start()
+        finally:
+            # A started worker has its own copies. Kept open here, a socket would stay
+            # in the group after its worker ended, taking connections nobody accepts.
+            for own in sockets:
+                _close(own)
         for proc in procs:
             if proc.pid is not None:
                 proc.join()
