@@ -19,6 +19,7 @@ import signal
 import socket
 import sys
 import time
+from collections.abc import Iterator
 from multiprocessing.synchronize import Event as EventLike
 from pathlib import Path
 from typing import NamedTuple
@@ -88,8 +89,10 @@ def _listening_sockets(settings: Settings, *, reuse_port: bool) -> _Listeners:
     return _Listeners(opened[0], opened[1], opened[2] if settings.tls.enabled else None)
 
 
-def _worker_listeners(settings: Settings, n: int) -> list[_Listeners]:
-    """Every worker's listeners, opened by the supervisor before any worker starts.
+@contextlib.contextmanager
+def _worker_listeners(settings: Settings, n: int) -> Iterator[list[_Listeners]]:
+    """Every worker's listeners, opened by the supervisor before any worker starts and
+    closed in it at the end of the block (each started worker keeps its own copies).
 
     A worker opening its own once it had started (a spawned interpreter takes about a
     second to import) left the first one up alone in the SO_REUSEPORT group for that
@@ -98,21 +101,19 @@ def _worker_listeners(settings: Settings, n: int) -> list[_Listeners]:
     together, the group is whole from the first connection, the kernel spreads
     connections over the workers by a hash of their addresses, and a connection for a
     worker still starting waits in that worker's backlog."""
-    opened: list[_Listeners] = []
-    try:
+    with contextlib.ExitStack() as opened:
+        sockets: list[_Listeners] = []
         for _ in range(n):
-            opened.append(_listening_sockets(settings, reuse_port=True))
-    except ConfigError:
-        for listeners in opened:
-            _close(listeners)
-        raise
-    return opened
+            listeners = _listening_sockets(settings, reuse_port=True)
+            opened.callback(_close, listeners)
+            sockets.append(listeners)
+        yield sockets
 
 
 def _close(listeners: _Listeners) -> None:
     for sock in listeners:
         if sock is not None:
-            sock.close()  # closing twice is harmless
+            sock.close()
 
 
 def _refuse_if_exposed(settings: Settings) -> None:
@@ -419,51 +420,43 @@ def serve_command(
         if settings.tls.enabled and settings.tls.dicom_port == 0:
             raise click.UsageError("--workers needs a fixed tls.dicom_port (not 0)")
         # A port another server holds is said here, once, not by every worker.
-        sockets = _worker_listeners(settings, n)
-        try:
+        with _worker_listeners(settings, n) as sockets:
             # Recovery once, alone, before any worker can spool (a connection made
             # meanwhile waits in a backlog).
             Archive.open(settings).close()
-        except BaseException:
-            for own in sockets:
-                _close(own)
-            raise
-        ctx = multiprocessing.get_context("spawn")
-        started = [ctx.Event() for _ in range(n)]  # set once a worker handles signals
-        procs = [
-            ctx.Process(
-                target=_worker_main,
-                args=(settings, i, settings.server.log_level, sockets[i], started[i]),
-                name=f"dicomvault-worker-{i}",
-            )
-            for i in range(n)
-        ]
-        stopping: list[int] = []
+            ctx = multiprocessing.get_context("spawn")
+            started = [ctx.Event() for _ in range(n)]  # set once a worker handles signals
+            procs = [
+                ctx.Process(
+                    target=_worker_main,
+                    args=(settings, i, settings.server.log_level, sockets[i], started[i]),
+                    name=f"dicomvault-worker-{i}",
+                )
+                for i in range(n)
+            ]
+            stopping: list[int] = []
 
-        def forward(signum: int, _frame: object) -> None:
-            if signum != signal.SIGHUP:
-                stopping.append(signum)
-            for proc, ready in zip(procs, started, strict=True):
-                # A worker still importing would die of a SIGHUP (the default action):
-                # it has nothing to reopen or reload yet anyway.
-                if proc.pid is not None and (signum != signal.SIGHUP or ready.is_set()):
-                    os.kill(proc.pid, signum)
+            def forward(signum: int, _frame: object) -> None:
+                if signum != signal.SIGHUP:
+                    stopping.append(signum)
+                for proc, ready in zip(procs, started, strict=True):
+                    # A worker still importing would die of a SIGHUP (the default action):
+                    # it has nothing to reopen or reload yet anyway.
+                    if proc.pid is not None and (signum != signal.SIGHUP or ready.is_set()):
+                        os.kill(proc.pid, signum)
 
-        # Before the first worker starts: a signal now must reach every worker started.
-        signal.signal(signal.SIGTERM, forward)
-        signal.signal(signal.SIGINT, forward)
-        signal.signal(signal.SIGHUP, forward)  # audit log reopened, TLS reloaded: every worker
-        log.info("starting %d worker processes on DICOM port %d", n, port)
-        try:
+            # Before the first worker starts: a signal now must reach every worker started.
+            signal.signal(signal.SIGTERM, forward)
+            signal.signal(signal.SIGINT, forward)
+            signal.signal(signal.SIGHUP, forward)  # audit log reopened, TLS reloaded: every worker
+            log.info("starting %d worker processes on DICOM port %d", n, port)
             for proc in procs:
                 if stopping:
                     break
                 proc.start()
-        finally:
-            # A started worker has its own copies. Kept open here, a socket would stay
-            # in the group after its worker ended, taking connections nobody accepts.
-            for own in sockets:
-                _close(own)
+        # The supervisor's copies are closed now: a started worker has its own, and one
+        # kept here would stay in the group after its worker ended, taking connections
+        # nobody accepts.
         for proc in procs:
             if proc.pid is not None:
                 proc.join()
