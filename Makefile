@@ -12,7 +12,7 @@ RUN_STAMP := $(VENV)/.installed-run
 DEV_STAMP := $(VENV)/.installed-dev
 ARGS ?=
 
-.PHONY: serve test lint bench bench-quick tools clean
+.PHONY: serve test lint bench bench-quick bench-instructions tools clean
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -32,13 +32,14 @@ serve: $(RUN_STAMP)
 
 ## tools: the external peers the tests and benchmarks talk to (DCMTK, openssl s_client,
 ##        Orthanc for storage commitment interoperability, dicom3tools' dciodvfy for
-##        checking de-identified output), installed when absent
+##        checking de-identified output, Valgrind for counting instructions), installed
+##        when absent
 tools:
 	@if [ ! -x /usr/bin/storescu ] || [ ! -x /usr/bin/openssl ] || [ ! -x /usr/sbin/Orthanc ] \
-	    || [ ! -x /usr/bin/dciodvfy ]; then \
-	  echo "installing DCMTK, OpenSSL, Orthanc and dicom3tools (apt)"; \
+	    || [ ! -x /usr/bin/dciodvfy ] || [ ! -x /usr/bin/callgrind_control ]; then \
+	  echo "installing DCMTK, OpenSSL, Orthanc, dicom3tools and Valgrind (apt)"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
-	    --no-install-recommends dcmtk openssl orthanc dicom3tools >/dev/null; \
+	    --no-install-recommends dcmtk openssl orthanc dicom3tools valgrind >/dev/null; \
 	fi
 
 ## test: install everything the tests need and run the whole suite
@@ -59,6 +60,11 @@ bench: $(DEV_STAMP) tools
 	$(PY) -m bench.bench_find --dimse $(ARGS)
 	$(PY) -m bench.bench_dicomweb $(ARGS)
 	$(PY) -m bench.bench_workflow $(ARGS)
+
+## bench-instructions: user-space instructions per received instance (callgrind), against
+##        Orthanc and storescp: a count that host noise does not move (bench/README.md)
+bench-instructions: $(DEV_STAMP) tools
+	$(PY) -m bench.bench_instructions $(ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache bench/.cache
