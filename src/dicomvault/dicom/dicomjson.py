@@ -93,6 +93,19 @@ _NUMBER_STRUCTS = {
 }
 
 
+#: ``"GGGGEEEE":{"vr":"VR"`` — the start of each member — per (tag, VR) met so far,
+#: formatted once (bounded: private tags vary).
+_HEADS: dict[tuple[int, str], str] = {}
+_HEADS_LIMIT = 4096
+
+
+def _head(tag: int, vr: str) -> str:
+    head = f'"{tag:08X}":{{"vr":"{vr}"'
+    if len(_HEADS) < _HEADS_LIMIT:
+        _HEADS[(tag, vr)] = head
+    return head
+
+
 def item_charset(ds: DataSet, parent: Charset, warnings: list[str]) -> Charset:
     """The character set of a data set: its own (0008,0005) or its parent's (PS3.3 C.12)."""
     element = ds.get(SPECIFIC_CHARACTER_SET)
@@ -216,52 +229,54 @@ def dataset_json(
         if tag & 0xFFFF == 0 or tag >> 16 in (0x0000, 0x0002):
             continue
         element = ds[tag]
-        key = f"{tag:08X}"
         vr = element.vr
         if vr not in VALID_VRS:
             vr = ("SS" if signed else "US") if vr == US_OR_SS else "UN"
+        head = _HEADS.get((tag, vr)) or _head(tag, vr)
         value = element.value
         if value.__class__ is bytes and vr != "UN":
             # Fast paths for the common cases: one binary number; plain ASCII strings.
             if not value:
-                append(f'"{key}":{{"vr":"{vr}"}}')
+                append(head + "}")
                 continue
             number = numbers.get(vr)
             if number is not None and len(value) == number.size:
                 (n,) = number.unpack(value)
                 if vr not in ("FL", "FD") or math.isfinite(n):
-                    append(f'"{key}":{{"vr":"{vr}","Value":[{n!r}]}}')
+                    append(f'{head},"Value":[{n!r}]}}')
                     continue
             elif vr in _PLAIN_STRING_VRS and value.isascii() and 0x1B not in value:
                 texts = [t.strip(" \0") for t in value.decode("ascii").split("\\")]
                 if any(texts):
                     array = ",".join(_quote(t) if t else "null" for t in texts)
-                    append(f'"{key}":{{"vr":"{vr}","Value":[{array}]}}')
+                    append(f'{head},"Value":[{array}]}}')
                 else:
-                    append(f'"{key}":{{"vr":"{vr}"}}')
+                    append(head + "}")
                 continue
         if vr == "SQ":
             items = value if isinstance(value, list) else []
             if items:
+                key = f"{tag:08X}"
                 encoded = ",".join(
                     dataset_json(item, charset, little, warnings, f"{prefix}/{key}/{index}", signed)
                     for index, item in enumerate(items)
                 )
-                append(f'"{key}":{{"vr":"SQ","Value":[{encoded}]}}')
+                append(f'{head},"Value":[{encoded}]}}')
             else:
-                append(f'"{key}":{{"vr":"SQ"}}')
+                append(head + "}")
         elif not isinstance(value, bytes) or vr == "UN":
             if element.length == 0:
-                append(f'"{key}":{{"vr":"{vr}"}}')
+                append(head + "}")
             else:
-                append(f'"{key}":{{"vr":"{vr}","BulkDataURI":{_quote(prefix + "/" + key)}}}')
+                uri = _quote(f"{prefix}/{tag:08X}")
+                append(f'{head},"BulkDataURI":{uri}}}')
         else:
             seen = len(warnings)
             values = _value(value, vr, charset, little, warnings)
             if len(warnings) > seen:
                 warnings[seen:] = [f"{tag_name(tag)}: {w}" for w in warnings[seen:]]
             if values.count(None) != len(values):
-                append(f'"{key}":{{"vr":"{vr}","Value":{_json_values(values)}}}')
+                append(f'{head},"Value":{_json_values(values)}}}')
             else:
-                append(f'"{key}":{{"vr":"{vr}"}}')
+                append(head + "}")
     return "{" + ",".join(parts) + "}"
