@@ -44,13 +44,10 @@ from pathlib import Path
 
 from bench import datasets
 from bench.bench_dimse import (
-    DicomVault,
-    Orthanc,
     Receiver,
     ReceiverUnavailable,
-    StoreScp,
     ensure_debian_package,
-    free_port,
+    make_receiver,
     send,
 )
 from bench.workdir import run_root
@@ -175,18 +172,10 @@ def parse_annotation(text: str) -> tuple[int, dict[str, int]]:
     return total, by_object
 
 
-def make_receiver(name: str, workdir: Path) -> Receiver:
-    workdir.mkdir(parents=True)
-    port = free_port()
-    if name == "dicomvault":
-        return DicomVault(workdir, port)
-    if name == "orthanc":
-        return Orthanc(workdir, port)
-    return StoreScp(workdir, port, fork=False)  # --fork: the children would not be counted
-
-
 def measure(name: str, label: str, paths: Sequence[Path], warm: int, workdir: Path) -> Count:
-    receiver = Counted(make_receiver(name, workdir))
+    workdir.mkdir(parents=True)
+    # storescp without --fork: forked children would not be counted.
+    receiver = Counted(make_receiver(name, workdir, storescp_fork=False))
     receiver.start()
     try:
         if warm:
