@@ -23,7 +23,9 @@ from pydicom.charset import python_encoding as _PYTHON_ENCODING
 #: without (0008,0005) still decode instead of failing, as every viewer does.
 DEFAULT_ENCODING = "iso8859"
 
-_ESC = 0x1B
+#: ISO 2022 ESC: a value without it that is ASCII decodes as ASCII in every character
+#: set (PS3.5 6.1.2.5.3), so it needs no codec.
+ESC = 0x1B
 _FRAGMENTS = re.compile(rb"(^[^\x1b]+|[\x1b][^\x1b]*)")
 
 #: PS3.5 6.1.2.5.3: delimiters that return to the default character repertoire.
@@ -133,15 +135,15 @@ def decode_text(raw: bytes, charset: Charset, delimiters: frozenset[int]) -> tup
     Bytes that cannot be decoded become U+FFFD and the warning says so: the data set is
     still stored byte for byte, only its index text is lossy.
     """
-    if raw.isascii() and _ESC not in raw:
+    if raw.isascii() and ESC not in raw:
         return raw.decode("ascii"), None
     encodings = charset.encodings
     try:
-        if _ESC not in raw:
+        if ESC not in raw:
             return raw.decode(encodings[0]), None
         parts = []
         for fragment in _FRAGMENTS.findall(raw):
-            if fragment[0] == _ESC:
+            if fragment[0] == ESC:
                 parts.append(_decode_escaped(fragment, charset, delimiters))
             else:
                 parts.append(fragment.decode(encodings[0]))

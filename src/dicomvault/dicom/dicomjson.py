@@ -28,7 +28,7 @@ import struct
 from json.encoder import encode_basestring as _quote
 from typing import Any
 
-from dicomvault.dicom.charset import Charset, resolve_charset
+from dicomvault.dicom.charset import ESC, Charset, resolve_charset
 from dicomvault.dicom.reader import US_OR_SS, DataSet, tag_name
 from dicomvault.dicom.values import (
     BINARY_NUMBER_FORMATS,
@@ -245,7 +245,7 @@ def dataset_json(
                 if vr not in ("FL", "FD") or math.isfinite(n):
                     append(f'{head},"Value":[{n!r}]}}')
                     continue
-            elif vr in _PLAIN_STRING_VRS and value.isascii() and 0x1B not in value:
+            elif vr in _PLAIN_STRING_VRS and value.isascii() and ESC not in value:
                 texts = [t.strip(" \0") for t in value.decode("ascii").split("\\")]
                 if any(texts):
                     array = ",".join(_quote(t) if t else "null" for t in texts)

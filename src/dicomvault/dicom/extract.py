@@ -3,7 +3,7 @@ Tables 10.6.1-5/-6/-7 use as keys at each query level."""
 
 from __future__ import annotations
 
-from dicomvault.dicom.charset import Charset
+from dicomvault.dicom.charset import ESC, Charset
 from dicomvault.dicom.reader import DataSet
 from dicomvault.dicom.values import (
     BINARY_NUMBER_FORMATS,
@@ -22,8 +22,6 @@ from dicomvault.model.records import (
     StudyRecord,
 )
 
-#: ISO 2022 escape: a value holding one is decoded by :func:`strings` with the charset.
-_ESC = 0x1B
 REQUEST_ATTRIBUTES_SEQUENCE = 0x00400275
 SCHEDULED_PROCEDURE_STEP_ID = 0x00400009
 REQUESTED_PROCEDURE_ID = 0x00401001
@@ -48,7 +46,7 @@ class Fields:
         if vr not in STRING_VRS:
             return None
         raw = element.value
-        if raw.isascii() and _ESC not in raw:
+        if raw.isascii() and ESC not in raw:
             # What strings() gives for ASCII without escape sequences (decode_text
             # decodes it as ASCII in every character set), without its calls: this
             # runs ~36 times per received instance.
