@@ -65,6 +65,7 @@ from typing import IO, Any, ClassVar
 
 from bench import datasets
 from bench.bench_memory import TreeSampler, tree_cpu_seconds
+from bench.disk_floor import durable_write_floor
 from bench.workdir import run_root
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -671,6 +672,23 @@ class Run:
     rounds: int = 1
     results: list[Result] = field(default_factory=list)
     unavailable: dict[str, str] = field(default_factory=dict)
+    #: Per data set: the disk's durable-write ceiling (bench/disk_floor.py) in each
+    #: round, files/s, and the number of writers (the data set's associations).
+    floors: dict[str, DiskFloor] = field(default_factory=dict)
+
+
+@dataclass
+class DiskFloor:
+    """:func:`~bench.disk_floor.durable_write_floor` of one data set, every round."""
+
+    streams: int
+    rates: list[float] = field(default_factory=list)
+
+    @property
+    def median(self) -> float:
+        """The median round (the lower middle one for even counts, as for receivers)."""
+        ordered = sorted(self.rates)
+        return ordered[(len(ordered) - 1) // 2] if ordered else 0.0
 
 
 def run(args: argparse.Namespace) -> Run:
@@ -708,6 +726,16 @@ def run(args: argparse.Namespace) -> Run:
                         continue
                     outcome.results.append(result)
                     print(f"   {format_row(result)}", file=sys.stderr)
+                if len(dataset.paths) > 1:  # one 1 GiB file says nothing a receiver's run does not
+                    floor = outcome.floors.setdefault(
+                        dataset.name, DiskFloor(streams=dataset.associations)
+                    )
+                    tmp = directories.enter_context(
+                        tempfile.TemporaryDirectory(prefix="bench-disk-", dir=root)
+                    )
+                    rate = durable_write_floor(dataset.paths, floor.streams, Path(tmp))
+                    floor.rates.append(rate)
+                    print(f"   {'the disk':<11} {rate:>16.1f}", file=sys.stderr)
     return outcome
 
 
@@ -767,6 +795,12 @@ def format_report(outcome: Run) -> str:
                     f"  {row.receiver}: {_cores()} cores at its CPU per instance plus the "
                     f"senders' allow at most {row.cpu_ceiling:.0f}/s"
                 )
+        floor = outcome.floors.get(dataset)
+        if floor is not None and floor.rates:
+            lines.append(
+                f"  the disk: {floor.streams} writers of these files, each fdatasync'd and "
+                f"nothing else (bench/disk_floor.py), at most {floor.median:.0f}/s"
+            )
         ours = next((r for r in rows if r.receiver == "dicomvault" and r.ok), None)
         for peer in rows:
             if ours is None or peer is ours or not peer.ok:
@@ -871,6 +905,7 @@ def main(argv: list[str] | None = None) -> int:
             "arguments": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
             "results": [r.to_dict() for r in outcome.results],
             "unavailable": outcome.unavailable,
+            "disk_floors": {name: asdict(floor) for name, floor in outcome.floors.items()},
         }
         args.json.write_text(json.dumps(payload, indent=2) + "\n")
     return 0 if all(r.ok for r in outcome.results) else 1

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from bench import bench_dimse
-from bench.bench_dimse import Result, Run
+from bench.bench_dimse import DiskFloor, Result, Run
 
 needs_dcmtk = pytest.mark.skipif(
     not Path(bench_dimse.STORESCU).exists(), reason="DCMTK storescu not installed"
@@ -60,6 +60,19 @@ def test_report_has_ratios_and_unavailable() -> None:
     report = bench_dimse.format_report(outcome)
     assert "dicomvault / orthanc: throughput x2.00, CPU per instance x0.25" in report
     assert "pynetdicom: not available" in report
+
+
+def test_report_has_the_disk_ceiling() -> None:
+    outcome = Run(
+        labels={"ct": "ct", "small": "small"},
+        rounds=3,
+        results=[_result("orthanc", 4.0, 1.0)],
+        floors={"ct": DiskFloor(streams=4, rates=[700.0, 500.0, 650.0])},
+    )
+    report = bench_dimse.format_report(outcome)
+    assert "the disk: 4 writers of these files, each fdatasync'd and nothing else" in report
+    assert report.endswith("at most 650/s")  # the median round; no line for "small"
+    assert DiskFloor(streams=1).median == 0.0
 
 
 def test_report_notes_missing_rounds() -> None:
@@ -142,6 +155,11 @@ def test_end_to_end_storescp_and_pynetdicom(tmp_path: Path) -> None:
         assert r["stored"] == r["instances"]
         assert r["instances_per_second"] > 0
         assert r["peak_rss_bytes"] > 0
+    # The disk's ceiling, beside the receivers in every round: 4 writers for CT, 1 for
+    # the 10 KB set (the default --small-assoc).
+    floors = json.loads((tmp_path / "r.json").read_text())["disk_floors"]
+    assert {name: floor["streams"] for name, floor in floors.items()} == {"ct": 4, "small": 1}
+    assert all(len(floor["rates"]) == 2 and min(floor["rates"]) > 0 for floor in floors.values())
     # Receivers' temporary directories are removed afterwards.
     assert not list(tmp_path.glob("bench-*"))
 
