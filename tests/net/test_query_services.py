@@ -357,9 +357,9 @@ def test_get_by_pynetdicom_with_role_selection() -> None:
 
 @pytest.mark.parametrize("role", [True, False])
 def test_role_selection_reply(role: bool) -> None:
-    from dicomvault.net.acceptor import negotiate
     from dicomvault.net.handlers import AssociationInfo
     from dicomvault.net.items import PresentationContextRQ, UserInformation
+    from dicomvault.net.negotiation import negotiate
     from dicomvault.net.pdu import A_ASSOCIATE_AC, A_ASSOCIATE_RQ
 
     registry = ServiceRegistry()

@@ -26,9 +26,10 @@ from dicomvault.dicom.commitment import (
 )
 from dicomvault.model.errors import CannotParse
 from dicomvault.net import commands as c
-from dicomvault.net.acceptor import AcceptorPolicy, serve
+from dicomvault.net.acceptor import serve
 from dicomvault.net.errors import NetError
 from dicomvault.net.handlers import SUCCESS, DimseStatus, NRequest, NResponse, ServiceRegistry
+from dicomvault.net.negotiation import AcceptorPolicy
 from dicomvault.net.requestor import associate
 from dicomvault.net.uids import (
     EXPLICIT_VR_LITTLE_ENDIAN,

@@ -20,7 +20,7 @@ from dicomvault.dimse.move import MOVE_SOP_CLASSES, ArchiveMoveHandler
 from dicomvault.dimse.mpps import MppsHandler
 from dicomvault.dimse.store import ArchiveStoreHandler
 from dicomvault.dimse.worklist import WORKLIST_SOP_CLASSES, ArchiveWorklistHandler
-from dicomvault.net.acceptor import AcceptorPolicy, serve
+from dicomvault.net.acceptor import serve
 from dicomvault.net.commands import (
     C_FIND_RQ,
     C_GET_RQ,
@@ -30,6 +30,7 @@ from dicomvault.net.commands import (
     N_SET_RQ,
 )
 from dicomvault.net.handlers import AssociationInfo, ServiceRegistry
+from dicomvault.net.negotiation import AcceptorPolicy
 from dicomvault.net.uids import MPPS, STORAGE_COMMITMENT_PUSH
 
 log = logging.getLogger("dicomvault.dimse")

@@ -21,7 +21,7 @@ with a :class:`QueryHandler` yielding :class:`Response` values; as SCU,
 See ``docs/net.md`` for the reference.
 """
 
-from dicomvault.net.acceptor import AcceptorAssociation, AcceptorPolicy, negotiate, serve
+from dicomvault.net.acceptor import AcceptorAssociation, serve
 from dicomvault.net.association import Association
 from dicomvault.net.errors import (
     AssociationAborted,
@@ -56,6 +56,7 @@ from dicomvault.net.handlers import (
     UserIdentityPolicy,
 )
 from dicomvault.net.items import RoleSelection, UserIdentity
+from dicomvault.net.negotiation import AcceptorPolicy, negotiate
 from dicomvault.net.requestor import (
     ContextSpec,
     RequestorAssociation,

@@ -82,7 +82,7 @@ class AssociationInfo:
     peer_implementation_class_uid: str = ""
     peer_implementation_version_name: str | None = None
     #: The User Identity Negotiation sub-item the requestor sent (PS3.7 D.3.3.7.1); set
-    #: before :attr:`AcceptorPolicy.access <dicomvault.net.acceptor.AcceptorPolicy.access>`
+    #: before :attr:`AcceptorPolicy.access <dicomvault.net.negotiation.AcceptorPolicy.access>`
     #: is consulted.
     user_identity: UserIdentity | None = None
     #: Set by the access hook when it accepted :attr:`user_identity`: the server response
@@ -92,7 +92,7 @@ class AssociationInfo:
     #: SOP Class Extended Negotiation proposed by the requestor (PS3.7 D.3.3.5).
     extended_negotiation: dict[str, bytes] = field(default_factory=dict)
     #: What the peer may use, from :attr:`AcceptorPolicy.access
-    #: <dicomvault.net.acceptor.AcceptorPolicy.access>`; ``None`` means everything.
+    #: <dicomvault.net.negotiation.AcceptorPolicy.access>`; ``None`` means everything.
     #: Requests on a context it refuses are answered 0x0124 (PS3.7 C.5, Refused: Not Authorized).
     access: ContextFilter | None = None
 
