@@ -61,7 +61,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import IO, Any, ClassVar
+from typing import IO, Any, ClassVar, TypeVar
 
 from bench import datasets
 from bench.bench_memory import TreeSampler, tree_cpu_seconds
@@ -686,9 +686,8 @@ class DiskFloor:
 
     @property
     def median(self) -> float:
-        """The median round (the lower middle one for even counts, as for receivers)."""
-        ordered = sorted(self.rates)
-        return ordered[(len(ordered) - 1) // 2] if ordered else 0.0
+        """The median round, chosen as for receivers (:func:`lower_middle`)."""
+        return lower_middle(sorted(self.rates)) if self.rates else 0.0
 
 
 def run(args: argparse.Namespace) -> Run:
@@ -760,6 +759,15 @@ def format_row(result: Result) -> str:
     )
 
 
+T = TypeVar("T")
+
+
+def lower_middle(ordered: Sequence[T]) -> T:
+    """The median of a sorted, non-empty sequence; the lower middle one for even counts
+    (a round that was measured, never an average of two)."""
+    return ordered[(len(ordered) - 1) // 2]
+
+
 def representative(results: Sequence[Result]) -> list[Result]:
     """One result per receiver, in first-seen order: the first failed round if any, else
     the round with the median throughput (the lower middle one for even counts)."""
@@ -770,7 +778,7 @@ def representative(results: Sequence[Result]) -> list[Result]:
     for rounds in by_receiver.values():
         failed = [r for r in rounds if not r.ok]
         ordered = sorted(rounds, key=lambda r: r.instances_per_second)
-        chosen.append(failed[0] if failed else ordered[(len(ordered) - 1) // 2])
+        chosen.append(failed[0] if failed else lower_middle(ordered))
     return chosen
 
 
