@@ -66,6 +66,7 @@ from typing import IO, Any, ClassVar, TypeVar
 from bench import datasets
 from bench.bench_memory import TreeSampler, tree_cpu_seconds
 from bench.disk_floor import durable_write_floor
+from bench.pagecache import settle
 from bench.workdir import run_root
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -583,14 +584,6 @@ def _wait_for_count(receiver: Receiver, expected: int) -> int:
     return last
 
 
-def _warm_page_cache(paths: Sequence[Path]) -> None:
-    """Read every file once so no receiver pays for cold sender reads."""
-    for path in paths:
-        with path.open("rb") as fp:
-            while fp.read(1 << 20):
-                pass
-
-
 def measure(receiver: Receiver, dataset: DataSet, round_number: int = 0) -> Result:
     """Start ``receiver``, send ``dataset`` to it, collect the figures and stop it."""
     result = Result(
@@ -675,6 +668,8 @@ class Run:
     #: Per data set: the disk's durable-write ceiling (bench/disk_floor.py) in each
     #: round, files/s, and the number of writers (the data set's associations).
     floors: dict[str, DiskFloor] = field(default_factory=dict)
+    #: Whether the clean page cache was dropped before each receiver (bench/pagecache.py).
+    page_cache_dropped: bool = False
 
 
 @dataclass
@@ -707,7 +702,6 @@ def run(args: argparse.Namespace) -> Run:
     # (by the previous receiver or the previous run) paid up to 0.5 ms per file.
     with run_root(args.work_dir, "bench-dimse-") as root, contextlib.ExitStack() as directories:
         for dataset in data:
-            _warm_page_cache(dataset.paths)
             print(f"== {dataset.label}", file=sys.stderr)
             for round_number in range(args.repeat):
                 for name in args.only:
@@ -717,6 +711,9 @@ def run(args: argparse.Namespace) -> Run:
                         tempfile.TemporaryDirectory(prefix=f"bench-{name}-", dir=root)
                     )
                     receiver = make_receiver(name, Path(tmp), storescp_fork=args.storescp_fork)
+                    # The same page cache for each (bench/pagecache.py): on these VMs a
+                    # write into memory not touched before costs twice the CPU.
+                    outcome.page_cache_dropped = settle(dataset.paths, drop=args.drop_page_cache)
                     try:
                         result = measure(receiver, dataset, round_number)
                     except ReceiverUnavailable as exc:
@@ -732,6 +729,7 @@ def run(args: argparse.Namespace) -> Run:
                     tmp = directories.enter_context(
                         tempfile.TemporaryDirectory(prefix="bench-disk-", dir=root)
                     )
+                    settle(dataset.paths, drop=args.drop_page_cache)
                     rate = durable_write_floor(dataset.paths, floor.streams, Path(tmp))
                     floor.rates.append(rate)
                     print(f"   {'the disk':<11} {rate:>16.1f}", file=sys.stderr)
@@ -823,6 +821,12 @@ def format_report(outcome: Run) -> str:
                 f"  dicomvault / {peer.receiver}: throughput x{speed:.2f}, "
                 f"CPU per instance x{cpu:.2f}"
             )
+    if outcome.results:
+        lines.append(
+            "page cache: dropped before each receiver (bench/pagecache.py)"
+            if outcome.page_cache_dropped
+            else "page cache: kept between receivers (not root, or --keep-page-cache)"
+        )
     ran = {r.receiver for r in outcome.results}
     for name, reason in outcome.unavailable.items():
         last_line = reason.strip().splitlines()[-1] if reason.strip() else ""
@@ -887,6 +891,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=None,
         help="where generated data sets are kept (default: bench/.cache)",
     )
+    parser.add_argument(
+        "--keep-page-cache",
+        dest="drop_page_cache",
+        action="store_false",
+        help="do not drop the clean page cache before each receiver (bench/pagecache.py)",
+    )
     parser.add_argument("--json", type=Path, default=None, help="write results as JSON here")
     args = parser.parse_args(argv)
     if args.repeat < 1:
@@ -914,6 +924,7 @@ def main(argv: list[str] | None = None) -> int:
             "results": [r.to_dict() for r in outcome.results],
             "unavailable": outcome.unavailable,
             "disk_floors": {name: asdict(floor) for name, floor in outcome.floors.items()},
+            "page_cache_dropped": outcome.page_cache_dropped,
         }
         args.json.write_text(json.dumps(payload, indent=2) + "\n")
     return 0 if all(r.ok for r in outcome.results) else 1

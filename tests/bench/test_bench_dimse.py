@@ -59,6 +59,10 @@ def test_report_has_ratios_and_unavailable() -> None:
     )
     report = bench_dimse.format_report(outcome)
     assert "dicomvault / orthanc: throughput x2.00, CPU per instance x0.25" in report
+    assert "page cache: kept between receivers" in report
+    outcome.page_cache_dropped = True
+    report = bench_dimse.format_report(outcome)
+    assert "page cache: dropped before each receiver (bench/pagecache.py)" in report
     assert "pynetdicom: not available" in report
 
 
@@ -71,7 +75,7 @@ def test_report_has_the_disk_ceiling() -> None:
     )
     report = bench_dimse.format_report(outcome)
     assert "the disk: 4 writers of these files, each fdatasync'd and nothing else" in report
-    assert report.endswith("at most 650/s")  # the median round; no line for "small"
+    assert "at most 650/s\npage cache: kept" in report  # the median round; none for "small"
     assert DiskFloor(streams=1).median == 0.0
 
 
@@ -115,6 +119,8 @@ def test_parse_args() -> None:
     assert args.only == ["orthanc", "dicomvault"]
     assert args.datasets == ["ct", "small"]
     assert args.storescp_fork is True
+    assert args.drop_page_cache is True
+    assert bench_dimse.parse_args(["--keep-page-cache"]).drop_page_cache is False
     with pytest.raises(SystemExit):
         bench_dimse.parse_args(["--only", "nosuch"])
     with pytest.raises(SystemExit):
@@ -127,6 +133,7 @@ def test_unavailable_receiver_is_reported_not_measured(
     monkeypatch.setattr(bench_dimse, "_dicomvault_executable", lambda: "/bin/false")
     monkeypatch.setattr(bench_dimse, "ensure_debian_package", lambda binary, package: None)
     argv = ["--only", "dicomvault", "--datasets", "small", "--small-count", "2"]
+    argv += ["--keep-page-cache"]  # a test leaves the machine's page cache alone
     argv += ["--cache-dir", str(tmp_path / "cache"), "--json", str(tmp_path / "r.json")]
     assert bench_dimse.main(argv) == 0
     assert "dicomvault: not available" in capsys.readouterr().out
@@ -139,7 +146,7 @@ def test_unavailable_receiver_is_reported_not_measured(
 @needs_dcmtk
 def test_end_to_end_storescp_and_pynetdicom(tmp_path: Path) -> None:
     argv = ["--only", "storescp,pynetdicom", "--ct-count", "6", "--small-count", "5"]
-    argv += ["--repeat", "2"]
+    argv += ["--repeat", "2", "--keep-page-cache"]
     argv += ["--cache-dir", str(tmp_path / "cache"), "--work-dir", str(tmp_path)]
     argv += ["--json", str(tmp_path / "r.json")]
     assert bench_dimse.main(argv) == 0
@@ -162,6 +169,7 @@ def test_end_to_end_storescp_and_pynetdicom(tmp_path: Path) -> None:
     assert all(len(floor["rates"]) == 2 and min(floor["rates"]) > 0 for floor in floors.values())
     # Receivers' temporary directories are removed afterwards.
     assert not list(tmp_path.glob("bench-*"))
+    assert json.loads((tmp_path / "r.json").read_text())["page_cache_dropped"] is False
 
 
 @pytest.mark.dcmtk
@@ -169,6 +177,7 @@ def test_end_to_end_storescp_and_pynetdicom(tmp_path: Path) -> None:
 @pytest.mark.skipif(not Path(bench_dimse.ORTHANC).exists(), reason="Orthanc not installed")
 def test_end_to_end_orthanc(tmp_path: Path) -> None:
     argv = ["--only", "orthanc", "--datasets", "small", "--small-count", "4"]
+    argv += ["--keep-page-cache"]
     argv += ["--cache-dir", str(tmp_path / "cache"), "--json", str(tmp_path / "r.json")]
     assert bench_dimse.main(argv) == 0
     (result,) = json.loads((tmp_path / "r.json").read_text())["results"]

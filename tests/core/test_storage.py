@@ -107,6 +107,32 @@ def test_large_writes_hashed_on_threads_keep_their_order(tmp_path: Path) -> None
     deferred.discard()
 
 
+def test_a_spool_without_overlap_hashes_large_writes_on_its_own_thread(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``overlap=False`` (C-STORE data sets prepared several at once): the same digests,
+    and no write goes to the hashing threads, however large."""
+    from dicomvault.storage import filesystem
+
+    def no_hashing_threads(*args: object) -> None:
+        raise AssertionError("handed to the hashing threads")
+
+    monkeypatch.setattr(filesystem, "_hash_beside", no_hashing_threads)
+    store = FileSystemBlobStore(tmp_path / "blobs")
+    meta, dataset = os.urandom(300), os.urandom(filesystem.PARALLEL_HASH_MIN * 2 + 3)
+    spool = store.spool(overlap=False)
+    spool.write(meta)
+    spool.mark_dataset_start()
+    spool.write(bytearray(dataset))
+    assert spool.sha256() == hashlib.sha256(meta + dataset).hexdigest()
+    assert spool.dataset_sha256() == hashlib.sha256(dataset).hexdigest()
+    default = store.spool()
+    with pytest.raises(AssertionError, match="hashing threads"):
+        default.write(dataset)  # the default still overlaps
+    default.discard()
+    spool.discard()
+
+
 def test_directory_fsync_is_shared_but_never_early(tmp_path: Path) -> None:
     """Threads needing the same directory durable share fsyncs (group commit), yet each
     returns only after an fsync that started after it asked; a failed fsync is the

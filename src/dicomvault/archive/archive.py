@@ -410,7 +410,13 @@ class Archive:
             meta_mismatch="error",
         )
         _check_command_uids(parsed, sop_class_uid, sop_instance_uid)
-        spool = self.store.spool()  # hashes as it writes: the bytes are in memory anyway
+        # Hashed as it is written, the bytes being in memory anyway, and on this thread:
+        # several associations prepare at once, so handing the two digests of a CT data
+        # set to the hashing threads bought no overlap, only thread hand-offs. Measured
+        # (1,000 x 0.5 MB, 4 associations, 3 alternating pairs): 256, 245, 303/s against
+        # 203, 216, 267/s, and 0.2-0.5 ms less CPU per instance; over one association
+        # no difference (174, 167/s against 191, 155/s).
+        spool = self.store.spool(overlap=False)
         try:
             spool.write(meta)
             spool.mark_dataset_start()

@@ -54,7 +54,9 @@ _SPACE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
 _BUFFER = io.DEFAULT_BUFFER_SIZE
 #: A write (or a chunk read back) at least this large is hashed on hashing threads while
 #: this one writes it: the two SHA-256 passes over a 0.5 MB CT data set take ~0.5 ms,
-#: and hashlib and the write both release the GIL, so they overlap on two cores.
+#: and hashlib and the write both release the GIL, so they overlap on two cores. Not for
+#: a spool made with ``overlap=False`` (C-STORE data sets held in memory: see
+#: ``Archive.prepare_buffered``).
 PARALLEL_HASH_MIN = 256 * 1024
 _hash_pool: ThreadPoolExecutor | None = None
 _hash_pool_lock = threading.Lock()
@@ -219,9 +221,12 @@ def _storage_error(exc: OSError, what: str) -> Exception:
 class FileSpool:
     """A temporary file being filled; see :class:`dicomvault.storage.base.Spool`."""
 
-    def __init__(self, store: FileSystemBlobStore, *, hash_inline: bool = True) -> None:
+    def __init__(
+        self, store: FileSystemBlobStore, *, hash_inline: bool = True, overlap: bool = True
+    ) -> None:
         self._store = store
         self._hash_inline = hash_inline
+        self._overlap_from = PARALLEL_HASH_MIN if overlap else None
         self._dataset_offset: int | None = None
         self._digests: tuple[str, str] | None = None
         # Strings, not Paths, and an explicit buffer size (no isatty() probe): a spool is
@@ -246,9 +251,10 @@ class FileSpool:
     def write(self, data: bytes | bytearray | memoryview) -> None:
         if self._file is None:
             raise ValueError("spool already committed or discarded")
+        overlap_from = self._overlap_from
         hashing = (
             _hash_beside(self._digest, self._dataset_digest, data)
-            if self._hash_inline and len(data) >= PARALLEL_HASH_MIN
+            if self._hash_inline and overlap_from is not None and len(data) >= overlap_from
             else None
         )
         try:
@@ -393,10 +399,12 @@ class FileSystemBlobStore:
             raise ValueError(f"not a blob name: {name!r}")
         return os.path.join(self._root, name)
 
-    def spool(self, *, hash_inline: bool = True) -> FileSpool:
+    def spool(self, *, hash_inline: bool = True, overlap: bool = True) -> FileSpool:
         """A new spool. ``hash_inline=False`` hashes once at the end instead of on every
-        write — for writers on an event loop that must stay responsive."""
-        return FileSpool(self, hash_inline=hash_inline)
+        write — for writers on an event loop that must stay responsive. ``overlap=False``
+        hashes every write on the writing thread, never beside it on the hashing threads
+        (:data:`PARALLEL_HASH_MIN`): for callers that run several at once anyway."""
+        return FileSpool(self, hash_inline=hash_inline, overlap=overlap)
 
     def sync(self, names: list[str]) -> None:
         """Make the placed blobs ``names`` durable (:meth:`FileSpool.place`): one syncfs
