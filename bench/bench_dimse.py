@@ -46,6 +46,7 @@ import contextlib
 import json
 import os
 import platform
+import random
 import resource
 import shutil
 import signal
@@ -98,12 +99,38 @@ def _environment() -> dict[str, str]:
     return {**os.environ, "TCP_NODELAY": "1"}
 
 
+#: Where the kernel picks outgoing connections' source ports (Linux's default range).
+_EPHEMERAL_RANGE = Path("/proc/sys/net/ipv4/ip_local_port_range")
+
+
+def _ephemeral_low() -> int:
+    try:
+        return int(_EPHEMERAL_RANGE.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
 def free_port() -> int:
-    """Return a TCP port on 127.0.0.1 that is free right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((LOOPBACK, 0))
-        port: int = sock.getsockname()[1]
-        return port
+    """A TCP port on 127.0.0.1 that is free now, below the ephemeral range.
+
+    A port the kernel hands out for listening (bind to port 0) comes from the range it
+    also takes outgoing connections' source ports from: between this choice and the
+    receiver's bind, a sender's or a C-ECHO poll's connection could take it (seen:
+    "cannot listen on 127.0.0.1:39253 (http.port): Address already in use", which
+    dropped dicomvault from the rest of a run). No connection is given a port below
+    the range, so only another listener can take one there, and the bind check below
+    sees those."""
+    low = _ephemeral_low()
+    below = range(max(1024, low - 12_000), low)
+    candidates = random.Random().sample(below, min(200, len(below)))
+    for port in candidates:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind((LOOPBACK, port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError(f"no free TCP port below {low} on {LOOPBACK}")
 
 
 def ensure_debian_package(binary: str, package: str) -> None:

@@ -39,6 +39,22 @@ def test_argv_chunks_respect_budget_and_order(monkeypatch: pytest.MonkeyPatch) -
     assert len(chunks) == 4
 
 
+def test_free_ports_are_below_the_ephemeral_range(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No outgoing connection can take the port before the receiver binds it."""
+    assert bench_dimse.free_port() < bench_dimse._ephemeral_low()
+    ranges = tmp_path / "ip_local_port_range"
+    ranges.write_text("30000\t60999\n")
+    monkeypatch.setattr(bench_dimse, "_EPHEMERAL_RANGE", ranges)
+    ports = {bench_dimse.free_port() for _ in range(20)}
+    assert all(18_000 <= port < 30_000 for port in ports)
+    ranges.write_text("1030 60999\n")  # a range starting low: the few ports below it
+    assert 1024 <= bench_dimse.free_port() < 1030
+    monkeypatch.setattr(bench_dimse, "_EPHEMERAL_RANGE", tmp_path / "absent")
+    assert bench_dimse._ephemeral_low() == 32768  # Linux's default
+
+
 def test_result_figures() -> None:
     result = _result("storescp", seconds=2.0, cpu=0.5)
     assert result.ok
