@@ -26,7 +26,7 @@ import os
 import socket
 from typing import TYPE_CHECKING, Final
 
-from dicomvault.net.association import MCH_LAST
+from dicomvault.net.outgoing import MCH_LAST
 from dicomvault.net.pdu import encode_pdata_header
 
 if TYPE_CHECKING:

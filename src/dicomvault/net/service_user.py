@@ -17,11 +17,12 @@ from pathlib import Path
 from typing import BinaryIO, NamedTuple
 
 from dicomvault.net import commands as c
-from dicomvault.net.association import MCH_LAST, Association
+from dicomvault.net.association import Association
 from dicomvault.net.errors import AssociationAborted, NoPresentationContext
 from dicomvault.net.fileio import FileInfo, read_file_info
 from dicomvault.net.handlers import AcceptedContext, DimseStatus, Response
 from dicomvault.net.messages import ResponseQueue, time_out
+from dicomvault.net.outgoing import MCH_LAST
 from dicomvault.net.pdu import encode_pdata_header
 from dicomvault.net.sendfile import send_file_pdus
 from dicomvault.net.uids import (
