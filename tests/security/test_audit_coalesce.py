@@ -24,7 +24,7 @@ from typing import Any
 import httpx
 import pytest
 
-from dicomvault.archive import Archive, audit, users
+from dicomvault.archive import Archive, audit, audit_trail, users
 from dicomvault.archive.audit import AuditFilter, AuditRow, AuditTrail, audit_log_path
 from dicomvault.config import load_settings
 from dicomvault.model.records import StoredInstance
@@ -261,8 +261,8 @@ def test_long_sessions_and_many_uids(tmp_path: Path, monkeypatch: pytest.MonkeyP
     """A tally open longer than ``MAX_OPEN_SECONDS`` is recorded though its reads never
     pause (the next reads open a new one); past ``MAX_TALLY_UIDS`` remembered UIDs,
     instances are still counted."""
-    monkeypatch.setattr(audit, "MAX_OPEN_SECONDS", 0.6)
-    monkeypatch.setattr(audit, "MAX_TALLY_UIDS", 3)
+    monkeypatch.setattr(audit_trail, "MAX_OPEN_SECONDS", 0.6)
+    monkeypatch.setattr(audit_trail, "MAX_TALLY_UIDS", 3)
     settings = load_settings(
         None, {"storage": {"path": tmp_path / "data"}, "audit": {"http_coalesce_seconds": 0.4}}
     )
@@ -292,11 +292,11 @@ def test_long_sessions_and_many_uids(tmp_path: Path, monkeypatch: pytest.MonkeyP
 def test_a_burst_is_one_write_and_flush_does_not_wait_for_the_window(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Messages queued within the writer's window (audit.LINGER_SECONDS) go out in one
+    """Messages queued within the writer's window (audit_trail.LINGER_SECONDS) go out in one
     batch -- one log append, one index commit -- and each is still recorded; a lone
     message is written once the window passes, without anyone flushing; ``flush`` does
     not sit out the window."""
-    monkeypatch.setattr(audit, "LINGER_SECONDS", 1.0)
+    monkeypatch.setattr(audit_trail, "LINGER_SECONDS", 1.0)
     settings = load_settings(None, {"storage": {"path": tmp_path / "data"}})
     batches: list[int] = []
     real_write = AuditTrail._write
@@ -329,7 +329,7 @@ def test_closing_the_archive_writes_and_stops_its_trail(
 ) -> None:
     """Archive.close writes what its trail has queued and stops the writer: nothing is
     written into the data directory afterwards (it may be gone by then)."""
-    monkeypatch.setattr(audit, "LINGER_SECONDS", 5.0)
+    monkeypatch.setattr(audit_trail, "LINGER_SECONDS", 5.0)
     settings = load_settings(None, {"storage": {"path": tmp_path / "data"}})
     started = time.monotonic()
     with Archive.open(settings) as archive:
@@ -344,17 +344,17 @@ def test_closing_the_archive_writes_and_stops_its_trail(
 def test_a_full_batch_does_not_wait_for_the_window(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(audit, "LINGER_SECONDS", 10.0)
+    monkeypatch.setattr(audit_trail, "LINGER_SECONDS", 10.0)
     settings = load_settings(None, {"storage": {"path": tmp_path / "data"}})
     with Archive.open(settings) as archive:
         trail = audit.trail_of(archive)
         assert trail.flush(5)
-        for n in range(2 * audit.BATCH):
+        for n in range(2 * audit_trail.BATCH):
             audit.queried(archive, "FINDSCU", "127.0.0.1", "/dicom-web/studies", b"%d" % n)
         # At least the first full batch, well inside the 10 s window (the rest may wait
         # for it: a batch is BATCH items, flush's wake-up marker among them).
-        found = wait_recorded(archive, audit.BATCH, timeout=8, event_id="110112")
-        assert len(found) >= audit.BATCH
+        found = wait_recorded(archive, audit_trail.BATCH, timeout=8, event_id="110112")
+        assert len(found) >= audit_trail.BATCH
 
 
 def test_close_on_the_writer_thread_itself(tmp_path: Path) -> None:
