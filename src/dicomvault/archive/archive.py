@@ -413,9 +413,9 @@ class Archive:
         # Hashed as it is written, the bytes being in memory anyway, and on this thread:
         # several associations prepare at once, so handing the two digests of a CT data
         # set to the hashing threads bought no overlap, only thread hand-offs. Measured
-        # (1,000 x 0.5 MB, 4 associations, 3 alternating pairs): 256, 245, 303/s against
-        # 203, 216, 267/s, and 0.2-0.5 ms less CPU per instance; over one association
-        # no difference (174, 167/s against 191, 155/s).
+        # (1,000 x 0.5 MB, 4 associations, 6 alternating pairs): +2 to +26 % instances/s
+        # and 0.1-0.5 ms less CPU per instance; over one association no difference
+        # (docs/benchmarks.md, eleventh session).
         spool = self.store.spool(overlap=False)
         try:
             spool.write(meta)

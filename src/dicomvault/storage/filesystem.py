@@ -226,7 +226,7 @@ class FileSpool:
     ) -> None:
         self._store = store
         self._hash_inline = hash_inline
-        self._overlap_from = PARALLEL_HASH_MIN if overlap else None
+        self._overlap = overlap
         self._dataset_offset: int | None = None
         self._digests: tuple[str, str] | None = None
         # Strings, not Paths, and an explicit buffer size (no isatty() probe): a spool is
@@ -251,10 +251,9 @@ class FileSpool:
     def write(self, data: bytes | bytearray | memoryview) -> None:
         if self._file is None:
             raise ValueError("spool already committed or discarded")
-        overlap_from = self._overlap_from
         hashing = (
             _hash_beside(self._digest, self._dataset_digest, data)
-            if self._hash_inline and overlap_from is not None and len(data) >= overlap_from
+            if self._hash_inline and self._overlap and len(data) >= PARALLEL_HASH_MIN
             else None
         )
         try:
